@@ -1,0 +1,1 @@
+"""Consistency-model math: noise schedules, DDIM solver, boundary conditions, losses, samplers."""

@@ -1,0 +1,70 @@
+"""Tiny seeded reference models (diffusers) and real-format files written from them, for tests."""
+from __future__ import annotations
+
+import torch
+
+TINY_UNET = dict(sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 64),
+                 layers_per_block=2, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+                 attention_head_dim=4, norm_num_groups=8)
+TINY_HEADS = dict(attention_heads=4, motion_heads=4, norm_groups=8)
+
+
+def randomize(module: torch.nn.Module, seed: int, scale: float = 0.1) -> torch.nn.Module:
+    """Perturb every tensor (including zero-initialised outputs and unit norms) reproducibly."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.state_dict().values():
+            if p.is_floating_point():
+                p.add_(scale * torch.randn(p.shape, generator=g))
+    return module.eval()
+
+
+def tiny_diffusers_unet(seed: int = 0, **overrides):
+    from diffusers import UNet2DConditionModel
+    torch.manual_seed(seed)
+    return randomize(UNet2DConditionModel(**{**TINY_UNET, **overrides}), seed)
+
+
+def tiny_motion_adapter(seed: int = 1, mid: bool = True, max_len: int = 32, **overrides):
+    from diffusers import MotionAdapter
+    torch.manual_seed(seed)
+    cfg = dict(block_out_channels=TINY_UNET["block_out_channels"], motion_layers_per_block=2,
+               motion_num_attention_heads=4, motion_norm_num_groups=8, motion_max_seq_length=max_len,
+               use_motion_mid_block=mid)
+    adapter = MotionAdapter(**{**cfg, **overrides})
+    pe = {k: v.clone() for k, v in adapter.state_dict().items() if k.endswith("pos_embed.pe")}
+    randomize(adapter, seed)
+    adapter.load_state_dict({**adapter.state_dict(), **pe})  # the position table is fixed, not learnt
+    return adapter
+
+
+def ldm_unet_file_state(unet_ref) -> dict[str, torch.Tensor]:
+    """A diffusers UNet's tensors in SD1.5 single-file names, written with our inverse key map."""
+    from unet.keymap import unet_to_ldm
+    cfg = unet_ref.config
+    attention = tuple(t.startswith("CrossAttn") for t in cfg.down_block_types)
+    ldm = unet_to_ldm(unet_ref.state_dict(), len(cfg.block_out_channels), cfg.layers_per_block, attention)
+    return {"model.diffusion_model." + k: v for k, v in ldm.items()}
+
+
+def original_motion_file_state(adapter, pe_length: int | None) -> dict[str, torch.Tensor]:
+    """A MotionAdapter's tensors in the published AnimateDiff layout (AnimateLCM: pe_length None)."""
+    from unet.keymap import motion_from_diffusers
+    state = motion_from_diffusers({k: v for k, v in adapter.state_dict().items() if "pos_embed" not in k})
+    if pe_length:
+        for k in [k for k in state if k.endswith("attention_blocks.0.to_q.weight")]:
+            c = state[k].shape[0]
+            for a in (0, 1):
+                key = k.replace("attention_blocks.0.to_q.weight", f"attention_blocks.{a}.pos_encoder.pe")
+                state[key] = _pe(pe_length, c)
+    return state
+
+
+def _pe(length: int, dim: int) -> torch.Tensor:
+    import math
+    pos = torch.arange(length).float()[:, None]
+    div = torch.exp(torch.arange(0, dim, 2).float() * (-math.log(10000.0) / dim))
+    pe = torch.zeros(1, length, dim)
+    pe[0, :, 0::2], pe[0, :, 1::2] = torch.sin(pos * div), torch.cos(pos * div)
+    return pe

@@ -1,0 +1,123 @@
+"""Build a UNet from real checkpoint files: SD1.5 (single file or diffusers folder) + motion module.
+
+    unet = load_unet("v1-5-pruned-emaonly.safetensors", motion="AnimateLCM_sd15_t2v.ckpt")
+
+The architecture is read from tensor shapes; the motion module's version (AnimateDiff v1/v2/v3,
+AnimateLCM t2v/i2v) from its keys. Every key of both files is used (or known to be ignorable) and
+every parameter is filled, or a CheckpointError says what does not fit.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+
+import torch
+
+from weights import (CheckpointError, describe_checkpoint, load_strict, read_component, read_state_dict,
+                     strip_prefix)
+
+from .config import MotionConfig, UNetConfig
+from .keymap import motion_from_diffusers, unet_from_ldm, unet_to_ldm
+from .model import UNet
+
+LDM_UNET_PREFIX = "model.diffusion_model."
+
+
+def read_sd15_unet(source) -> dict[str, torch.Tensor]:
+    """Our-named UNet tensors from an SD1.5 single file, a diffusers folder, or a state dict."""
+    state, name, _ = read_component(source, "unet")
+    kind = describe_checkpoint(state)
+    if "SDXL" in kind or "SD2" in kind:
+        raise CheckpointError(f"{name} is {kind}.")
+    if any(k.startswith(LDM_UNET_PREFIX) for k in state):
+        return unet_from_ldm(strip_prefix(state, LDM_UNET_PREFIX))
+    if "conv_in.weight" in state and any(k.startswith("down_blocks.") for k in state) \
+            and not any("motion_modules" in k for k in state):
+        return state  # diffusers names already
+    if "input_blocks.0.0.weight" in state:
+        return unet_from_ldm(state)
+    raise CheckpointError(f"{name} is {kind}, not an SD1.5 UNet. "
+                          "Pass an SD1.5 (or personalized SD1.5) checkpoint or diffusers folder.")
+
+
+def read_motion_module(source) -> tuple[dict[str, torch.Tensor], MotionConfig]:
+    """Our-named motion-module (and I2V image-encoder) tensors, and what the file is."""
+    state = source if isinstance(source, dict) else read_state_dict(source)
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if not any("motion_modules." in k for k in state):
+        raise CheckpointError(f"{_name(source)} is {describe_checkpoint(state)}, not a motion module. "
+                              "Pass an AnimateDiff or AnimateLCM motion-module file with --motion.")
+    if not any(".temporal_transformer." in k for k in state):
+        state = motion_from_diffusers(state)  # diffusers MotionAdapter layout
+    positions = [v for k, v in state.items() if re.search(r"pos_(encoder|embed)\.(pe|pos_encoding)$", k)]
+    pe_length = positions[0].shape[-2] if positions else None
+    state = {k: v for k, v in state.items() if not re.search(r"pos_(encoder|embed)\.(pe|pos_encoding)$", k)}
+    mid = any(k.startswith("mid_block.motion_modules.") for k in state)
+    image_encoder = any(k.startswith("img_encoder.") for k in state)
+    return state, detect_motion_version(pe_length, mid, image_encoder)
+
+
+def detect_motion_version(pe_length: int | None, mid: bool, image_encoder: bool) -> MotionConfig:
+    """AnimateDiff v1/v2/v3 or AnimateLCM, by the rules ComfyUI-AnimateDiff-Evolved uses.
+
+    AnimateLCM files store no position table (its code computes 64 positions); v2 has a mid-block
+    module; v3 has none and a 32-long table; v1 a 24-long one, and v1 alone was trained with
+    GroupNorm over all frames.
+    """
+    if pe_length is None:
+        name = "animatelcm_i2v" if image_encoder else "animatelcm"
+        return MotionConfig(name, mid, 64, "per_frame", image_encoder)
+    if mid:
+        return MotionConfig("v2", mid, pe_length, "per_frame", image_encoder)
+    if pe_length == 32:
+        return MotionConfig("v3", mid, pe_length, "per_frame", image_encoder)
+    return MotionConfig("v1", mid, pe_length, "joint", image_encoder)
+
+
+def load_unet(sd15, motion=None, *, attention_heads: int = 8, motion_heads: int = 8,
+              norm_groups: int = 32, motion_max_frames: int | None = None, frame_norm: str | None = None,
+              dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> UNet:
+    """An SD1.5 UNet from `sd15` (file, folder or state dict), inflated with `motion` if given.
+
+    Head counts and GroupNorm groups cannot be read from shapes; their defaults are SD1.5's.
+    `frame_norm` overrides the motion version's spatial GroupNorm mode ("per_frame"/"joint").
+    """
+    state = read_sd15_unet(sd15)
+    try:
+        cfg = UNetConfig.from_state_dict(state, attention_heads=attention_heads, motion_heads=motion_heads,
+                                         norm_groups=norm_groups)
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{_name(sd15)} does not look like a complete SD1.5 UNet ({e}).") from e
+    if any(k.startswith("img_encoder.") or "motion_modules." in k for k in state):
+        raise CheckpointError(f"{_name(sd15)} mixes motion-module keys into the UNet file; pass the "
+                              "motion module as a separate file.")
+    if motion is not None:
+        motion_state, motion_cfg = read_motion_module(motion)
+        cfg = cfg.with_motion(motion_cfg)
+        state = {**state, **motion_state}
+    overrides = {k: v for k, v in (("motion_max_frames", motion_max_frames), ("frame_norm", frame_norm)) if v}
+    cfg = replace(cfg, **overrides)
+    with torch.device("meta"):
+        unet = UNet(cfg)
+    unet = unet.to_empty(device=device)
+    what = f"{_name(sd15)}" + (f" + {_name(motion)}" if motion is not None else "")
+    load_strict(unet, state, what)
+    return unet.to(dtype) if dtype is not None else unet
+
+
+def unet_state_to_ldm(unet: UNet) -> dict[str, torch.Tensor]:
+    """Spatial UNet tensors in SD1.5 single-file names (with `model.diffusion_model.`)."""
+    cfg = unet.cfg
+    spatial = {k: v for k, v in unet.state_dict().items() if "motion_modules." not in k
+               and not k.startswith("img_encoder.")}
+    ldm = unet_to_ldm(spatial, len(cfg.block_out_channels), cfg.layers_per_block, cfg.attention_levels)
+    return {LDM_UNET_PREFIX + k: v for k, v in ldm.items()}
+
+
+def motion_state(unet: UNet) -> dict[str, torch.Tensor]:
+    """The motion-module (and image-encoder) tensors in the original AnimateDiff layout."""
+    return {k: v for k, v in unet.state_dict().items() if "motion_modules." in k or k.startswith("img_encoder.")}
+
+
+def _name(source) -> str:
+    return "the given state dict" if isinstance(source, dict) else str(source)
