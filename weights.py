@@ -70,6 +70,18 @@ def read_component(source, component: str) -> tuple[dict[str, torch.Tensor], str
                           f"folder, its {component}/ folder, or a single weights file.")
 
 
+HINTS_KEY = "architecture"
+
+
+def architecture_hints(source, component: str) -> dict:
+    """What shapes cannot tell (head counts, GroupNorm groups) for `component`, as our own save
+    functions store it in the safetensors metadata ({} for other files and for state dicts)."""
+    if not isinstance(source, (str, os.PathLike)) or not Path(source).is_file():
+        return {}
+    raw = read_metadata(source).get(HINTS_KEY)
+    return json.loads(raw).get(component, {}) if raw else {}
+
+
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The string metadata stored in a safetensors header ({} for other files or none stored)."""
     path = Path(path)

@@ -107,7 +107,8 @@ def test_unet2d_equals_diffusers_from_single_file(files):
 def test_unet2d_from_diffusers_folder(files, tmp_path):
     ref = tiny_diffusers_unet(seed=3)
     ref.save_pretrained(tmp_path / "pipe" / "unet")
-    ours = load_unet(tmp_path / "pipe", **TINY_HEADS).eval()
+    ours = load_unet(tmp_path / "pipe").eval()  # head count and groups from the folder's config.json
+    assert (ours.cfg.attention_heads, ours.cfg.norm_groups) == (4, 8)
     x, c = torch.randn(1, 4, 16, 16), torch.randn(1, 5, 32)
     with torch.no_grad():
         assert_close(ours(x, 250, c), ref(x, 250, c).sample)
@@ -150,7 +151,8 @@ def test_diffusers_motion_adapter_layout_loads_the_same(files, tmp_path):
     adapter = tiny_motion_adapter()
     adapter.save_pretrained(tmp_path / "adapter")
     original = original_motion_file_state(adapter, None)
-    a = load_unet(sd, tmp_path / "adapter" / "diffusion_pytorch_model.safetensors", **TINY_HEADS)
+    a = load_unet(sd, tmp_path / "adapter", attention_heads=4, norm_groups=8)  # motion heads from config.json
+    assert a.cfg.motion_heads == 4
     b = load_unet(sd, original, **TINY_HEADS)
     assert a.cfg.motion_max_frames == 32 and b.cfg.motion_max_frames == 64  # AnimateLCM computes 64
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):

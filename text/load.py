@@ -15,7 +15,7 @@ import re
 
 import torch
 
-from weights import CheckpointError, describe_checkpoint, load_strict, read_component, strip_prefix
+from weights import CheckpointError, architecture_hints, describe_checkpoint, load_strict, read_component, strip_prefix
 
 from .encoder import CLIPTextEncoder, TextEncoderConfig
 
@@ -108,11 +108,12 @@ def load_text_encoder(source, heads: int | None = None,
     """The SD1.5 text encoder from an SD1.5 single file, a diffusers pipeline folder or its
     text_encoder folder, a standalone text-encoder file, or a state dict (HF or our names).
 
-    `heads` cannot be read from weight shapes: None means the folder's config.json, else width // 64.
+    `heads` cannot be read from weight shapes: None means the folder's config.json, else our files'
+    architecture hints, else width // 64.
     """
     state, what, hf_config = _read(source)
     ours = text_encoder_state(state, what)
-    heads = heads or hf_config.get("num_attention_heads")
+    heads = heads or hf_config.get("num_attention_heads") or architecture_hints(source, "text_encoder").get("heads")
     try:
         config = TextEncoderConfig.from_state_dict(
             ours, heads=heads, layer_norm_eps=hf_config.get("layer_norm_eps", 1e-5))

@@ -8,12 +8,14 @@ every parameter is filled, or a CheckpointError says what does not fit.
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 
-from weights import (CheckpointError, describe_checkpoint, load_strict, read_component, read_state_dict,
+from weights import (CheckpointError, architecture_hints, describe_checkpoint, load_strict, read_component,
                      strip_prefix)
 
 from .config import MotionConfig, UNetConfig
@@ -41,8 +43,11 @@ def read_sd15_unet(source) -> dict[str, torch.Tensor]:
 
 
 def read_motion_module(source) -> tuple[dict[str, torch.Tensor], MotionConfig]:
-    """Our-named motion-module (and I2V image-encoder) tensors, and what the file is."""
-    state = source if isinstance(source, dict) else read_state_dict(source)
+    """Our-named motion-module (and I2V image-encoder) tensors, and what the file is.
+
+    `source`: an AnimateDiff/AnimateLCM file, a diffusers MotionAdapter folder, or a state dict.
+    """
+    state, _, _ = read_component(source, "motion_adapter")
     state = {k.removeprefix("module."): v for k, v in state.items()}
     if not any("motion_modules." in k for k in state):
         raise CheckpointError(f"{_name(source)} is {describe_checkpoint(state)}, not a motion module. "
@@ -74,18 +79,23 @@ def detect_motion_version(pe_length: int | None, mid: bool, image_encoder: bool)
     return MotionConfig("v1", mid, pe_length, "joint", image_encoder)
 
 
-def load_unet(sd15, motion=None, *, attention_heads: int = 8, motion_heads: int = 8,
-              norm_groups: int = 32, motion_max_frames: int | None = None, frame_norm: str | None = None,
+def load_unet(sd15, motion=None, *, attention_heads: int | None = None, motion_heads: int | None = None,
+              norm_groups: int | None = None, motion_max_frames: int | None = None, frame_norm: str | None = None,
               dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> UNet:
     """An SD1.5 UNet from `sd15` (file, folder or state dict), inflated with `motion` if given.
 
-    Head counts and GroupNorm groups cannot be read from shapes; their defaults are SD1.5's.
+    Head counts and GroupNorm groups cannot be read from shapes: they come from the arguments, else
+    from the files' architecture hints (our own saved files carry them), else SD1.5's 8, 8 and 32.
     `frame_norm` overrides the motion version's spatial GroupNorm mode ("per_frame"/"joint").
     """
+    hints = {**diffusers_config_hints(sd15, "unet"), **architecture_hints(sd15, "unet"),
+             **diffusers_config_hints(motion, "motion_adapter"), **architecture_hints(motion, "motion")}
+    given = dict(attention_heads=attention_heads, motion_heads=motion_heads, norm_groups=norm_groups)
+    shape_free = {k: v if v is not None else hints.get(k, UNetConfig.__dataclass_fields__[k].default)
+                  for k, v in given.items()}
     state = read_sd15_unet(sd15)
     try:
-        cfg = UNetConfig.from_state_dict(state, attention_heads=attention_heads, motion_heads=motion_heads,
-                                         norm_groups=norm_groups)
+        cfg = UNetConfig.from_state_dict(state, **shape_free)
     except (KeyError, ValueError) as e:
         raise CheckpointError(f"{_name(sd15)} does not look like a complete SD1.5 UNet ({e}).") from e
     if any(k.startswith("img_encoder.") or "motion_modules." in k for k in state):
@@ -105,6 +115,19 @@ def load_unet(sd15, motion=None, *, attention_heads: int = 8, motion_heads: int 
     return unet.to(dtype) if dtype is not None else unet
 
 
+def diffusers_config_hints(source, component: str) -> dict:
+    """Head counts and norm groups from a diffusers folder's config.json ({} for anything else)."""
+    if not isinstance(source, (str, Path)) or not Path(source).is_dir():
+        return {}
+    folder = Path(source) / component if (Path(source) / component).is_dir() else Path(source)
+    config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+    # SD1.5 configs name the head count `attention_head_dim` (a diffusers naming quirk).
+    heads = config.get("attention_head_dim") if component == "unet" else config.get("motion_num_attention_heads")
+    groups = config.get("norm_num_groups" if component == "unet" else "motion_norm_num_groups")
+    names = ("attention_heads" if component == "unet" else "motion_heads", "norm_groups")
+    return {k: v for k, v in zip(names, (heads, groups)) if isinstance(v, int)}
+
+
 def unet_state_to_ldm(unet: UNet) -> dict[str, torch.Tensor]:
     """Spatial UNet tensors in SD1.5 single-file names (with `model.diffusion_model.`)."""
     cfg = unet.cfg
@@ -117,6 +140,14 @@ def unet_state_to_ldm(unet: UNet) -> dict[str, torch.Tensor]:
 def motion_state(unet: UNet) -> dict[str, torch.Tensor]:
     """The motion-module (and image-encoder) tensors in the original AnimateDiff layout."""
     return {k: v for k, v in unet.state_dict().items() if "motion_modules." in k or k.startswith("img_encoder.")}
+
+
+def unet_hints(unet: UNet) -> dict:
+    """Architecture hints for a saved file: what a loader cannot read from the shapes."""
+    cfg = unet.cfg
+    return {"unet": {"attention_heads": cfg.attention_heads, "motion_heads": cfg.motion_heads,
+                     "norm_groups": cfg.norm_groups},
+            "motion": {"motion_heads": cfg.motion_heads, "norm_groups": cfg.norm_groups}}
 
 
 def _name(source) -> str:

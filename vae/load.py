@@ -13,7 +13,7 @@ import re
 
 import torch
 
-from weights import CheckpointError, describe_checkpoint, load_strict, read_component, strip_prefix
+from weights import CheckpointError, architecture_hints, describe_checkpoint, load_strict, read_component, strip_prefix
 
 from .model import AutoencoderKL, VAEConfig
 
@@ -129,12 +129,16 @@ def read_vae_state(source) -> dict[str, torch.Tensor]:
                           "checkpoint, a diffusers folder, or a VAE file such as vae-ft-mse-840000.")
 
 
-def load_vae(source, *, norm_groups: int = 32, scaling_factor: float = 0.18215,
+def load_vae(source, *, norm_groups: int | None = None, scaling_factor: float | None = None,
              dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> AutoencoderKL:
     """An AutoencoderKL from `source` (file, folder or state dict), its shape read from the tensors.
 
-    GroupNorm groups and the latent scaling factor cannot be read from a file; defaults are SD1.5's.
+    GroupNorm groups and the latent scaling factor cannot be read from shapes: they come from the
+    arguments, else the file's architecture hints (our own saved files carry them), else SD1.5's.
     """
+    hints = architecture_hints(source, "vae")
+    norm_groups = norm_groups or hints.get("norm_groups", 32)
+    scaling_factor = scaling_factor or hints.get("scaling_factor", 0.18215)
     state = read_vae_state(source)
     try:
         cfg = VAEConfig.from_state_dict(state, norm_groups=norm_groups, scaling_factor=scaling_factor)
