@@ -140,7 +140,8 @@ def main():
         ours_t, ref_t = statistics.median(times["ours"]), statistics.median(times["diffusers"])
         label = "forward+backward" if backward else "forward"
         print(f"{label:>17}: ours {ours_t * 1e3:9.1f} ms  diffusers {ref_t * 1e3:9.1f} ms  ratio {ours_t / ref_t:.3f}"
-              f"   peak extra memory ours {peaks['ours'] / 2**20:8.1f} MiB  diffusers {peaks['diffusers'] / 2**20:8.1f} MiB")
+              f"   peak extra memory ours {peaks['ours'] / 2**20:8.1f} MiB"
+              f"  diffusers {peaks['diffusers'] / 2**20:8.1f} MiB")
 
 
 if __name__ == "__main__":

@@ -219,7 +219,8 @@ def test_refuses_other_models(keys, message):
 def test_refuses_sd2_folder(tmp):
     (tmp / "text_encoder").mkdir()
     (tmp / "text_encoder" / "config.json").write_text(json.dumps({"hidden_act": "gelu", "hidden_size": 1024}))
-    save_safetensors({"text_model.final_layer_norm.weight": torch.ones(1024)}, tmp / "text_encoder" / "model.safetensors")
+    save_safetensors({"text_model.final_layer_norm.weight": torch.ones(1024)},
+                     tmp / "text_encoder" / "model.safetensors")
     with pytest.raises(CheckpointError, match="quick_gelu"):
         load_text_encoder(tmp)
     (tmp / "empty").mkdir()

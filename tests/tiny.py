@@ -68,3 +68,44 @@ def _pe(length: int, dim: int) -> torch.Tensor:
     pe = torch.zeros(1, length, dim)
     pe[0, :, 0::2], pe[0, :, 1::2] = torch.sin(pos * div), torch.cos(pos * div)
     return pe
+
+
+TINY_VAE = dict(block_out_channels=(32, 32, 32, 32), layers_per_block=1, norm_num_groups=8, latent_channels=4,
+                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+TINY_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 max_position_embeddings=77, vocab_size=49408, hidden_act="quick_gelu")
+
+
+def hf_clip_tokenizer(folder):
+    """transformers' CLIPTokenizer on open_clip's bundled BPE data (no download)."""
+    import gzip
+    import json
+    from open_clip.tokenizer import bytes_to_unicode, default_bpe
+    from transformers import CLIPTokenizer
+    merges = gzip.open(default_bpe()).read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
+    vocab = list(bytes_to_unicode().values())
+    vocab += [v + "</w>" for v in vocab] + ["".join(m.split()) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    (folder / "vocab.json").write_text(json.dumps({v: i for i, v in enumerate(vocab)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+
+
+def tiny_reference_parts(seed: int = 0):
+    """Random tiny diffusers/transformers parts of an AnimateDiff pipeline: unet2d, adapter, vae, text."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel
+    torch.manual_seed(seed)
+    vae = randomize(AutoencoderKL(**TINY_VAE), seed + 2, scale=0.05)
+    text = randomize(CLIPTextModel(CLIPTextConfig(**TINY_TEXT)), seed + 3, scale=0.05)
+    return tiny_diffusers_unet(seed), tiny_motion_adapter(seed + 1), vae, text
+
+
+def sd15_file_state(unet2d, vae, text) -> dict[str, torch.Tensor]:
+    """The three parts in the SD1.5 single-file layout, written with our inverse key maps."""
+    from vae.load import vae_to_ldm
+    state = ldm_unet_file_state(unet2d)
+    state.update({"first_stage_model." + k: v for k, v in vae_to_ldm(vae.state_dict()).items()})
+    text_state = {k if k.startswith("text_model.") else "text_model." + k: v for k, v in text.state_dict().items()}
+    state.update({"cond_stage_model.transformer." + k: v for k, v in text_state.items()})
+    return state

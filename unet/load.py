@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from weights import (CheckpointError, architecture_hints, describe_checkpoint, load_strict, read_component,
-                     strip_prefix)
+from weights import (HINTS_KEY, CheckpointError, architecture_hints, describe_checkpoint, load_strict,
+                     read_component, save_safetensors, strip_prefix)
 
 from .config import MotionConfig, UNetConfig
 from .keymap import motion_from_diffusers, unet_from_ldm, unet_to_ldm
@@ -105,6 +105,7 @@ def load_unet(sd15, motion=None, *, attention_heads: int | None = None, motion_h
         motion_state, motion_cfg = read_motion_module(motion)
         cfg = cfg.with_motion(motion_cfg)
         state = {**state, **motion_state}
+    motion_max_frames = motion_max_frames or hints.get("motion_max_frames")  # our files record their window
     overrides = {k: v for k, v in (("motion_max_frames", motion_max_frames), ("frame_norm", frame_norm)) if v}
     cfg = replace(cfg, **overrides)
     with torch.device("meta"):
@@ -142,12 +143,18 @@ def motion_state(unet: UNet) -> dict[str, torch.Tensor]:
     return {k: v for k, v in unet.state_dict().items() if "motion_modules." in k or k.startswith("img_encoder.")}
 
 
+def save_motion_module(unet: UNet, path, metadata: dict | None = None) -> None:
+    """Write the motion modules (and I2V image encoder) as an AnimateDiff-layout safetensors file."""
+    save_safetensors(motion_state(unet), path, {**(metadata or {}), HINTS_KEY: unet_hints(unet)})
+
+
 def unet_hints(unet: UNet) -> dict:
     """Architecture hints for a saved file: what a loader cannot read from the shapes."""
     cfg = unet.cfg
     return {"unet": {"attention_heads": cfg.attention_heads, "motion_heads": cfg.motion_heads,
                      "norm_groups": cfg.norm_groups},
-            "motion": {"motion_heads": cfg.motion_heads, "norm_groups": cfg.norm_groups}}
+            "motion": {"motion_heads": cfg.motion_heads, "norm_groups": cfg.norm_groups,
+                       "motion_max_frames": cfg.motion_max_frames}}
 
 
 def _name(source) -> str:

@@ -1,0 +1,168 @@
+"""Few-step video generation: text-, image- and video-to-video, and longer videos.
+
+The pieces in order: prompts -> text states; initial latents from a seeded CPU generator (drawn in
+the same shapes and order as diffusers' AnimateDiffPipeline, so a seed gives the same video);
+a sampler from `lcm/` over a model callable (UNet + classifier-free guidance); VAE decode in frame
+chunks. Samplers never see the UNet; the callable built here is all they know.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from lcm.context import blend_windows
+from lcm.sampler import (ddim_timesteps, dpmpp_timesteps, lcm_timesteps, sample_ddim, sample_dpmpp_2m,
+                         sample_lcm)
+from lcm.schedule import NoiseSchedule
+from sd15 import StableDiffusion
+
+SAMPLERS = ("lcm", "ddim", "dpmpp_2m")
+
+
+@dataclass
+class Request:
+    prompt: str
+    negative_prompt: str = ""
+    frames: int = 16
+    height: int = 512
+    width: int = 512
+    steps: int = 4
+    guidance: float = 1.0
+    seed: int = 0
+    sampler: str = "lcm"
+    schedule: NoiseSchedule = field(default_factory=NoiseSchedule)
+    original_steps: int = 100  # AnimateLCM-T2V's LCM grid (I2V: 200)
+    clip_skip: int = 0
+    image: torch.Tensor | None = None  # I2V: [1, 3, H, W] in [-1, 1]
+    motion_scale: float = 0.8
+    video: torch.Tensor | None = None  # V2V: [1, 3, F, H, W] in [-1, 1]
+    strength: float = 0.6
+    context_frames: int | None = None  # long videos: window length (default: the motion module's)
+    context_overlap: int = 4
+    decode_chunk: int = 8
+    progress: bool = True
+
+
+def check_request(model: StableDiffusion, r: Request) -> None:
+    """Refuse bad input before any heavy work, saying what to change."""
+    problems = []
+    f = vae_scale(model.vae)
+    if r.height % f or r.width % f or r.height < f or r.width < f:
+        problems.append(f"height and width must be positive multiples of {f} (got {r.height}x{r.width})")
+    if r.steps < 1:
+        problems.append(f"steps must be at least 1 (got {r.steps})")
+    if r.guidance < 1:
+        problems.append(f"guidance must be at least 1 (1 disables classifier-free guidance; got {r.guidance})")
+    if r.sampler not in SAMPLERS:
+        problems.append(f"sampler must be one of {SAMPLERS} (got {r.sampler!r})")
+    if r.frames < 1:
+        problems.append(f"frames must be at least 1 (got {r.frames})")
+    window = model.unet.cfg.motion_max_frames if model.unet.cfg.motion_modules else None
+    if window and r.frames > window and not r.context_frames:
+        problems.append(f"{r.frames} frames is more than the motion module's window of {window}; "
+                        f"pass --context-frames {min(16, window)} to generate a longer video from "
+                        "overlapping windows")
+    if r.context_frames and window and r.context_frames > window:
+        problems.append(f"--context-frames {r.context_frames} exceeds the motion module's window of {window}")
+    if r.image is not None and model.unet.img_encoder is None:
+        problems.append("image-to-video needs an AnimateLCM-I2V motion module (with its image encoder)")
+    if r.video is not None and not 0 < r.strength <= 1:
+        problems.append(f"strength must be in (0, 1] (got {r.strength})")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def guided(unet, context: torch.Tensor, uncontext: torch.Tensor | None, guidance: float,
+           image_latent: torch.Tensor | None = None, motion_scale: float = 0.8) -> Callable:
+    """The model callable the samplers see: eps = eps_u + g (eps_c - eps_u); one pass when g == 1."""
+    features = {}
+
+    def image_features(frames: int, batch: int):
+        if image_latent is None:
+            return None
+        if frames not in features:  # depends only on the image and the frame count: computed once
+            features[frames] = unet.encode_image(image_latent, frames, motion_scale)
+        return [f.repeat(batch, 1, 1, 1) for f in features[frames]] if batch > 1 else features[frames]
+
+    def model(x: torch.Tensor, t) -> torch.Tensor:
+        if guidance == 1:
+            return unet(x, t, context, image_features(x.shape[2], 1))
+        eps_u, eps_c = unet(torch.cat([x, x]), t, torch.cat([uncontext, context]),
+                            image_features(x.shape[2], 2)).chunk(2)
+        return eps_u + guidance * (eps_c - eps_u)
+
+    return model
+
+
+@torch.no_grad()
+def generate(model: StableDiffusion, r: Request, timings: dict | None = None) -> torch.Tensor:
+    """A video [3, F, H, W] in [0, 1] for the request; `timings` gets seconds per phase."""
+    check_request(model, r)
+    timings = {} if timings is None else timings
+    unet, vae = model.unet, model.vae
+    param = next(unet.parameters())
+    device, dtype = param.device, param.dtype
+
+    start = time.perf_counter()
+    context = model.encode_prompts([r.prompt], r.clip_skip)
+    uncontext = model.encode_prompts([r.negative_prompt], r.clip_skip) if r.guidance > 1 else None
+    timings["text"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    generator = torch.Generator("cpu").manual_seed(r.seed)
+    shape = (1, unet.cfg.in_channels, r.frames, r.height // vae_scale(vae), r.width // vae_scale(vae))
+    noise = torch.randn(shape, generator=generator, dtype=dtype).to(device)  # as diffusers' randn_tensor
+    timesteps = _timesteps(r)
+    if r.video is not None:  # SDEdit-style: the source video noised to the first timestep
+        source = vae.encode_video(r.video.to(vae_device(vae), vae_dtype(vae)), generator=generator)
+        latents = r.schedule.add_noise(source.to(device, dtype), noise, timesteps[0])
+    else:
+        latents = noise
+    image_latent = None
+    if r.image is not None:  # I2V: the first frame's latent, the same for every frame
+        image_latent = vae.encode(r.image.to(vae_device(vae), vae_dtype(vae))).sample(generator)
+        image_latent = (image_latent * vae.cfg.scaling_factor).to(device, dtype)
+    denoiser = guided(unet, context, uncontext, r.guidance, image_latent, r.motion_scale)
+    if unet.cfg.motion_modules and (r.context_frames or r.frames > unet.cfg.motion_max_frames):
+        denoiser = blend_windows(denoiser, r.frames, r.context_frames or unet.cfg.motion_max_frames,
+                                 r.context_overlap)
+    sample = {"lcm": sample_lcm, "ddim": sample_ddim, "dpmpp_2m": sample_dpmpp_2m}[r.sampler]
+    extra = {"generator": generator} if r.sampler == "lcm" else {}
+    latents = sample(denoiser, latents, r.schedule, timesteps, progress=r.progress, **extra)
+    if not torch.isfinite(latents).all():
+        raise FloatingPointError("the sampler produced non-finite latents (NaN/inf); try --dtype fp32 or bf16, "
+                                 "or check the weights")
+    timings["denoise"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    video = vae.decode_video(latents.to(vae_device(vae), vae_dtype(vae)), chunk_frames=r.decode_chunk)[0]
+    video = (video.float() / 2 + 0.5).clamp(0, 1)
+    if not torch.isfinite(video).all():
+        raise FloatingPointError("the VAE decoded non-finite frames; decode in fp32 (--vae-dtype fp32)")
+    timings["decode"] = time.perf_counter() - start
+    return video
+
+
+def _timesteps(r: Request) -> list[int]:
+    if r.sampler == "lcm":
+        return lcm_timesteps(r.steps, r.original_steps, r.strength if r.video is not None else 1.0)
+    timesteps = ddim_timesteps(r.steps) if r.sampler == "ddim" else dpmpp_timesteps(r.steps)
+    if r.video is not None:  # keep the last `strength` share of the steps
+        timesteps = timesteps[len(timesteps) - max(1, round(r.steps * r.strength)):]
+    return timesteps
+
+
+def vae_scale(vae) -> int:
+    """Pixels per latent pixel: 8 for SD1.5's VAE (each level but the last halves the size)."""
+    return 2 ** (len(vae.cfg.block_out_channels) - 1)
+
+
+def vae_device(vae) -> torch.device:
+    return next(vae.parameters()).device
+
+
+def vae_dtype(vae) -> torch.dtype:
+    return next(vae.parameters()).dtype

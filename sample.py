@@ -1,0 +1,160 @@
+"""Generate a video in a few steps with AnimateLCM.
+
+    python sample.py                                   # the bundled toy model, when present
+    python sample.py --sd15 v1-5-pruned-emaonly.safetensors --motion AnimateLCM_sd15_t2v.ckpt \\
+        --lora AnimateLCM_sd15_t2v_lora.safetensors --prompt "a boat on a calm lake" --out boat.gif
+    # image-to-video: the AnimateLCM-I2V motion module (and its LoRA), plus --image first_frame.png
+    # video-to-video: --video source.mp4 --strength 0.6
+    # longer than the motion module's window: --frames 48 --context-frames 16
+
+--sd15 takes any SD1.5-family checkpoint (single file or diffusers folder), so personalized models
+work. Weights are never downloaded: pass the files you have.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent
+TOY = {"sd15": ROOT / "toy" / "weights" / "toy_sd15.safetensors",
+       "motion": ROOT / "toy" / "weights" / "toy_motion.safetensors",
+       "lora": ROOT / "toy" / "weights" / "toy_lcm_lora.safetensors"}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+NO_WEIGHTS = """No weights given and no bundled toy model found (toy/weights/).
+Pass the files you have, for example:
+  python sample.py --sd15 v1-5-pruned-emaonly.safetensors \\
+      --motion AnimateLCM_sd15_t2v.ckpt --lora AnimateLCM_sd15_t2v_lora.safetensors \\
+      --prompt "a boat on a calm lake, golden hour" --out boat.gif
+--sd15: any SD1.5 single file (.safetensors/.ckpt) or diffusers folder; --motion: an AnimateLCM or
+AnimateDiff motion module; --lora: the AnimateLCM spatial LoRA (or LCM-LoRA). See README.md."""
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Few-step text/image/video-to-video with AnimateLCM.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--prompt", default="a red circle moving left")
+    p.add_argument("--negative-prompt", default="")
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance; 1 = one pass per step")
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--height", type=int, default=512)
+    p.add_argument("--width", type=int, default=512)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fps", type=int, default=8)
+    p.add_argument("--out", default="out.gif", help=".gif, .mp4, .webp, or a folder name for PNG frames")
+    p.add_argument("--sd15", help="SD1.5 checkpoint: single file or diffusers folder")
+    p.add_argument("--motion", help="motion module: AnimateLCM t2v/i2v, AnimateDiff v1/v2/v3")
+    p.add_argument("--lora", action="append", default=[], help="spatial LoRA (repeatable)")
+    p.add_argument("--lora-scale", type=float, action="append", default=[],
+                   help="multiplier per --lora (default 0.8 each, AnimateLCM's app default)")
+    p.add_argument("--sampler", default="lcm", choices=["lcm", "ddim", "dpmpp_2m"])
+    p.add_argument("--beta-schedule", default="beta_linear", choices=["beta_linear", "sqrt_beta_linear"],
+                   help="see README: AnimateLCM/AnimateDiff use beta_linear")
+    p.add_argument("--beta-end", type=float, default=None, help="default 0.012 (AnimateLCM-I2V: 0.014)")
+    p.add_argument("--original-steps", type=int, default=None,
+                   help="LCM timestep grid; default 100 (AnimateLCM-I2V: 200)")
+    p.add_argument("--clip-skip", type=int, default=0)
+    p.add_argument("--image", help="image-to-video: the first frame (needs the AnimateLCM-I2V motion module)")
+    p.add_argument("--motion-scale", type=float, default=0.8, help="I2V: 0 = still, larger = more motion")
+    p.add_argument("--video", help="video-to-video: source video file or folder of frames")
+    p.add_argument("--strength", type=float, default=0.6, help="V2V: how much of the source is replaced")
+    p.add_argument("--context-frames", type=int, default=None, help="long videos: window length")
+    p.add_argument("--context-overlap", type=int, default=4)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=DTYPES, default=None, help="UNet dtype; default fp16 on GPU, fp32 on CPU")
+    p.add_argument("--vae-dtype", choices=DTYPES, default="fp32")
+    p.add_argument("--decode-chunk", type=int, default=8, help="frames decoded at once")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.sd15 is None:
+        if not TOY["sd15"].exists():
+            print(NO_WEIGHTS)
+            return 0
+        args.sd15 = str(TOY["sd15"])
+        args.motion = args.motion or str(TOY["motion"])
+        args.lora = args.lora or [str(TOY["lora"])]
+    height, width = args.height, args.width
+    try:
+        check_args(args, height, width)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    from lcm.schedule import NoiseSchedule
+    from pipeline import Request, generate
+    from sd15 import load_sd15
+    from video_io import read_image, read_video, resize_crop, to_model, to_uint8, write_video
+    from weights import CheckpointError
+
+    start = time.perf_counter()
+    try:
+        dtype = DTYPES[args.dtype or ("fp16" if args.device.startswith("cuda") else "fp32")]
+        scales = args.lora_scale + [0.8] * (len(args.lora) - len(args.lora_scale))
+        model = load_sd15(args.sd15, args.motion, list(zip(args.lora, scales)),
+                          device=args.device, dtype=dtype, vae_dtype=DTYPES[args.vae_dtype])
+    except (CheckpointError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    load_time = time.perf_counter() - start
+
+    i2v = model.unet.img_encoder is not None  # AnimateLCM-I2V: its own schedule and grid by default
+    schedule = NoiseSchedule(args.beta_schedule, beta_end=args.beta_end or (0.014 if i2v else 0.012))
+    request = Request(prompt=args.prompt, negative_prompt=args.negative_prompt, frames=args.frames,
+                      height=height, width=width, steps=args.steps, guidance=args.guidance, seed=args.seed,
+                      sampler=args.sampler, schedule=schedule,
+                      original_steps=args.original_steps or (200 if i2v else 100), clip_skip=args.clip_skip,
+                      motion_scale=args.motion_scale, strength=args.strength,
+                      context_frames=args.context_frames, context_overlap=args.context_overlap,
+                      decode_chunk=args.decode_chunk)
+    if args.image:
+        request.image = to_model(resize_crop(read_image(args.image)[None], height, width))[:, :, 0]
+    if args.video:
+        source = read_video(args.video, max_frames=args.frames)
+        if len(source) < args.frames:
+            print(f"error: {args.video} has {len(source)} frames, fewer than --frames {args.frames}", file=sys.stderr)
+            return 2
+        request.video = to_model(resize_crop(source, height, width))
+    timings = {}
+    try:
+        video = generate(model, request, timings)
+    except (ValueError, FloatingPointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = write_video(to_uint8(video), args.out, args.fps)
+    print(f"wrote {out} ({args.frames} frames, {width}x{height}, {args.fps} fps, {args.steps} {args.sampler} steps)")
+    print("time: " + ", ".join(f"{k} {v:.2f} s" for k, v in {"load": load_time, **timings}.items()))
+    return 0
+
+
+def check_args(args, height: int, width: int) -> None:
+    """Cheap checks before any weights are read."""
+    problems = []
+    if height % 8 or width % 8 or height < 8 or width < 8:
+        problems.append(f"--height and --width must be positive multiples of 8 (got {height}x{width})")
+    if args.steps < 1:
+        problems.append(f"--steps must be at least 1 (got {args.steps})")
+    if args.guidance < 1:
+        problems.append(f"--guidance must be at least 1 (got {args.guidance}); 1 means no guidance")
+    if len(args.lora_scale) > len(args.lora):
+        problems.append("more --lora-scale values than --lora files")
+    for flag in ("sd15", "motion", "image", "video"):
+        value = getattr(args, flag)
+        if value and not Path(value).exists():
+            problems.append(f"--{flag} {value}: no such file or folder")
+    problems += [f"--lora {p}: no such file" for p in args.lora if not Path(p).exists()]
+    if args.image and args.video:
+        problems.append("--image and --video cannot be combined")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""sample.py end to end on tiny random weights: files written and read back, and every bad input."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import sample
+from sd15 import save_sd15
+from test_sd15 import tiny_parts
+from tiny import randomize
+from unet.load import save_motion_module
+from unet.model import UNet
+from video_io import read_video, write_video
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    unet, vae, text = tiny_parts()
+    save_sd15(d / "sd15.safetensors", unet, vae, text)
+    for name, image_encoder in (("t2v", False), ("i2v", True)):
+        cfg = unet.cfg.__class__(**{**unet.cfg.__dict__, "motion_modules": True, "motion_mid_block": True,
+                                    "motion_max_frames": 24, "image_encoder": image_encoder})
+        video_unet = randomize(UNet(cfg), 7)
+        save_motion_module(video_unet, d / f"{name}.safetensors")
+    return d
+
+
+def run(weights, tmp_path, *extra, motion="t2v"):
+    args = ["--sd15", str(weights / "sd15.safetensors"), "--motion", str(weights / f"{motion}.safetensors"),
+            "--height", "32", "--width", "48", "--frames", "5", "--steps", "2", "--seed", "1", *extra]
+    return sample.main(args)
+
+
+@pytest.mark.parametrize("suffix", [".gif", ".mp4", ".webp", ""])
+def test_writes_videos_that_read_back(weights, tmp_path, capsys, suffix):
+    out = tmp_path / f"video{suffix}"
+    assert run(weights, tmp_path, "--out", str(out), "--fps", "10") == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    frames = read_video(out)
+    assert frames.shape == (5, 32, 48, 3)
+    if suffix == ".gif":
+        with Image.open(out) as im:
+            assert im.n_frames == 5 and im.info["duration"] == 100  # ms per frame at 10 fps
+    if suffix == ".mp4":
+        import av
+        with av.open(str(out)) as c:
+            assert c.streams.video[0].average_rate == 10
+
+
+def test_same_seed_same_video_and_guidance_runs(weights, tmp_path):
+    run(weights, tmp_path, "--out", str(tmp_path / "a"), "--guidance", "1.5", "--negative-prompt", "bad")
+    run(weights, tmp_path, "--out", str(tmp_path / "b"), "--guidance", "1.5", "--negative-prompt", "bad")
+    assert np.array_equal(read_video(tmp_path / "a"), read_video(tmp_path / "b"))
+
+
+def test_image_to_video(weights, tmp_path):
+    Image.fromarray(np.full((40, 60, 3), 200, np.uint8)).save(tmp_path / "first.png")
+    assert run(weights, tmp_path, "--out", str(tmp_path / "i2v"), "--image", str(tmp_path / "first.png"),
+               motion="i2v") == 0
+    assert read_video(tmp_path / "i2v").shape == (5, 32, 48, 3)
+
+
+def test_video_to_video_and_long_video(weights, tmp_path):
+    source = (np.random.default_rng(0).random((6, 32, 48, 3)) * 255).astype(np.uint8)
+    write_video(source, tmp_path / "source.gif", fps=8)
+    assert run(weights, tmp_path, "--out", str(tmp_path / "v2v"), "--video", str(tmp_path / "source.gif"),
+               "--strength", "0.5") == 0
+    assert read_video(tmp_path / "v2v").shape == (5, 32, 48, 3)
+    assert run(weights, tmp_path, "--out", str(tmp_path / "long"), "--frames", "30", "--context-frames", "8") == 0
+    assert read_video(tmp_path / "long").shape == (30, 32, 48, 3)
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--height", "30"], "multiples of 8"),
+    (["--steps", "0"], "--steps must be at least 1"),
+    (["--guidance", "0.5"], "--guidance must be at least 1"),
+    (["--frames", "30"], "window of 24.*--context-frames"),
+    (["--image", "missing.png"], "no such file"),
+])
+def test_bad_input_gets_a_clear_message(weights, tmp_path, capsys, extra, message):
+    assert run(weights, tmp_path, "--out", str(tmp_path / "x.gif"), *extra) == 2
+    import re
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "x.gif").exists()
+
+
+def test_wrong_kind_of_file(weights, tmp_path, capsys):
+    args = ["--sd15", str(weights / "t2v.safetensors"), "--out", str(tmp_path / "x.gif")]
+    assert sample.main(args) == 2
+    assert "motion module (pass it with --motion)" in capsys.readouterr().err
+    sdxl = {"conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight": torch.zeros(2)}
+    from weights import save_safetensors
+    save_safetensors(sdxl, tmp_path / "sdxl.safetensors")
+    assert sample.main(["--sd15", str(tmp_path / "sdxl.safetensors")]) == 2
+    assert "SDXL" in capsys.readouterr().err
+
+
+def test_no_weights_prints_what_to_pass(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sample.TOY, "sd15", tmp_path / "absent.safetensors")
+    assert sample.main([]) == 0
+    assert "--sd15" in capsys.readouterr().out
