@@ -62,3 +62,22 @@ def test_text_to_video_equals_diffusers(setup, tmp_path, guidance, lora):
     # and the seed matters
     other = generate(ours, Request(**{**request.__dict__, "seed": 4}))
     assert (other - video).abs().max() > 1e-3
+
+
+def test_non_finite_latents_stop_with_a_message(setup):
+    d, _ = setup
+    ours = load_sd15(d / "sd15.safetensors", d / "motion.safetensors")
+    with torch.no_grad():
+        ours.unet.conv_out.bias.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="non-finite latents"):
+        generate(ours, Request(prompt="x", frames=2, height=64, width=64, steps=1, progress=False))
+
+
+def test_requests_are_checked_before_any_work(setup):
+    d, _ = setup
+    ours = load_sd15(d / "sd15.safetensors", d / "motion.safetensors")
+    for bad, message in ((dict(height=60), "multiples of 8"), (dict(steps=0), "steps must be at least 1"),
+                         (dict(guidance=0.9), "guidance must be at least 1"), (dict(frames=70), "window of 64"),
+                         (dict(image=torch.zeros(1, 3, 64, 64)), "AnimateLCM-I2V"), (dict(sampler="euler"), "sampler")):
+        with pytest.raises(ValueError, match=message):
+            generate(ours, Request(**{"prompt": "x", "height": 64, "width": 64, **bad}))

@@ -1,0 +1,105 @@
+"""Consistency-distillation pieces against direct computation and diffusers' scheduler values."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from lcm.distill import (consistency_loss, ddim_grid, ddim_solver_step, diffusion_loss, distillation_loss, grid_pairs,
+                         guided, pseudo_huber, teacher_free_point)
+from lcm.ema import ema_update
+from lcm.schedule import NoiseSchedule, boundary_scalings, consistency_output
+
+
+def test_grid_and_pairs_follow_the_lcm_recipe():
+    assert ddim_grid(50)[:3].tolist() == [19, 39, 59] and ddim_grid(50)[-1] == 999 and len(ddim_grid(50)) == 50
+    start, end = grid_pairs(10000, 50, generator=torch.Generator().manual_seed(0))
+    assert set(start.tolist()) == set(ddim_grid(50).tolist())  # every grid point gets drawn
+    assert ((start - end == 20) | (end == 0)).all() and end.min() == 0
+    assert (end[start == 19] == 0).all()
+
+
+def test_ddim_solver_step_equals_diffusers_ddim_and_lcm_boundary_values():
+    """One teacher DDIM step to t_n is diffusers' DDIMScheduler step from t_{n+k} to t_n."""
+    from diffusers import DDIMScheduler, LCMScheduler
+    schedule = NoiseSchedule("beta_linear")
+    ref = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="linear", clip_sample=False,
+                        set_alpha_to_one=False)
+    ref.set_timesteps(50)  # step 20 = 1000 // 50, as the distillation grid
+    x, eps = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    for t in (999, 519, 39):
+        x0 = schedule.x0_from_eps(x, eps, torch.tensor([t, t]))
+        ours = ddim_solver_step(schedule, x0, eps, torch.tensor([t - 20] * 2))
+        torch.testing.assert_close(ours, ref.step(eps, t, x).prev_sample, atol=1e-5, rtol=1e-5)
+    lcm = LCMScheduler(beta_schedule="linear")
+    for t in (0, 1, 19, 499, 999):
+        c_skip, c_out = boundary_scalings(torch.tensor(t))
+        ref_skip, ref_out = lcm.get_scalings_for_boundary_condition_discrete(torch.tensor(t))
+        assert (c_skip.item(), c_out.item()) == pytest.approx((ref_skip.item(), ref_out.item()), rel=1e-6)
+
+
+def test_guidance_and_losses_against_direct_formulas():
+    c, u = torch.randn(3, 4), torch.randn(3, 4)
+    w = torch.tensor([0.0, 1.0, 7.5])
+    torch.testing.assert_close(guided(c, u, w), (1 + w[:, None]) * c - w[:, None] * u)
+    a, b = torch.randn(3, 5), torch.randn(3, 5)
+    expected = ((a - b) ** 2 + 1e-6).sqrt().sub(1e-3).mean(1)
+    torch.testing.assert_close(pseudo_huber(a, b, 1e-3), expected)
+    torch.testing.assert_close(consistency_loss(a, b, "l2"), ((a - b) ** 2).mean(1))
+    torch.testing.assert_close(diffusion_loss(a, b), ((a - b) ** 2).mean(1))
+    assert pseudo_huber(a, a).abs().max() == 0
+    with pytest.raises(ValueError):
+        consistency_loss(a, b, "l1")
+
+
+def test_teacher_free_point_shares_the_noise():
+    schedule, x0, noise = NoiseSchedule(), torch.randn(2, 4, 8), torch.randn(2, 4, 8)
+    t_end = torch.tensor([0, 480])
+    point = teacher_free_point(schedule, x0, noise, t_end)
+    alpha, sigma = schedule.alphas_cumprod[t_end].sqrt(), (1 - schedule.alphas_cumprod[t_end]).sqrt()
+    torch.testing.assert_close(point, alpha[:, None, None] * x0 + sigma[:, None, None] * noise)
+
+
+class Linear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(0.5))
+
+    def forward(self, x, t, c):
+        return self.w * x + c
+
+
+def test_distillation_loss_is_the_direct_computation():
+    """Steps 1-6 by hand, with the same random draws, equal the library function."""
+    schedule, x0 = NoiseSchedule(), torch.randn(4, 3, 2)
+    online, target, teacher = Linear(), Linear(), Linear()
+    target.w.data.fill_(0.4)
+    teacher.w.data.fill_(0.9)
+    context, uncontext, w = torch.full_like(x0, 0.1), torch.zeros_like(x0), torch.tensor([6.0] * 4)
+    loss, t = distillation_loss(online, target, teacher, schedule, x0, context, uncontext, w, 50, "huber",
+                                torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    t_start, t_end = grid_pairs(4, 50, generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+    a, s = schedule.alphas_cumprod[t_start].sqrt()[:, None, None], (1 - schedule.alphas_cumprod[t_start]).sqrt()[:, None, None]
+    x = a * x0 + s * noise
+    f_online = consistency_output(schedule, x, 0.5 * x + 0.1, t_start)
+    eps_c, eps_u = 0.9 * x + 0.1, 0.9 * x
+    x0_c, x0_u = (x - s * eps_c) / a, (x - s * eps_u) / a
+    x0_g, eps_g = 7 * x0_c - 6 * x0_u, 7 * eps_c - 6 * eps_u
+    an, sn = schedule.alphas_cumprod[t_end].sqrt()[:, None, None], (1 - schedule.alphas_cumprod[t_end]).sqrt()[:, None, None]
+    x_end = an * x0_g + sn * eps_g
+    f_target = consistency_output(schedule, x_end, 0.4 * x_end + 0.1, t_end)
+    assert torch.equal(t, t_start)
+    torch.testing.assert_close(loss, pseudo_huber(f_online, f_target))
+    loss.mean().backward()
+    assert online.w.grad is not None and target.w.grad is None and teacher.w.grad is None
+
+
+def test_ema_moves_every_weight_including_frozen_ones():
+    online, target = nn.Linear(3, 3), nn.Linear(3, 3)
+    online.requires_grad_(False)  # frozen weights move too (AnimateLCM's target init)
+    before = copy.deepcopy(target.state_dict())
+    ema_update(target, online, 0.9)
+    for k, v in target.state_dict().items():
+        torch.testing.assert_close(v, 0.9 * before[k] + 0.1 * online.state_dict()[k])

@@ -1,0 +1,211 @@
+"""Stage 2 of AnimateLCM: motion consistency distillation (AnimateLCM sec. 4.2, METHOD.md b.2).
+
+    python train_video.py --sd15 v1-5-pruned-emaonly.safetensors --teacher-motion mm_sd_v15_v2.ckpt \\
+        --lora runs/stage1/lora.safetensors --data my_videos/ --out runs/stage2
+    python train_video.py ... --resume true                     # continue exactly where it stopped
+    torchrun --nproc_per_node 4 train_video.py ...              # several GPUs (gradients all-reduced)
+    python train_video.py ... --direct true                     # VideoLCM-style one-stage baseline
+
+Teacher: SD1.5 + an AnimateDiff motion module, frozen; classifier-free guidance inside one DDIM step.
+Online student: SD1.5 with the stage-1 spatial LoRA merged + the motion modules; only these train.
+Target: AnimateLCM's initialisation: the same network *without* the LoRA, moved by EMA of all online
+weights, so its spatial weights drift to base + LoRA while early targets stay sane (`--init plain`
+starts the target as a copy of the online model instead, for the ablation).
+`--direct`: no stage 1: a fresh spatial LoRA and the motion modules train together at a fixed
+guidance weight (the non-decoupled baseline of the paper's ablation).
+Outputs in --out: motion_module.safetensors (AnimateDiff layout, from the EMA target; ComfyUI and
+diffusers load it), lora.safetensors in --direct mode, checkpoint.pt (full resume state), log.jsonl,
+val/ GIFs.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from lcm.distill import distillation_loss
+from lcm.ema import ema_update
+from lcm.schedule import NoiseSchedule
+from sd15 import StableDiffusion, load_sd15
+from training import (JsonlLog, StopSignal, all_reduce_grads, autocast, load_checkpoint, parse_settings, rng_state,
+                      save_checkpoint, set_rng_state, setup, timestep_buckets, warmup)
+from unet.load import save_motion_module
+from unet.lora import LoRANetwork
+
+
+@dataclasses.dataclass
+class Settings:
+    sd15: str = ""                 # SD1.5 or personalized SD1.5 checkpoint (file or diffusers folder)
+    teacher_motion: str = ""       # AnimateDiff motion module of the teacher (v2 layout: mid block)
+    lora: str = ""                 # stage-1 spatial LoRA (train_image.py); not used with --direct
+    data: str = ""                 # folder of videos with captions (see data.py)
+    out: str = "runs/stage2"
+    resume: bool = False
+    direct: bool = False
+    init: str = "animatelcm"       # target initialisation: "animatelcm" (no LoRA) or "plain" (copy)
+    frames: int = 16
+    stride: int = 4
+    size: int = 256
+    batch: int = 1
+    grad_accum: int = 1
+    steps: int = 1000
+    lr: float = 1e-5
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    ema_decay: float = 0.95        # VideoLCM / AnimateLCM-SVD value
+    w_min: float = 5.0             # guidance w ~ U[w_min, w_max] in the LCM form (1 + w) c - w u
+    w_max: float = 15.0
+    direct_w: float = 9.0          # --direct: fixed w, as VideoLCM
+    lora_rank: int = 64
+    original_steps: int = 50       # the DDIM solver grid: k = 1000 / 50 = 20
+    loss: str = "huber"
+    beta_schedule: str = "beta_linear"
+    precision: str = "bf16"        # autocast on GPU: bf16, fp16 or fp32; CPU runs fp32
+    gradient_checkpointing: bool = True
+    save_every: int = 250
+    log_every: int = 10
+    val_every: int = 250
+    val_prompt: str = "a boat sailing on a calm lake"
+    seed: int = 0
+    device: str = "auto"
+    workers: int = 2
+
+
+def main(argv=None):
+    s = parse_settings(Settings, argv, __doc__.split("\n")[0])
+    rt = setup(s.seed, s.device)
+    out = Path(s.out)
+    if rt.main:
+        print(f"settings: {dataclasses.asdict(s)}")
+
+    # ---- models ------------------------------------------------------------------------------
+    teacher = load_sd15(s.sd15, s.teacher_motion, device=rt.device)
+    teacher.unet.requires_grad_(False).eval()
+    online = copy.deepcopy(teacher.unet)
+    target = copy.deepcopy(teacher.unet)  # AnimateLCM init: the target starts without the LoRA
+    lora = target_lora = None
+    if s.direct:  # one stage: a fresh LoRA and the motion modules, both trained
+        lora = LoRANetwork.create(online, s.lora_rank)
+        target_lora = LoRANetwork.create(target, s.lora_rank)
+        target_lora.load_state_dict(lora.state_dict())
+        trainable = list(lora.parameters())
+    else:
+        LoRANetwork.load(online, s.lora).merge()  # stage-1 image consistency LoRA, fixed
+        if s.init == "plain":
+            target.load_state_dict(online.state_dict())
+        trainable = []
+    for name, p in online.named_parameters():
+        p.requires_grad_("motion_modules." in name)
+    trainable += [p for n, p in online.named_parameters() if "motion_modules." in n]
+    online.train().enable_gradient_checkpointing(s.gradient_checkpointing)
+    target.requires_grad_(False).eval()
+    if rt.main:
+        print(f"trainable parameters: {sum(p.numel() for p in trainable):,}")
+    schedule = NoiseSchedule(s.beta_schedule)
+    optimizer = torch.optim.AdamW(trainable, lr=s.lr, weight_decay=1e-2)
+
+    # ---- data --------------------------------------------------------------------------------
+    from data import ResumableSampler, VideoCaptionDataset, collate
+    dataset = VideoCaptionDataset(s.data, frames=s.frames, stride=s.stride, size=s.size, seed=s.seed)
+    sampler = ResumableSampler(len(dataset), s.batch, s.seed, rt.rank, rt.world)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=s.workers)
+
+    step, generator = 0, torch.Generator().manual_seed(s.seed + rt.rank)
+    if s.resume and (out / "checkpoint.pt").exists():
+        state = load_checkpoint(out / "checkpoint.pt")
+        online.load_state_dict(state["online"], strict=False)
+        target.load_state_dict(state["target"])
+        if lora is not None:
+            lora.load_state_dict(state["lora"])
+            target_lora.load_state_dict(state["target_lora"])
+        optimizer.load_state_dict(state["optimizer"])
+        sampler.load_state_dict(state["sampler"])
+        generator.set_state(state["generator"])
+        set_rng_state(state["rng"])
+        step = state["step"]
+        if rt.main:
+            print(f"resumed from {out / 'checkpoint.pt'} at step {step}")
+
+    def checkpoint():
+        if not rt.main:
+            return
+        save_checkpoint(out / "checkpoint.pt", {
+            "step": step, "settings": dataclasses.asdict(s), "optimizer": optimizer.state_dict(),
+            "online": {n: p for n, p in online.state_dict().items() if "motion_modules." in n},
+            "target": target.state_dict(), "sampler": sampler.state_dict(), "generator": generator.get_state(),
+            "rng": rng_state(), **({"lora": lora.state_dict(), "target_lora": target_lora.state_dict()}
+                                   if lora is not None else {})})
+        meta = {"settings": dataclasses.asdict(s), "schedule": dataclasses.asdict(schedule), "step": step}
+        save_motion_module(target, out / "motion_module.safetensors", meta)
+        if target_lora is not None:
+            target_lora.save(out / "lora.safetensors", metadata=meta)
+
+    # ---- loop --------------------------------------------------------------------------------
+    def encode(captions):
+        return teacher.encode_prompts(captions), teacher.encode_prompts([""] * len(captions))
+
+    log, stop = JsonlLog(out / "log.jsonl", rt.main), StopSignal()
+    bar = tqdm(total=s.steps, initial=step, disable=not rt.main, desc="stage 2")
+    batches = iter(loader)
+    while step < s.steps and not stop.requested:
+        for group in optimizer.param_groups:
+            group["lr"] = s.lr * warmup(step, s.warmup_steps)
+        for _ in range(s.grad_accum):
+            batch = next(batches, None)
+            if batch is None:  # next epoch
+                batches = iter(loader)
+                batch = next(batches)
+            with torch.no_grad():
+                x0 = teacher.vae.encode_video(batch["pixels"].to(rt.device), generator=generator)
+                context, uncontext = encode(batch["captions"])
+            w = (torch.full((x0.shape[0],), s.direct_w) if s.direct else
+                 s.w_min + (s.w_max - s.w_min) * torch.rand(x0.shape[0], generator=generator)).to(rt.device)
+            with autocast(rt, s.precision):
+                per_sample, t = distillation_loss(
+                    lambda x, t, c: online(x, t, c), lambda x, t, c: target(x, t, c),
+                    lambda x, t, c: teacher.unet(x, t, c), schedule, x0, context, uncontext, w,
+                    s.original_steps, s.loss, generator)
+            (per_sample.mean() / s.grad_accum).backward()
+        loss = per_sample.mean().item()
+        if not torch.isfinite(per_sample).all():
+            sys.exit(f"non-finite loss at step {step}; the last good checkpoint is {out / 'checkpoint.pt'}. "
+                     "Lower --lr or use --precision bf16/fp32.")
+        all_reduce_grads(trainable, rt)
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, s.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema_update(target, online, s.ema_decay)  # all weights: the target's spatial part drifts to base + LoRA
+        if lora is not None:
+            ema_update(target_lora, lora, s.ema_decay)
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}")
+        if step % s.log_every == 0 or step == s.steps:
+            log.write(step=step, loss=loss, grad_norm=grad_norm.item(), lr=optimizer.param_groups[0]["lr"],
+                      **timestep_buckets(t.cpu(), per_sample.detach().cpu()))
+        if step % s.save_every == 0 or step == s.steps or stop.requested:
+            checkpoint()
+        if rt.main and (step % s.val_every == 0 or step == s.steps):
+            validate(teacher, target, s, out / "val", step)
+    if stop.requested and rt.main:
+        print(f"stopped by signal at step {step}; resume with --resume true")
+
+
+def validate(teacher: StableDiffusion, target, s: Settings, folder: Path, step: int) -> None:
+    """Fixed-seed 1, 2 and 4-step samples of the EMA target, as GIFs."""
+    from pipeline import Request, generate
+    from video_io import to_uint8, write_video
+    model = dataclasses.replace(teacher, unet=target)
+    for steps in (1, 2, 4):
+        video = generate(model, Request(prompt=s.val_prompt, frames=s.frames, height=s.size, width=s.size,
+                                        steps=steps, seed=0, original_steps=s.original_steps,
+                                        schedule=NoiseSchedule(s.beta_schedule), progress=False))
+        write_video(to_uint8(video), folder / f"step{step:06d}_{steps}steps.gif", fps=8)
+
+
+if __name__ == "__main__":
+    main()
