@@ -22,21 +22,22 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import sys
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
+from data import ResumableSampler, VideoCaptionDataset, collate
 from lcm.distill import distillation_loss
 from lcm.ema import ema_update
 from lcm.schedule import NoiseSchedule
 from sd15 import load_sd15
-from training import (JsonlLog, StopSignal, all_reduce_grads, autocast, load_checkpoint, parse_settings, rng_state,
-                      save_checkpoint, set_rng_state, setup, timestep_buckets, warmup)
+from training import (autocast, encode_latents, load_checkpoint, parse_settings, rng_state, save_checkpoint,
+                      set_rng_state, setup, teardown, train_loop)
 from unet.adapter import ImageEncoder
 from unet.load import save_motion_module
 from unet.lora import LoRANetwork
+
+ADAPTERS = ("image_encoder", "controlnet")
 
 
 @dataclasses.dataclass
@@ -53,14 +54,14 @@ class Settings:
     frames: int = 16
     stride: int = 4
     size: int = 256
-    batch: int = 1
+    batch: int = 1                 # per process
     grad_accum: int = 1
     steps: int = 1000
     lr: float = 1e-4
     warmup_steps: int = 100
     grad_clip: float = 1.0
     ema_decay: float = 0.95
-    lora_rank: int = 64
+    lora_rank: int = 64            # --adapter controlnet: the LoRA on the ControlNet
     motion_scale: float = 0.8      # I2V: strength of the frame-index signal
     original_steps: int = 50
     loss: str = "huber"
@@ -69,6 +70,7 @@ class Settings:
     gradient_checkpointing: bool = True
     save_every: int = 250
     log_every: int = 10
+    val_every: int = 250
     seed: int = 0
     device: str = "auto"
     workers: int = 2
@@ -76,14 +78,16 @@ class Settings:
 
 def main(argv=None):
     s = parse_settings(Settings, argv, __doc__.split("\n")[0])
-    if s.adapter not in ("image_encoder", "controlnet"):
-        sys.exit(f"--adapter must be image_encoder or controlnet, not {s.adapter!r}")
+    if s.adapter not in ADAPTERS:
+        raise SystemExit(f"--adapter must be one of {ADAPTERS}, not {s.adapter!r}")
+    if s.adapter == "controlnet" and not s.control_data:
+        raise SystemExit("--adapter controlnet needs --control-data (control videos named like the --data videos)")
     rt = setup(s.seed, s.device)
     out = Path(s.out)
     if rt.main:
         print(f"settings: {dataclasses.asdict(s)}")
 
-    # ---- models: the frozen video consistency model + the trainable adapter ------------------
+    # ---- models: the frozen video consistency model + the trainable adapter (online, EMA) -----
     model = load_sd15(s.sd15, s.motion, [(s.lora, 1.0)] if s.lora else [], device=rt.device)
     unet = model.unet.requires_grad_(False)
     unet.train().enable_gradient_checkpointing(s.gradient_checkpointing)
@@ -91,121 +95,109 @@ def main(argv=None):
         if unet.img_encoder is None:  # from scratch (zero-initialised: starts as "no image")
             unet.img_encoder = ImageEncoder(unet.cfg.in_channels, unet.cfg.block_out_channels).to(rt.device)
             unet.cfg = dataclasses.replace(unet.cfg, image_encoder=True)
-        adapter = unet.img_encoder.requires_grad_(True)
-        trainable = list(adapter.parameters())
+        online_net = unet.img_encoder.requires_grad_(True)
+        target_net = copy.deepcopy(online_net).requires_grad_(False).eval()
+        online_state, target_state = online_net, target_net  # what trains, what the EMA follows
     else:
         from unet.controlnet import ControlNet, load_controlnet
-        adapter = load_controlnet(s.controlnet).to(rt.device) if s.controlnet else ControlNet.from_unet(unet)
-        adapter.requires_grad_(False).train()
-        ema_adapter = copy.deepcopy(adapter).eval()
-        lora = LoRANetwork.create(adapter, s.lora_rank)
-        target_lora = LoRANetwork.create(ema_adapter, s.lora_rank).requires_grad_(False)
-        target_lora.load_state_dict(lora.state_dict())
-        trainable = list(lora.parameters())
-    if s.adapter == "image_encoder":
-        ema_adapter = copy.deepcopy(adapter).requires_grad_(False).eval()
-        online_state, target_state = adapter, ema_adapter
-    else:
-        online_state, target_state = lora, target_lora
+        online_net = load_controlnet(s.controlnet, device=rt.device) if s.controlnet else ControlNet.from_unet(unet)
+        online_net.requires_grad_(False).train()
+        target_net = copy.deepcopy(online_net).eval()
+        online_state = LoRANetwork.create(online_net, s.lora_rank)
+        target_state = LoRANetwork.create(target_net, s.lora_rank).requires_grad_(False)
+        target_state.load_state_dict(online_state.state_dict())
+    trainable = list(online_state.parameters())
     if rt.main:
         print(f"trainable parameters: {sum(p.numel() for p in trainable):,} ({s.adapter})")
     schedule = NoiseSchedule(s.beta_schedule)
     optimizer = torch.optim.AdamW(trainable, lr=s.lr, weight_decay=1e-2)
 
-    def video_model(condition_net, condition):
+    def steered(adapter, condition):
         """The frozen video consistency model steered by one copy (online or EMA) of the adapter."""
         def call(x, t, context):
             if s.adapter == "image_encoder":
-                return unet(x, t, context, image_features=condition_net(condition, x.shape[2], s.motion_scale))
-            down, mid = condition_net(x, t, context, condition)
+                return unet(x, t, context, image_features=adapter(condition, x.shape[2], s.motion_scale))
+            down, mid = adapter(x, t, context, condition)
             return unet(x, t, context, down_residuals=down, mid_residual=mid)
         return call
 
-    # ---- data --------------------------------------------------------------------------------
-    from data import ResumableSampler, VideoCaptionDataset, collate
-    dataset = VideoCaptionDataset(s.data, frames=s.frames, stride=s.stride, size=s.size, seed=s.seed)
-    controls = (VideoCaptionDataset(s.control_data, frames=s.frames, stride=s.stride, size=s.size, seed=s.seed)
-                if s.adapter == "controlnet" else None)
-    sampler = ResumableSampler(len(dataset), s.batch, s.seed, rt.rank, rt.world)
-    loader = torch.utils.data.DataLoader(
-        dataset if controls is None else list(zip(range(len(dataset)), range(len(dataset)))),
-        batch_sampler=sampler, num_workers=s.workers,
-        collate_fn=collate if controls is None else lambda pairs: pair_collate(pairs, dataset, controls))
-
-    step, generator = 0, torch.Generator().manual_seed(s.seed + rt.rank)
+    step = 0
     if s.resume and (out / "checkpoint.pt").exists():
         state = load_checkpoint(out / "checkpoint.pt")
         online_state.load_state_dict(state["online"])
         target_state.load_state_dict(state["target"])
         optimizer.load_state_dict(state["optimizer"])
-        sampler.load_state_dict(state["sampler"])
-        generator.set_state(state["generator"])
         set_rng_state(state["rng"])
         step = state["step"]
+        if rt.main:
+            print(f"resumed from {out / 'checkpoint.pt'} at step {step}")
 
-    def checkpoint():
+    # ---- data: clips (+ their control videos, sampled at the same frames) ----------------------
+    dataset = VideoCaptionDataset(s.data, frames=s.frames, stride=s.stride, size=s.size, seed=s.seed,
+                                  control_folder=s.control_data or None)
+    sampler = ResumableSampler(len(dataset), s.batch, s.seed, rt.rank, rt.world, start=step * s.grad_accum)
+    batches = iter(torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
+                                               num_workers=s.workers))
+
+    # ---- one micro-batch of teacher-free consistency training (sec. 4.3) ----------------------
+    def loss_fn(batch, generators):
+        x0 = encode_latents(model.vae, batch["pixels"].to(rt.device), generators)  # [B, 4, F, h, w]
+        context = model.encode_prompts(batch["captions"])
+        # I2V: the first frame's latent; ControlNet: the per-frame control images in [0, 1]
+        condition = x0[:, :, 0] if s.adapter == "image_encoder" else batch["control"].to(rt.device)
+        with autocast(rt, s.precision):
+            return distillation_loss(steered(online_net, condition), steered(target_net, condition), None,
+                                     schedule, x0, context, None, None, s.original_steps, s.loss, generators)
+
+    def after_step():
+        ema_update(target_state, online_state, s.ema_decay)
+
+    def checkpoint(step):
         if not rt.main:
             return
         save_checkpoint(out / "checkpoint.pt", {
             "step": step, "settings": dataclasses.asdict(s), "online": online_state.state_dict(),
-            "target": target_state.state_dict(), "optimizer": optimizer.state_dict(),
-            "sampler": sampler.state_dict(), "generator": generator.get_state(), "rng": rng_state()})
+            "target": target_state.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state()})
         meta = {"settings": dataclasses.asdict(s), "schedule": dataclasses.asdict(schedule), "step": step}
-        if s.adapter == "image_encoder":
-            online_encoder, unet.img_encoder = unet.img_encoder, ema_adapter  # export the EMA encoder
+        if s.adapter == "image_encoder":  # the AnimateLCM-I2V layout: motion modules + the EMA encoder
+            online_encoder, unet.img_encoder = unet.img_encoder, target_net
             save_motion_module(unet, out / "i2v_motion_module.safetensors", meta)
             unet.img_encoder = online_encoder
         else:
-            target_lora.save(out / "controlnet_lora.safetensors", metadata=meta)
+            target_state.save(out / "controlnet_lora.safetensors", metadata=meta)
 
-    # ---- loop: teacher-free consistency training ----------------------------------------------
-    log, stop = JsonlLog(out / "log.jsonl", rt.main), StopSignal()
-    bar = tqdm(total=s.steps, initial=step, disable=not rt.main, desc=f"stage 3 ({s.adapter})")
-    batches = iter(loader)
-    while step < s.steps and not stop.requested:
-        for group in optimizer.param_groups:
-            group["lr"] = s.lr * warmup(step, s.warmup_steps)
-        for _ in range(s.grad_accum):
-            batch = next(batches, None)
-            if batch is None:
-                batches = iter(loader)
-                batch = next(batches)
-            with torch.no_grad():
-                x0 = model.vae.encode_video(batch["pixels"].to(rt.device), generator=generator)
-                context = model.encode_prompts(batch["captions"])
-            # I2V condition: the first frame's latent; control condition: per-frame images in [0, 1]
-            condition = x0[:, :, 0] if s.adapter == "image_encoder" else (batch["control"].to(rt.device) + 1) / 2
-            with autocast(rt, s.precision):
-                per_sample, t = distillation_loss(
-                    video_model(adapter, condition), video_model(ema_adapter, condition), None, schedule, x0,
-                    context, None, None, s.original_steps, s.loss, generator)
-            (per_sample.mean() / s.grad_accum).backward()
-        loss = per_sample.mean().item()
-        if not torch.isfinite(per_sample).all():
-            sys.exit(f"non-finite loss at step {step}; the last good checkpoint is {out / 'checkpoint.pt'}.")
-        all_reduce_grads(trainable, rt)
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, s.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        ema_update(target_state, online_state, s.ema_decay)
-        step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}")
-        if step % s.log_every == 0 or step == s.steps:
-            log.write(step=step, loss=loss, grad_norm=grad_norm.item(),
-                      **timestep_buckets(t.cpu(), per_sample.detach().cpu()))
-        if step % s.save_every == 0 or step == s.steps or stop.requested:
-            checkpoint()
-    if stop.requested and rt.main:
-        print(f"stopped by signal at step {step}; resume with --resume true")
+    validation = dataset[0]  # a fixed clip: its first frame (I2V) or its control video
+
+    def validate(step):
+        samples(model, target_net, s, validation, out / "val", step)
+
+    train_loop(s, rt, batches, step, optimizer, trainable, loss_fn, after_step, checkpoint, validate,
+               f"stage 3 ({s.adapter})")
+    teardown(rt)
+    return {"unet": unet, "online": online_net, "target": target_net}
 
 
-def pair_collate(pairs, dataset, controls):
-    """A video batch with its control videos (same index, same frame sampling) under "control"."""
-    batch = [dataset[i] for i, _ in pairs]
-    out = {"pixels": torch.stack([b["pixels"] for b in batch]), "captions": [b["caption"] for b in batch]}
-    out["control"] = torch.stack([controls[j]["pixels"] for _, j in pairs])
-    return out
+@torch.no_grad()
+def samples(model, adapter, s: Settings, clip: dict, folder: Path, step: int) -> None:
+    """Fixed-seed 1, 2 and 4-step videos steered by the EMA adapter, as GIFs."""
+    from pipeline import Request, generate
+    from video_io import to_uint8, write_video
+    unet = model.unet
+    was_training, online_encoder = unet.training, unet.img_encoder
+    unet.eval()
+    if s.adapter == "image_encoder":
+        unet.img_encoder = adapter
+        condition = {"image": clip["pixels"][:, 0][None], "motion_scale": s.motion_scale}
+    else:
+        model = dataclasses.replace(model, controlnet=adapter)
+        condition = {"control": clip["control"][None]}
+    for steps in (1, 2, 4):
+        video = generate(model, Request(prompt=clip["caption"], frames=s.frames, height=s.size, width=s.size,
+                                        steps=steps, seed=0, original_steps=s.original_steps,
+                                        schedule=NoiseSchedule(s.beta_schedule), progress=False, **condition))
+        write_video(to_uint8(video), folder / f"step{step:06d}_{steps}steps.gif", fps=8)
+    unet.img_encoder = online_encoder
+    unet.train(was_training)
 
 
 if __name__ == "__main__":

@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import sys
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
+from data import ImageCaptionDataset, ResumableSampler, collate
 from lcm.distill import distillation_loss
 from lcm.ema import ema_update
 from lcm.schedule import NoiseSchedule
 from sd15 import load_sd15
-from training import (JsonlLog, StopSignal, all_reduce_grads, autocast, load_checkpoint, parse_settings, rng_state,
-                      save_checkpoint, set_rng_state, setup, timestep_buckets, warmup)
+from training import (autocast, encode_latents, load_checkpoint, parse_settings, rng_state, save_checkpoint,
+                      set_rng_state, setup, teardown, train_loop, uniform)
 from unet.lora import LoRANetwork
 
 
@@ -37,7 +36,7 @@ class Settings:
     out: str = "runs/stage1"
     resume: bool = False
     size: int = 512
-    batch: int = 4
+    batch: int = 4                 # per process
     grad_accum: int = 1
     steps: int = 2000
     lr: float = 1e-4
@@ -46,12 +45,12 @@ class Settings:
     lora_rank: int = 64
     lora_alpha: float = 8.0        # alpha/rank = 1/8, as the released AnimateLCM and LCM-LoRA files
     ema_decay: float = 0.0         # 0: the target is the online model itself (LCM-LoRA recipe)
-    w_min: float = 5.0
+    w_min: float = 5.0             # guidance w ~ U[w_min, w_max] in the LCM form (1 + w) c - w u
     w_max: float = 15.0
-    original_steps: int = 50
+    original_steps: int = 50       # the DDIM solver grid: k = 1000 / 50 = 20
     loss: str = "huber"
     beta_schedule: str = "sqrt_beta_linear"  # SD1.5's own training schedule
-    precision: str = "bf16"
+    precision: str = "bf16"        # autocast on GPU: bf16, fp16 or fp32; CPU runs fp32
     gradient_checkpointing: bool = True
     save_every: int = 250
     log_every: int = 10
@@ -86,98 +85,73 @@ def main(argv=None):
 
     target_lora = lora
     if s.ema_decay > 0:
-        target_lora = LoRANetwork.create(target, s.lora_rank, s.lora_alpha)
+        target_lora = LoRANetwork.create(target, s.lora_rank, s.lora_alpha).requires_grad_(False)
         target_lora.load_state_dict(lora.state_dict())
-        target_lora.requires_grad_(False)
     trainable = list(lora.parameters())
     if rt.main:
-        print(f"trainable parameters: {sum(p.numel() for p in trainable):,} in {len(list(lora.children()))} LoRA layers")
+        print(f"trainable parameters: {sum(p.numel() for p in trainable):,} in {len(list(lora.children()))} "
+              "LoRA layers")
     schedule = NoiseSchedule(s.beta_schedule)
     optimizer = torch.optim.AdamW(trainable, lr=s.lr, weight_decay=1e-2)
 
-    # ---- data --------------------------------------------------------------------------------
-    from data import ImageCaptionDataset, ResumableSampler, collate
-    dataset = ImageCaptionDataset(s.data, size=s.size)
-    sampler = ResumableSampler(len(dataset), s.batch, s.seed, rt.rank, rt.world)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=s.workers)
-
-    step, generator = 0, torch.Generator().manual_seed(s.seed + rt.rank)
+    step = 0
     if s.resume and (out / "checkpoint.pt").exists():
         state = load_checkpoint(out / "checkpoint.pt")
         lora.load_state_dict(state["lora"])
         target_lora.load_state_dict(state["target_lora"])
         optimizer.load_state_dict(state["optimizer"])
-        sampler.load_state_dict(state["sampler"])
-        generator.set_state(state["generator"])
         set_rng_state(state["rng"])
         step = state["step"]
         if rt.main:
             print(f"resumed from {out / 'checkpoint.pt'} at step {step}")
 
-    def checkpoint():
+    # ---- data: an endless, resumable stream (this rank's share of each global batch) ----------
+    dataset = ImageCaptionDataset(s.data, size=s.size)
+    sampler = ResumableSampler(len(dataset), s.batch, s.seed, rt.rank, rt.world, start=step * s.grad_accum)
+    batches = iter(torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
+                                               num_workers=s.workers))
+
+    # ---- one micro-batch of latent consistency distillation (lcm/distill.py, steps 1-6) --------
+    def loss_fn(batch, generators):
+        x0 = encode_latents(model.vae, batch["pixels"].to(rt.device), generators)  # [B, 4, h, w]
+        context = model.encode_prompts(batch["captions"])
+        uncontext = model.encode_prompts([""] * len(batch["captions"]))
+        w = uniform(generators, s.w_min, s.w_max).to(rt.device)
+        with autocast(rt, s.precision):
+            return distillation_loss(online, target, teacher, schedule, x0, context, uncontext, w,
+                                     s.original_steps, s.loss, generators)
+
+    def after_step():  # step 7, when the target is a separate EMA copy of the LoRA
+        if s.ema_decay > 0:
+            ema_update(target_lora, lora, s.ema_decay)
+
+    def checkpoint(step):
         if not rt.main:
             return
         save_checkpoint(out / "checkpoint.pt", {
             "step": step, "settings": dataclasses.asdict(s), "lora": lora.state_dict(),
-            "target_lora": target_lora.state_dict(), "optimizer": optimizer.state_dict(),
-            "sampler": sampler.state_dict(), "generator": generator.get_state(), "rng": rng_state()})
+            "target_lora": target_lora.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state()})
         target_lora.save(out / "lora.safetensors", metadata={
             "settings": dataclasses.asdict(s), "schedule": dataclasses.asdict(schedule), "step": step})
 
-    # ---- loop (the distillation step itself: lcm/distill.py, steps 1-6) -----------------------
-    log, stop = JsonlLog(out / "log.jsonl", rt.main), StopSignal()
-    bar = tqdm(total=s.steps, initial=step, disable=not rt.main, desc="stage 1")
-    batches = iter(loader)
-    while step < s.steps and not stop.requested:
-        for group in optimizer.param_groups:
-            group["lr"] = s.lr * warmup(step, s.warmup_steps)
-        for _ in range(s.grad_accum):
-            batch = next(batches, None)
-            if batch is None:
-                batches = iter(loader)
-                batch = next(batches)
-            with torch.no_grad():
-                posterior = model.vae.encode(batch["pixels"].to(rt.device))
-                x0 = posterior.sample(generator) * model.vae.cfg.scaling_factor
-                context = model.encode_prompts(batch["captions"])
-                uncontext = model.encode_prompts([""] * len(batch["captions"]))
-            w = (s.w_min + (s.w_max - s.w_min) * torch.rand(x0.shape[0], generator=generator)).to(rt.device)
-            with autocast(rt, s.precision):
-                per_sample, t = distillation_loss(online, target, teacher, schedule, x0, context, uncontext, w,
-                                                  s.original_steps, s.loss, generator)
-            (per_sample.mean() / s.grad_accum).backward()
-        loss = per_sample.mean().item()
-        if not torch.isfinite(per_sample).all():
-            sys.exit(f"non-finite loss at step {step}; the last good checkpoint is {out / 'checkpoint.pt'}. "
-                     "Lower --lr or use --precision bf16/fp32.")
-        all_reduce_grads(trainable, rt)
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, s.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if s.ema_decay > 0:
-            ema_update(target_lora, lora, s.ema_decay)
-        step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}")
-        if step % s.log_every == 0 or step == s.steps:
-            log.write(step=step, loss=loss, grad_norm=grad_norm.item(), lr=optimizer.param_groups[0]["lr"],
-                      **timestep_buckets(t.cpu(), per_sample.detach().cpu()))
-        if step % s.save_every == 0 or step == s.steps or stop.requested:
-            checkpoint()
-        if rt.main and (step % s.val_every == 0 or step == s.steps):
-            validate(model, target, s, out / "val", step)
-    if stop.requested and rt.main:
-        print(f"stopped by signal at step {step}; resume with --resume true")
+    def validate(step):
+        samples(model, target, s, out / "val", step)
+
+    train_loop(s, rt, batches, step, optimizer, trainable, loss_fn, after_step, checkpoint, validate, "stage 1")
+    teardown(rt)
+    return {"unet": online, "lora": lora, "target_lora": target_lora}
 
 
 @torch.no_grad()
-def validate(model, unet, s: Settings, folder: Path, step: int) -> None:
+def samples(model, unet, s: Settings, folder: Path, step: int) -> None:
     """Fixed-seed 1, 2 and 4-step images of the target (the LoRA attached), as PNGs."""
     from PIL import Image
     from lcm.sampler import lcm_timesteps, sample_lcm
     folder.mkdir(parents=True, exist_ok=True)
     context = model.encode_prompts([s.val_prompt])
     f = 2 ** (len(model.vae.cfg.block_out_channels) - 1)
+    was_training = unet.training
+    unet.eval()
     for steps in (1, 2, 4):
         g = torch.Generator().manual_seed(0)
         x = torch.randn(1, unet.cfg.in_channels, s.size // f, s.size // f, generator=g).to(context.device)
@@ -186,6 +160,7 @@ def validate(model, unet, s: Settings, folder: Path, step: int) -> None:
         image = (model.vae.decode(latent / model.vae.cfg.scaling_factor)[0] / 2 + 0.5).clamp(0, 1)
         Image.fromarray((image.permute(1, 2, 0) * 255).round().byte().cpu().numpy()).save(
             folder / f"step{step:06d}_{steps}steps.png")
+    unet.train(was_training)
 
 
 if __name__ == "__main__":

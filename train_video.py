@@ -21,18 +21,17 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import sys
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
+from data import ResumableSampler, VideoCaptionDataset, collate
 from lcm.distill import distillation_loss
 from lcm.ema import ema_update
 from lcm.schedule import NoiseSchedule
 from sd15 import StableDiffusion, load_sd15
-from training import (JsonlLog, StopSignal, all_reduce_grads, autocast, load_checkpoint, parse_settings, rng_state,
-                      save_checkpoint, set_rng_state, setup, timestep_buckets, warmup)
+from training import (autocast, encode_latents, load_checkpoint, parse_settings, rng_state, save_checkpoint,
+                      set_rng_state, setup, teardown, train_loop, uniform)
 from unet.load import save_motion_module
 from unet.lora import LoRANetwork
 
@@ -50,7 +49,7 @@ class Settings:
     frames: int = 16
     stride: int = 4
     size: int = 256
-    batch: int = 1
+    batch: int = 1                 # per process
     grad_accum: int = 1
     steps: int = 1000
     lr: float = 1e-5
@@ -77,6 +76,10 @@ class Settings:
 
 def main(argv=None):
     s = parse_settings(Settings, argv, __doc__.split("\n")[0])
+    if s.init not in ("animatelcm", "plain"):
+        raise SystemExit(f"--init must be animatelcm or plain, not {s.init!r}")
+    if not s.direct and not s.lora:
+        raise SystemExit("--lora (the stage-1 spatial LoRA from train_image.py) is required, or use --direct true")
     rt = setup(s.seed, s.device)
     out = Path(s.out)
     if rt.main:
@@ -90,113 +93,89 @@ def main(argv=None):
     lora = target_lora = None
     if s.direct:  # one stage: a fresh LoRA and the motion modules, both trained
         lora = LoRANetwork.create(online, s.lora_rank)
-        target_lora = LoRANetwork.create(target, s.lora_rank)
+        target_lora = LoRANetwork.create(target, s.lora_rank).requires_grad_(False)
         target_lora.load_state_dict(lora.state_dict())
-        trainable = list(lora.parameters())
     else:
         LoRANetwork.load(online, s.lora).merge()  # stage-1 image consistency LoRA, fixed
         if s.init == "plain":
             target.load_state_dict(online.state_dict())
-        trainable = []
     for name, p in online.named_parameters():
         p.requires_grad_("motion_modules." in name)
-    trainable += [p for n, p in online.named_parameters() if "motion_modules." in n]
+    trainable = (list(lora.parameters()) if lora is not None else []) + \
+        [p for n, p in online.named_parameters() if "motion_modules." in n]
     online.train().enable_gradient_checkpointing(s.gradient_checkpointing)
     target.requires_grad_(False).eval()
+    low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(s.precision) if rt.device.type == "cuda" else None
+    if low is not None:  # frozen weights only ever run under autocast: store them in its precision
+        teacher.unet.to(low)  # (about 4 GB less at SD1.5 size; the EMA target stays fp32)
+        for p in online.parameters():
+            if not p.requires_grad:
+                p.data = p.data.to(low)
     if rt.main:
-        print(f"trainable parameters: {sum(p.numel() for p in trainable):,}")
+        print(f"trainable parameters: {sum(p.numel() for p in trainable):,} "
+              f"(motion modules{' + spatial LoRA' if lora is not None else ''})")
     schedule = NoiseSchedule(s.beta_schedule)
     optimizer = torch.optim.AdamW(trainable, lr=s.lr, weight_decay=1e-2)
 
-    # ---- data --------------------------------------------------------------------------------
-    from data import ResumableSampler, VideoCaptionDataset, collate
-    dataset = VideoCaptionDataset(s.data, frames=s.frames, stride=s.stride, size=s.size, seed=s.seed)
-    sampler = ResumableSampler(len(dataset), s.batch, s.seed, rt.rank, rt.world)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=s.workers)
-
-    step, generator = 0, torch.Generator().manual_seed(s.seed + rt.rank)
+    step = 0
     if s.resume and (out / "checkpoint.pt").exists():
         state = load_checkpoint(out / "checkpoint.pt")
-        online.load_state_dict(state["online"], strict=False)
+        online.load_state_dict({**online.state_dict(), **state["online"]})
         target.load_state_dict(state["target"])
         if lora is not None:
             lora.load_state_dict(state["lora"])
             target_lora.load_state_dict(state["target_lora"])
         optimizer.load_state_dict(state["optimizer"])
-        sampler.load_state_dict(state["sampler"])
-        generator.set_state(state["generator"])
         set_rng_state(state["rng"])
         step = state["step"]
         if rt.main:
             print(f"resumed from {out / 'checkpoint.pt'} at step {step}")
 
-    def checkpoint():
+    # ---- data: an endless, resumable stream of clips (this rank's share of each global batch) -
+    dataset = VideoCaptionDataset(s.data, frames=s.frames, stride=s.stride, size=s.size, seed=s.seed)
+    sampler = ResumableSampler(len(dataset), s.batch, s.seed, rt.rank, rt.world, start=step * s.grad_accum)
+    batches = iter(torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
+                                               num_workers=s.workers))
+
+    # ---- one micro-batch of motion consistency distillation (lcm/distill.py, steps 1-6) --------
+    def loss_fn(batch, generators):
+        x0 = encode_latents(teacher.vae, batch["pixels"].to(rt.device), generators)  # [B, 4, F, h, w]
+        context = teacher.encode_prompts(batch["captions"])
+        uncontext = teacher.encode_prompts([""] * len(batch["captions"]))
+        w = torch.full((len(generators),), s.direct_w) if s.direct else uniform(generators, s.w_min, s.w_max)
+        with autocast(rt, s.precision):
+            return distillation_loss(online, target, teacher.unet, schedule, x0, context, uncontext, w.to(rt.device),
+                                     s.original_steps, s.loss, generators)
+
+    def after_step():  # step 7: the EMA target, all weights (its spatial part drifts to base + LoRA)
+        ema_update(target, online, s.ema_decay)
+        if lora is not None:
+            ema_update(target_lora, lora, s.ema_decay)
+
+    def checkpoint(step):
         if not rt.main:
             return
         save_checkpoint(out / "checkpoint.pt", {
             "step": step, "settings": dataclasses.asdict(s), "optimizer": optimizer.state_dict(),
             "online": {n: p for n, p in online.state_dict().items() if "motion_modules." in n},
-            "target": target.state_dict(), "sampler": sampler.state_dict(), "generator": generator.get_state(),
-            "rng": rng_state(), **({"lora": lora.state_dict(), "target_lora": target_lora.state_dict()}
-                                   if lora is not None else {})})
+            "target": target.state_dict(), "rng": rng_state(),
+            **({"lora": lora.state_dict(), "target_lora": target_lora.state_dict()} if lora is not None else {})})
         meta = {"settings": dataclasses.asdict(s), "schedule": dataclasses.asdict(schedule), "step": step}
         save_motion_module(target, out / "motion_module.safetensors", meta)
         if target_lora is not None:
             target_lora.save(out / "lora.safetensors", metadata=meta)
 
-    # ---- loop --------------------------------------------------------------------------------
-    def encode(captions):
-        return teacher.encode_prompts(captions), teacher.encode_prompts([""] * len(captions))
+    def validate(step):
+        samples(teacher, target, s, out / "val", step)
 
-    log, stop = JsonlLog(out / "log.jsonl", rt.main), StopSignal()
-    bar = tqdm(total=s.steps, initial=step, disable=not rt.main, desc="stage 2")
-    batches = iter(loader)
-    while step < s.steps and not stop.requested:
-        for group in optimizer.param_groups:
-            group["lr"] = s.lr * warmup(step, s.warmup_steps)
-        for _ in range(s.grad_accum):
-            batch = next(batches, None)
-            if batch is None:  # next epoch
-                batches = iter(loader)
-                batch = next(batches)
-            with torch.no_grad():
-                x0 = teacher.vae.encode_video(batch["pixels"].to(rt.device), generator=generator)
-                context, uncontext = encode(batch["captions"])
-            w = (torch.full((x0.shape[0],), s.direct_w) if s.direct else
-                 s.w_min + (s.w_max - s.w_min) * torch.rand(x0.shape[0], generator=generator)).to(rt.device)
-            with autocast(rt, s.precision):
-                per_sample, t = distillation_loss(
-                    lambda x, t, c: online(x, t, c), lambda x, t, c: target(x, t, c),
-                    lambda x, t, c: teacher.unet(x, t, c), schedule, x0, context, uncontext, w,
-                    s.original_steps, s.loss, generator)
-            (per_sample.mean() / s.grad_accum).backward()
-        loss = per_sample.mean().item()
-        if not torch.isfinite(per_sample).all():
-            sys.exit(f"non-finite loss at step {step}; the last good checkpoint is {out / 'checkpoint.pt'}. "
-                     "Lower --lr or use --precision bf16/fp32.")
-        all_reduce_grads(trainable, rt)
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, s.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        ema_update(target, online, s.ema_decay)  # all weights: the target's spatial part drifts to base + LoRA
-        if lora is not None:
-            ema_update(target_lora, lora, s.ema_decay)
-        step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}")
-        if step % s.log_every == 0 or step == s.steps:
-            log.write(step=step, loss=loss, grad_norm=grad_norm.item(), lr=optimizer.param_groups[0]["lr"],
-                      **timestep_buckets(t.cpu(), per_sample.detach().cpu()))
-        if step % s.save_every == 0 or step == s.steps or stop.requested:
-            checkpoint()
-        if rt.main and (step % s.val_every == 0 or step == s.steps):
-            validate(teacher, target, s, out / "val", step)
-    if stop.requested and rt.main:
-        print(f"stopped by signal at step {step}; resume with --resume true")
+    train_loop(s, rt, batches, step, optimizer, trainable, loss_fn, after_step, checkpoint, validate, "stage 2")
+    teardown(rt)
+    return {"online": online, "target": target, "teacher": teacher, "lora": lora}
 
 
-def validate(teacher: StableDiffusion, target, s: Settings, folder: Path, step: int) -> None:
-    """Fixed-seed 1, 2 and 4-step samples of the EMA target, as GIFs."""
+@torch.no_grad()
+def samples(teacher: StableDiffusion, target, s: Settings, folder: Path, step: int) -> None:
+    """Fixed-seed 1, 2 and 4-step videos of the EMA target, as GIFs."""
     from pipeline import Request, generate
     from video_io import to_uint8, write_video
     model = dataclasses.replace(teacher, unet=target)

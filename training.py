@@ -1,7 +1,9 @@
 """What the three training scripts share: settings from the command line, device and DDP setup,
 mixed precision, resumable atomic checkpoints, stop signals, and a JSONL log.
 
-Nothing here knows about consistency models; the scripts tell that story top to bottom.
+Nothing here knows about consistency models: each script defines its loss on one micro-batch (the
+paper's algorithm), what happens after an optimizer step (the EMA target), and what a checkpoint
+holds, and hands them to `train_loop`.
 """
 from __future__ import annotations
 
@@ -9,13 +11,16 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import signal
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 
 def parse_settings(cls, argv=None, description: str = ""):
@@ -69,22 +74,64 @@ def autocast(rt: Runtime, precision: str):
     return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
-def all_reduce_grads(params, rt: Runtime) -> None:
-    """Average gradients over ranks (what DDP does, for modules we call through hooks and pieces)."""
-    if not rt.distributed:
-        return
-    for p in params:
-        if p.grad is not None:
-            dist.all_reduce(p.grad, op=dist.ReduceOp.AVG)
+def sample_generators(seed: int, batch_number: int, first: int, count: int) -> list[torch.Generator]:
+    """One CPU generator per sample, seeded by (seed, global batch number, index in the global batch).
 
-
-def sample_generators(seed: int, step: int, first: int, count: int) -> list[torch.Generator]:
-    """One generator per sample, seeded by (seed, step, the sample's index in the global batch).
-
-    Every random draw of a sample (latent sampling, noise, timestep, guidance weight) comes from its
-    generator, so a run gives the same numbers on 1 or N processes, and after a resume.
+    Every random draw of a sample (VAE posterior, timestep, noise, guidance weight) comes from its
+    generator, so a run draws the same numbers on 1 or N processes and after a resume.
+    (Python's hash of a tuple of ints is the same in every process.)
     """
-    return [torch.Generator().manual_seed(hash((seed, step, first + i)) % 2 ** 62) for i in range(count)]
+    return [torch.Generator().manual_seed(hash((seed, batch_number, first + i)) % 2 ** 62) for i in range(count)]
+
+
+@torch.no_grad()
+def encode_latents(vae, pixels: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+    """Scaled VAE latents of images [B, 3, H, W] or videos [B, 3, F, H, W]; each sample's posterior
+    noise comes from its own generator."""
+    latents = []
+    for sample, generator in zip(pixels, generators):
+        if sample.dim() == 4:  # a video [3, F, H, W]
+            latents.append(vae.encode_video(sample[None], generator=generator))
+        else:
+            latents.append(vae.encode(sample[None]).sample(generator) * vae.cfg.scaling_factor)
+    return torch.cat(latents)
+
+
+def uniform(generators: list[torch.Generator], low: float, high: float) -> torch.Tensor:
+    """One U[low, high] draw per sample (the guidance weight w), from the samples' generators."""
+    return torch.cat([low + (high - low) * torch.rand(1, generator=g) for g in generators])
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def global_mean(value: torch.Tensor, rt: Runtime) -> float:
+    """The mean of a scalar over all processes (the same number on every rank)."""
+    value = value.detach().float().reshape(1).to(rt.device)
+    if rt.distributed:
+        dist.all_reduce(value)  # a sum (gloo has no AVG)
+    return value.item() / rt.world
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], grad_clip: float,
+                   rt: Runtime) -> float:
+    """Average gradients over processes, clip, step, clear; returns the gradient norm before clipping.
+
+    Under torchrun this is DistributedDataParallel's all-reduce, done explicitly once per optimizer
+    step (after gradient accumulation): the trainable LoRA and adapters are called through hooks and
+    side networks, not through one module that a DDP wrapper could own.
+    """
+    if rt.distributed:
+        for p in params:
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad /= rt.world
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm.item()
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -123,6 +170,14 @@ class StopSignal:
     def _handle(self, signum, frame):
         self.requested = True
 
+    def agreed(self, rt: Runtime) -> bool:
+        """True on every process once any process got a signal (no rank is left waiting)."""
+        if not rt.distributed:
+            return self.requested
+        flag = torch.tensor([float(self.requested)], device=rt.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
 
 class JsonlLog:
     """One JSON object per line, appended (rank 0 only), with wall time."""
@@ -152,3 +207,76 @@ def timestep_buckets(t: torch.Tensor, losses: torch.Tensor, buckets: int = 4, to
         if mask.any():
             out[f"loss_t{lo}-{hi - 1}"] = round(losses[mask].mean().item(), 6)
     return out
+
+
+def train_loop(s, rt: Runtime, batches, step: int, optimizer: torch.optim.Optimizer, params: list[torch.Tensor],
+               loss_fn: Callable, after_step: Callable, checkpoint: Callable, validate: Callable | None = None,
+               desc: str = "train") -> int:
+    """The loop all three stages share; returns the step it stopped at.
+
+    Per optimizer step: learning-rate warm-up; `grad_accum` micro-batches, each drawn from `batches`
+    with one generator per sample (`sample_generators`, keyed by the global batch number, so the run
+    is the same on 1 or N processes and after `--resume`), `loss_fn(batch, generators) -> (per-sample
+    loss [B], t [B])` and backward; a finite check (a non-finite loss stops the run before the step,
+    so the last checkpoint stays good); averaged gradients, clipping, the step; `after_step()` (EMA);
+    a JSONL record with the loss per timestep bucket; `checkpoint(step)` every `save_every` steps, at
+    the end, and on SIGINT/SIGTERM; `validate(step)` on rank 0 every `val_every` steps.
+    `s` needs: steps, grad_accum, batch, seed, lr, warmup_steps, grad_clip, log_every, save_every,
+    val_every, out.
+    """
+    out = Path(s.out)
+    log, stop = JsonlLog(out / "log.jsonl", rt.main), StopSignal()
+    bar = tqdm(total=s.steps, initial=step, disable=not rt.main, desc=desc)
+    saved = step
+    while step < s.steps:
+        set_lr(optimizer, s.lr * warmup(step, s.warmup_steps))
+        losses, timesteps = [], []
+        try:
+            for micro in range(s.grad_accum):
+                number = step * s.grad_accum + micro  # the global batch number: data and randomness
+                per_sample, t = loss_fn(next(batches), sample_generators(s.seed, number, rt.rank * s.batch, s.batch))
+                (per_sample.mean() / s.grad_accum).backward()
+                losses.append(per_sample.detach())
+                timesteps.append(t.detach())
+        except Exception:
+            if not stop.requested:  # a signal can kill DataLoader workers mid-step: keep the last step
+                raise
+            optimizer.zero_grad(set_to_none=True)
+            break
+        per_sample, t = torch.cat(losses), torch.cat(timesteps)
+        loss = global_mean(per_sample.mean(), rt)
+        if not math.isfinite(loss):
+            raise SystemExit(f"non-finite loss at step {step}: stopped before the optimizer step; the last good "
+                             f"checkpoint is {out / 'checkpoint.pt'}. Lower --lr, or use --precision bf16 or fp32.")
+        grad_norm = optimizer_step(optimizer, params, s.grad_clip, rt)
+        after_step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}")
+        if step % s.log_every == 0 or step == s.steps:
+            memory = {"peak_memory_gb": round(torch.cuda.max_memory_allocated(rt.device) / 2 ** 30, 3)} \
+                if rt.device.type == "cuda" else {}
+            log.write(step=step, loss=loss, grad_norm=grad_norm, lr=optimizer.param_groups[0]["lr"],
+                      **timestep_buckets(t.cpu(), per_sample.cpu()), **memory)
+        stopping = stop.agreed(rt)
+        if step % s.save_every == 0 or step == s.steps or stopping:
+            checkpoint(step)
+            saved = step
+        if validate is not None and rt.main and s.val_every > 0 and (step % s.val_every == 0 or step == s.steps):
+            validate(step)
+        if stopping:
+            break
+    bar.close()
+    if step < s.steps:  # stopped by a signal
+        if saved != step:
+            checkpoint(step)
+        if rt.main:
+            print(f"stopped by a signal at step {step}; the checkpoint is saved: continue with --resume true")
+    if rt.distributed:
+        dist.barrier()
+    return step
+
+
+def teardown(rt: Runtime) -> None:
+    if rt.distributed:
+        dist.destroy_process_group()

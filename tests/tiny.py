@@ -109,3 +109,54 @@ def sd15_file_state(unet2d, vae, text) -> dict[str, torch.Tensor]:
     text_state = {k if k.startswith("text_model.") else "text_model." + k: v for k, v in text.state_dict().items()}
     state.update({"cond_stage_model.transformer." + k: v for k, v in text_state.items()})
     return state
+
+
+def write_training_files(folder, size: str = "tiny") -> None:
+    """Random SD1.5-format weights (full size or tiny) for the scripts to load."""
+    from sd15 import save_sd15
+    from text import CLIPTextEncoder, TextEncoderConfig
+    from unet.config import UNetConfig
+    from unet.load import save_motion_module
+    from unet.lora import LoRANetwork
+    from unet.model import UNet
+    from vae import AutoencoderKL, VAEConfig
+    torch.manual_seed(0)
+    if size == "sd15":
+        cfg, vae_cfg, text_cfg = UNetConfig.sd15(), VAEConfig(), TextEncoderConfig()
+    else:
+        cfg = UNetConfig.tiny()
+        vae_cfg = VAEConfig(block_out_channels=(16, 32), layers_per_block=1, norm_groups=8)
+        text_cfg = TextEncoderConfig(width=32, layers=2, heads=4, mlp_width=64)
+    video_cfg = UNetConfig(**{**cfg.__dict__, "motion_modules": True, "motion_mid_block": True,
+                              "motion_max_frames": 32})
+    with torch.no_grad():
+        unet = UNet(video_cfg)
+        for p in unet.parameters():  # small random weights (zero-initialised outputs too); norms stay 1
+            if p.dim() > 1:
+                p.normal_(0, 0.02)
+        save_sd15(folder / "sd15.safetensors", unet, AutoencoderKL(vae_cfg), CLIPTextEncoder(text_cfg))
+        save_motion_module(unet, folder / "motion.safetensors")
+        LoRANetwork.create(unet, 64 if size == "sd15" else 4, 8.0).save(folder / "lora.safetensors")
+
+
+def write_clips(folder, count: int, frames: int, resolution: int) -> None:
+    """Captioned clips of a moving square (and same-named control clips) as GIFs, and still images."""
+    import numpy as np
+    from PIL import Image
+    from video_io import write_video
+    for sub in ("clips", "controls", "images"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        video = np.zeros((frames, resolution, resolution, 3), np.uint8) + rng.integers(0, 255, 3, dtype=np.uint8)
+        control = np.zeros_like(video)
+        side = resolution // 4
+        for f in range(frames):
+            x = (f * resolution // (2 * frames) + i * 7) % (resolution - side)
+            video[f, side:2 * side, x:x + side] = 255
+            control[f, side:2 * side, x:x + side] = 255
+        write_video(video, folder / "clips" / f"clip{i}.gif", fps=8)
+        write_video(control, folder / "controls" / f"clip{i}.gif", fps=8)
+        (folder / "clips" / f"clip{i}.txt").write_text("a white square moving right")
+        Image.fromarray(video[0]).save(folder / "images" / f"image{i}.png")
+        (folder / "images" / f"image{i}.txt").write_text("a white square")

@@ -140,12 +140,15 @@ class UNet(nn.Module):
             block.gradient_checkpointing = on
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor | float, context: torch.Tensor,
-                image_features: list[torch.Tensor] | None = None) -> torch.Tensor:
+                image_features: list[torch.Tensor] | None = None, down_residuals: list[torch.Tensor] | None = None,
+                mid_residual: torch.Tensor | None = None) -> torch.Tensor:
         """Predict noise. sample: [B, C, H, W] or [B, C, F, H, W]; context: [B, 77, D] text tokens.
 
         Motion modules run on videos only; an image input uses the spatial layers alone.
 
         `image_features` (AnimateLCM-I2V, from `encode_image`): one map per level, [B*F, C_i, h_i, w_i].
+        `down_residuals`, `mid_residual` (a ControlNet's output, frames folded into the batch): added to
+        each skip connection, [B*F, C_i, h_i, w_i] in order, and to the mid block's output.
         """
         video = sample.dim() == 5
         b, frames = sample.shape[0], sample.shape[2] if video else 1
@@ -164,6 +167,12 @@ class UNet(nn.Module):
                                    image_features[i] if image_features else None)
             skips += block_skips
         x = self.mid_block(x, temb, context, frames, video)
+        if down_residuals is not None:  # ControlNet: the skips change, the down path itself does not
+            if len(down_residuals) != len(skips):
+                raise ValueError(f"{len(down_residuals)} down residuals for {len(skips)} skip connections")
+            skips = [skip + residual for skip, residual in zip(skips, down_residuals)]
+        if mid_residual is not None:
+            x = x + mid_residual
         for block in self.up_blocks:
             x = block(x, temb, context, frames, video, skips)
 

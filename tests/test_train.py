@@ -1,0 +1,251 @@
+"""The three training stages on tiny random models: they learn, train only what they should, save
+files that our loaders and diffusers' read, resume exactly, survive SIGTERM, skip corrupt data, and
+give the same weights on two processes as on one."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import train_adapter
+import train_image
+import train_video
+from lcm.distill import distillation_loss
+from lcm.schedule import NoiseSchedule
+from sd15 import load_sd15
+from tiny import write_clips, write_training_files
+from training import encode_latents, sample_generators
+from unet.lora import LoRANetwork
+from weights import read_metadata, read_state_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--size", "32", "--workers", "0", "--val-every", "0", "--log-every", "1", "--warmup-steps", "1",
+         "--device", "cpu"]
+VIDEO = ["--frames", "4", "--stride", "1"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    d = tmp_path_factory.mktemp("train")
+    write_training_files(d)
+    write_clips(d, 3, 6, 32)
+    return d
+
+
+def image_args(d, out, *extra):
+    return ["--sd15", str(d / "sd15.safetensors"), "--data", str(d / "images"), "--out", str(out), *SMALL,
+            "--batch", "1", *extra]  # a later --batch in `extra` wins
+
+
+def video_args(d, out, *extra):
+    return ["--sd15", str(d / "sd15.safetensors"), "--teacher-motion", str(d / "motion.safetensors"),
+            "--lora", str(d / "lora.safetensors"), "--data", str(d / "clips"), "--out", str(out),
+            *SMALL, *VIDEO, *extra]
+
+
+def adapter_args(d, out, *extra):
+    return ["--sd15", str(d / "sd15.safetensors"), "--motion", str(d / "motion.safetensors"),
+            "--data", str(d / "clips"), "--out", str(out), *SMALL, *VIDEO, *extra]
+
+
+def log_records(out):
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def fixed_draw_loss(model, online, target, teacher, x0, captions, schedule, w=2.0, draws=6, seed=123):
+    """Mean distillation loss on one batch over fixed random draws: comparable before and after training."""
+    context = model.encode_prompts(captions)
+    uncontext = model.encode_prompts([""] * len(captions))
+    total = 0.0
+    with torch.no_grad():
+        for k in range(draws):
+            gens = sample_generators(seed, k, 0, x0.shape[0])
+            loss, _ = distillation_loss(online, target, teacher, schedule, x0, context, uncontext,
+                                        torch.full((x0.shape[0],), w), 50, "huber", gens)
+            total += loss.mean().item() / draws
+    return total
+
+
+def image_batch(d, vae, video=False):
+    from data import ImageCaptionDataset, VideoCaptionDataset, collate
+    dataset = VideoCaptionDataset(d / "clips", frames=4, stride=1, size=32) if video else \
+        ImageCaptionDataset(d / "images", size=32)
+    batch = collate([dataset[i] for i in range(len(dataset))])
+    return encode_latents(vae, batch["pixels"], sample_generators(0, 0, 0, len(dataset))), batch["captions"]
+
+
+def test_stage1_lora_learns_saves_in_kohya_format_and_leaves_the_base_alone(world, tmp_path):
+    out = tmp_path / "s1"
+    result = train_image.main(image_args(world, out, "--steps", "30", "--lr", "3e-3", "--lora-rank", "8",
+                                         "--batch", "3", "--w-min", "2", "--w-max", "2"))
+    base = load_sd15(world / "sd15.safetensors")
+    for (name, p), q in zip(result["unet"].state_dict().items(), base.unet.state_dict().values()):
+        assert torch.equal(p, q), f"frozen {name} changed"
+    records = log_records(out)
+    assert [r["step"] for r in records] == list(range(1, 31)) and all(r["loss"] > 0 for r in records)
+    assert any(k.startswith("loss_t") for k in records[-1])
+    # the trained LoRA lowers the consistency loss on the training images (fixed draws, before vs after)
+    x0, captions = image_batch(world, base.vae)
+    trained = load_sd15(world / "sd15.safetensors")
+    lora = LoRANetwork.load(trained.unet, out / "lora.safetensors")
+    schedule = NoiseSchedule("sqrt_beta_linear")  # train_image's default
+    before = fixed_draw_loss(base, base.unet, base.unet, base.unet, x0, captions, schedule)
+    after = fixed_draw_loss(trained, trained.unet, trained.unet, base.unet, x0, captions, schedule)
+    assert after < 0.9 * before, (before, after)  # measured: 0.0228 -> 0.0182
+    assert lora.children().__next__().rank == 8
+    meta = read_metadata(out / "lora.safetensors")
+    assert json.loads(meta["schedule"])["kind"] == "sqrt_beta_linear" and json.loads(meta["settings"])["steps"] == 30
+    # diffusers reads the same file and fuses it into the same function
+    from test_lora import fuse_into_reference
+    from test_unet import assert_close
+    from diffusers import UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+    from tiny import TINY_UNET
+    sd_file = read_state_dict(world / "sd15.safetensors")
+    ref = UNet2DConditionModel(**TINY_UNET)
+    ref.load_state_dict(convert_ldm_unet_checkpoint(sd_file, ref.config))
+    ref = fuse_into_reference(ref.eval(), out / "lora.safetensors", 1.0)
+    lora.merge()
+    x, t, c = torch.randn(1, 4, 8, 8), torch.tensor([500]), torch.randn(1, 77, 32)
+    with torch.no_grad():
+        assert_close(trained.unet(x, t, c), ref(x, t, c).sample)
+
+
+def test_stage2_trains_only_the_motion_modules_and_saves_an_animatediff_file(world, tmp_path):
+    out = tmp_path / "s2"
+    (world / "clips" / "broken.mp4").write_bytes(b"not a video at all")  # a corrupt clip: skipped
+    (world / "clips" / "broken.txt").write_text("a broken clip")
+    try:
+        result = train_video.main(video_args(world, out, "--steps", "6", "--lr", "1e-3", "--batch", "2"))
+    finally:
+        (world / "clips" / "broken.mp4").unlink()
+        (world / "clips" / "broken.txt").unlink()
+    teacher = load_sd15(world / "sd15.safetensors", world / "motion.safetensors", [(world / "lora.safetensors", 1.0)])
+    online = result["online"].state_dict()
+    changed = {k for k, v in teacher.unet.state_dict().items() if not torch.equal(v, online[k])}
+    assert changed and all("motion_modules." in k for k in changed)  # spatial weights bit-identical
+    assert len(changed) > 0.5 * sum("motion_modules." in k for k in online)
+    for k, v in load_sd15(world / "sd15.safetensors", world / "motion.safetensors").unet.state_dict().items():
+        assert torch.equal(v, result["teacher"].unet.state_dict()[k])  # the teacher never moves
+    # the exported motion module is the EMA target's; it loads back through our loader ...
+    saved = load_sd15(world / "sd15.safetensors", out / "motion_module.safetensors")
+    target = result["target"].state_dict()
+    for k, v in saved.unet.state_dict().items():
+        if "motion_modules." in k:
+            assert torch.equal(v, target[k])
+    # ... and through diffusers' AnimateDiff converter (strict, every key used)
+    from test_unet import assert_close, reference_video_unet, run_reference
+    ref = reference_video_unet(read_state_dict(world / "sd15.safetensors"), read_state_dict(out / "motion_module.safetensors"))
+    x, t, c = torch.randn(1, 4, 4, 8, 8), torch.tensor([300]), torch.randn(1, 77, 32)
+    with torch.no_grad():
+        assert_close(saved.unet(x, t, c), run_reference(ref, x, t, c))
+    assert json.loads(read_metadata(out / "motion_module.safetensors")["schedule"])["kind"] == "beta_linear"
+
+
+def test_stage2_target_init_follows_animatelcm(world, tmp_path):
+    """The EMA target starts without the LoRA and moves all its weights toward base + LoRA."""
+    lora_file = tmp_path / "lora.safetensors"
+    from test_lora import random_kohya_lora
+    base = load_sd15(world / "sd15.safetensors", world / "motion.safetensors")
+    from weights import save_safetensors
+    save_safetensors(random_kohya_lora(base.unet, rank=4, alpha=4.0), lora_file)
+    args = video_args(world, tmp_path / "s2", "--steps", "1", "--lora", str(lora_file), "--ema-decay", "0.5")
+    result = train_video.main(args)
+    merged = load_sd15(world / "sd15.safetensors", world / "motion.safetensors", [(lora_file, 1.0)])
+    key = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight"
+    w0, w1 = base.unet.state_dict()[key], merged.unet.state_dict()[key]
+    torch.testing.assert_close(result["target"].state_dict()[key], 0.5 * w0 + 0.5 * w1)
+    plain = train_video.main(args + ["--init", "plain", "--out", str(tmp_path / "plain")])
+    torch.testing.assert_close(plain["target"].state_dict()[key], w1)
+
+
+def test_stage3_image_encoder_trains_from_scratch_and_exports_the_i2v_layout(world, tmp_path):
+    out = tmp_path / "s3"
+    result = train_adapter.main(adapter_args(world, out, "--steps", "4", "--lr", "1e-3", "--val-every", "4"))
+    video = load_sd15(world / "sd15.safetensors", world / "motion.safetensors")
+    unet = result["unet"].state_dict()
+    for k, v in video.unet.state_dict().items():
+        assert torch.equal(v, unet[k]), f"frozen {k} changed"
+    assert any(p.abs().sum() > 0 for p in result["online"].parameters())  # it left zero-init
+    i2v = load_sd15(world / "sd15.safetensors", out / "i2v_motion_module.safetensors")
+    assert i2v.unet.img_encoder is not None
+    for k, v in i2v.unet.img_encoder.state_dict().items():
+        assert torch.equal(v, result["target"].state_dict()[k])
+    assert sorted(p.name for p in (out / "val").iterdir()) == [f"step000004_{n}steps.gif" for n in (1, 2, 4)]
+
+
+def test_resume_continues_exactly(world, tmp_path):
+    straight = train_video.main(video_args(world, tmp_path / "a", "--steps", "4", "--lr", "1e-3"))
+    train_video.main(video_args(world, tmp_path / "b", "--steps", "2", "--lr", "1e-3"))
+    resumed = train_video.main(video_args(world, tmp_path / "b", "--steps", "4", "--lr", "1e-3", "--resume", "true"))
+    for k, v in straight["target"].state_dict().items():
+        assert torch.equal(v, resumed["target"].state_dict()[k]), k
+    a, b = log_records(tmp_path / "a"), log_records(tmp_path / "b")
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+
+
+def test_sigterm_leaves_a_checkpoint_that_resumes_to_the_same_weights(world, tmp_path):
+    steps = "30"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    args = image_args(world, tmp_path / "killed", "--steps", steps, "--lora-rank", "4", "--save-every", "1000",
+                      "--batch", "1")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train_image.py"), *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tmp_path / "killed" / "log.jsonl"
+    deadline = time.time() + 120
+    while proc.poll() is None and not (log.exists() and log.read_text().count("\n") >= 2) and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, output
+    stopped = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)["step"]
+    assert 2 <= stopped < 30 and "continue with --resume true" in output
+    train_image.main(args + ["--resume", "true"])
+    train_image.main(image_args(world, tmp_path / "straight", "--steps", steps, "--lora-rank", "4", "--batch", "1"))
+    killed, straight = (read_state_dict(tmp_path / n / "lora.safetensors") for n in ("killed", "straight"))
+    for k in straight:
+        assert torch.equal(killed[k], straight[k]), k
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(world, tmp_path):
+    out = tmp_path / "nan"
+    train_image.main(image_args(world, out, "--steps", "1", "--lora-rank", "4"))
+    before = (out / "checkpoint.pt").read_bytes()
+    state = read_state_dict(world / "sd15.safetensors")
+    key = next(k for k in state if k.endswith("out.2.weight") and "diffusion_model" in k)
+    state[key] = torch.full_like(state[key], float("nan"))
+    from weights import save_safetensors
+    save_safetensors(state, tmp_path / "nan.safetensors", read_metadata(world / "sd15.safetensors"))
+    args = image_args(world, out, "--steps", "3", "--lora-rank", "4", "--resume", "true")
+    args[1] = str(tmp_path / "nan.safetensors")
+    with pytest.raises(SystemExit, match="non-finite loss at step 1"):
+        train_image.main(args)
+    assert (out / "checkpoint.pt").read_bytes() == before
+
+
+def test_two_processes_match_one_process_on_the_combined_batch(world, tmp_path):
+    """torchrun --nproc_per_node 2 (gloo, CPU), batch 1 each == one process, batch 2."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    args = image_args(world, tmp_path / "ddp", "--steps", "3", "--lora-rank", "4", "--batch", "1", "--lr", "1e-3")
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", "29533", str(ROOT / "train_image.py"), *args],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    train_image.main(image_args(world, tmp_path / "one", "--steps", "3", "--lora-rank", "4", "--batch", "2",
+                                "--lr", "1e-3"))
+    ddp, one = (torch.load(tmp_path / n / "checkpoint.pt", weights_only=True)["lora"] for n in ("ddp", "one"))
+    # the same numbers up to the order of float sums: per-step loss and gradient norm ...
+    for a, b in zip(log_records(tmp_path / "ddp"), log_records(tmp_path / "one")):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4) and a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+    # ... and weights, normwise (Adam turns float noise in near-zero gradients into +-lr steps on single
+    # elements, so an elementwise bound would be meaningless); up weights start at zero: their norm is
+    # what training moved
+    moved = sum(v.square().sum() for k, v in one.items() if "lora_up" in k).sqrt()
+    error = sum((ddp[k] - one[k]).square().sum() for k in one).sqrt()
+    assert moved > 1e-2 and error < 0.05 * moved, (moved, error)
+    assert [r["step"] for r in log_records(tmp_path / "ddp")] == [1, 2, 3]  # rank 0 alone writes
