@@ -40,6 +40,8 @@ class Request:
     motion_scale: float = 0.8
     video: torch.Tensor | None = None  # V2V: [1, 3, F, H, W] in [-1, 1]
     strength: float = 0.6
+    control: torch.Tensor | None = None  # ControlNet: per-frame control images [1, 3, F, H, W] in [0, 1]
+    control_scale: float = 1.0
     context_frames: int | None = None  # long videos: window length (default: the motion module's)
     context_overlap: int = 4
     decode_chunk: int = 8
@@ -69,6 +71,14 @@ def check_request(model: StableDiffusion, r: Request) -> None:
         problems.append(f"--context-frames {r.context_frames} exceeds the motion module's window of {window}")
     if r.image is not None and model.unet.img_encoder is None:
         problems.append("image-to-video needs an AnimateLCM-I2V motion module (with its image encoder)")
+    if r.control is not None:
+        if model.controlnet is None:
+            problems.append("control images need a ControlNet (--controlnet)")
+        if tuple(r.control.shape) != (1, 3, r.frames, r.height, r.width):
+            problems.append(f"control video must be [1, 3, {r.frames}, {r.height}, {r.width}] (frames, height and "
+                            f"width of the request), got {list(r.control.shape)}")
+        if r.context_frames:
+            problems.append("control images and context windows (--context-frames) cannot be combined yet")
     if r.video is not None and not 0 < r.strength <= 1:
         problems.append(f"strength must be in (0, 1] (got {r.strength})")
     if problems:
@@ -76,9 +86,19 @@ def check_request(model: StableDiffusion, r: Request) -> None:
 
 
 def guided(unet, context: torch.Tensor, uncontext: torch.Tensor | None, guidance: float,
-           image_latent: torch.Tensor | None = None, motion_scale: float = 0.8) -> Callable:
-    """The model callable the samplers see: eps = eps_u + g (eps_c - eps_u); one pass when g == 1."""
+           image_latent: torch.Tensor | None = None, motion_scale: float = 0.8, controlnet=None,
+           control: torch.Tensor | None = None, control_scale: float = 1.0) -> Callable:
+    """The model callable the samplers see: eps = eps_u + g (eps_c - eps_u); one pass when g == 1.
+
+    With a ControlNet, its residuals for the control images join every UNet call (both CFG halves).
+    """
     features = {}
+
+    def denoise(x, t, text, image):
+        if control is None:
+            return unet(x, t, text, image)
+        down, mid = controlnet(x, t, text, control.expand(x.shape[0], -1, -1, -1, -1), control_scale)
+        return unet(x, t, text, image, down_residuals=down, mid_residual=mid)
 
     def image_features(frames: int, batch: int):
         if image_latent is None:
@@ -89,9 +109,9 @@ def guided(unet, context: torch.Tensor, uncontext: torch.Tensor | None, guidance
 
     def model(x: torch.Tensor, t) -> torch.Tensor:
         if guidance == 1:
-            return unet(x, t, context, image_features(x.shape[2], 1))
-        eps_u, eps_c = unet(torch.cat([x, x]), t, torch.cat([uncontext, context]),
-                            image_features(x.shape[2], 2)).chunk(2)
+            return denoise(x, t, context, image_features(x.shape[2], 1))
+        eps_u, eps_c = denoise(torch.cat([x, x]), t, torch.cat([uncontext, context]),
+                               image_features(x.shape[2], 2)).chunk(2)
         return eps_u + guidance * (eps_c - eps_u)
 
     return model
@@ -125,7 +145,9 @@ def generate(model: StableDiffusion, r: Request, timings: dict | None = None) ->
     if r.image is not None:  # I2V: the first frame's latent, the same for every frame
         image_latent = vae.encode(r.image.to(vae_device(vae), vae_dtype(vae))).sample(generator)
         image_latent = (image_latent * vae.cfg.scaling_factor).to(device, dtype)
-    denoiser = guided(unet, context, uncontext, r.guidance, image_latent, r.motion_scale)
+    control = r.control.to(device, dtype) if r.control is not None else None
+    denoiser = guided(unet, context, uncontext, r.guidance, image_latent, r.motion_scale, model.controlnet, control,
+                      r.control_scale)
     if unet.cfg.motion_modules and (r.context_frames or r.frames > unet.cfg.motion_max_frames):
         denoiser = blend_windows(denoiser, r.frames, r.context_frames or unet.cfg.motion_max_frames,
                                  r.context_overlap)

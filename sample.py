@@ -63,6 +63,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--motion-scale", type=float, default=0.8, help="I2V: 0 = still, larger = more motion")
     p.add_argument("--video", help="video-to-video: source video file or folder of frames")
     p.add_argument("--strength", type=float, default=0.6, help="V2V: how much of the source is replaced")
+    p.add_argument("--controlnet", help="ControlNet-1.1 SD1.5 file (or diffusers ControlNet folder)")
+    p.add_argument("--controlnet-lora", help="a LoRA for the ControlNet, as train_adapter.py writes it")
+    p.add_argument("--control", help="control video (file or folder of frames), one image per frame")
+    p.add_argument("--control-scale", type=float, default=1.0)
     p.add_argument("--context-frames", type=int, default=None, help="long videos: window length")
     p.add_argument("--context-overlap", type=int, default=4)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -100,6 +104,12 @@ def main(argv=None) -> int:
         scales = args.lora_scale + [0.8] * (len(args.lora) - len(args.lora_scale))
         model = load_sd15(args.sd15, args.motion, list(zip(args.lora, scales)),
                           device=args.device, dtype=dtype, vae_dtype=DTYPES[args.vae_dtype])
+        if args.controlnet:
+            from unet.controlnet import load_controlnet
+            from unet.lora import LoRANetwork
+            model.controlnet = load_controlnet(args.controlnet, device=args.device, dtype=dtype).eval()
+            if args.controlnet_lora:
+                LoRANetwork.load(model.controlnet, args.controlnet_lora).merge()
     except (CheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -122,6 +132,12 @@ def main(argv=None) -> int:
             print(f"error: {args.video} has {len(source)} frames, fewer than --frames {args.frames}", file=sys.stderr)
             return 2
         request.video = to_model(resize_crop(source, height, width))
+    if args.control:
+        control = read_video(args.control, max_frames=args.frames)
+        if len(control) < args.frames:
+            print(f"error: {args.control} has {len(control)} frames, fewer than --frames {args.frames}", file=sys.stderr)
+            return 2
+        request.control, request.control_scale = (to_model(resize_crop(control, height, width)) + 1) / 2, args.control_scale
     timings = {}
     try:
         video = generate(model, request, timings)
@@ -145,11 +161,15 @@ def check_args(args, height: int, width: int) -> None:
         problems.append(f"--guidance must be at least 1 (got {args.guidance}); 1 means no guidance")
     if len(args.lora_scale) > len(args.lora):
         problems.append("more --lora-scale values than --lora files")
-    for flag in ("sd15", "motion", "image", "video"):
+    for flag in ("sd15", "motion", "image", "video", "controlnet", "controlnet_lora", "control"):
         value = getattr(args, flag)
         if value and not Path(value).exists():
-            problems.append(f"--{flag} {value}: no such file or folder")
+            problems.append(f"--{flag.replace('_', '-')} {value}: no such file or folder")
     problems += [f"--lora {p}: no such file" for p in args.lora if not Path(p).exists()]
+    if bool(args.controlnet) != bool(args.control):
+        problems.append("--controlnet and --control go together (a ControlNet and its per-frame control video)")
+    if args.controlnet_lora and not args.controlnet:
+        problems.append("--controlnet-lora needs --controlnet")
     if args.image and args.video:
         problems.append("--image and --video cannot be combined")
     if problems:

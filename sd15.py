@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from text import CLIPTextEncoder, Tokenizer, load_text_encoder, text_encoder_to_hf
 from unet.load import load_unet, unet_hints, unet_state_to_ldm
@@ -29,6 +30,7 @@ class StableDiffusion:
     vae: AutoencoderKL
     text_encoder: CLIPTextEncoder
     tokenizer: Tokenizer
+    controlnet: nn.Module | None = None  # unet.controlnet.ControlNet, steering the UNet with control images
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str], clip_skip: int = 0) -> torch.Tensor:

@@ -6,7 +6,8 @@
         --motion runs/stage2/motion_module.safetensors --lora runs/stage1/lora.safetensors \\
         --data my_videos/ --out runs/i2v
     # (b) an existing SD1.5 ControlNet made to work with the video consistency model, by training a
-    #     LoRA on it; control images come per frame from a folder of videos named like the data's
+    #     LoRA on it; control images come per frame from a folder of videos named like the data's.
+    #     Without --controlnet, a new ControlNet (a copy of the UNet's encoder) trains whole instead.
     python train_adapter.py --adapter controlnet --controlnet control_v11f1p_sd15_depth.pth \\
         --control-data my_depth_videos/ ... --out runs/control
     torchrun --nproc_per_node 4 train_adapter.py ...;  --resume true continues a run.
@@ -14,9 +15,10 @@
 No teacher: the target point is the clean latent noised to t_n with the *same* noise that made the
 online input at t_{n+k} (the one-sample score estimate, i.e. consistency training). The video
 consistency model (SD1.5 + stage-1 LoRA merged + stage-2 motion modules) stays frozen; only the
-adapter (image encoder, or the ControlNet's LoRA) trains, and the target is its EMA.
-Outputs: i2v_motion_module.safetensors (motion modules + img_encoder, the AnimateLCM-I2V layout) or
-controlnet_lora.safetensors; checkpoint.pt; log.jsonl.
+adapter (image encoder, the ControlNet's LoRA, or a new ControlNet) trains, and the target is its EMA.
+Outputs: i2v_motion_module.safetensors (motion modules + img_encoder, the AnimateLCM-I2V layout),
+controlnet_lora.safetensors (kohya names, for `sample.py --controlnet-lora`) or controlnet.safetensors
+(ControlNet-1.1 layout); checkpoint.pt; log.jsonl; val/ GIFs.
 """
 from __future__ import annotations
 
@@ -35,7 +37,9 @@ from training import (autocast, encode_latents, load_checkpoint, parse_settings,
                       set_rng_state, setup, teardown, train_loop)
 from unet.adapter import ImageEncoder
 from unet.load import save_motion_module
+from unet.controlnet import controlnet_hints, controlnet_state_to_ldm
 from unet.lora import LoRANetwork
+from weights import HINTS_KEY, save_safetensors
 
 ADAPTERS = ("image_encoder", "controlnet")
 
@@ -99,13 +103,19 @@ def main(argv=None):
         target_net = copy.deepcopy(online_net).requires_grad_(False).eval()
         online_state, target_state = online_net, target_net  # what trains, what the EMA follows
     else:
-        from unet.controlnet import ControlNet, load_controlnet
-        online_net = load_controlnet(s.controlnet, device=rt.device) if s.controlnet else ControlNet.from_unet(unet)
-        online_net.requires_grad_(False).train()
-        target_net = copy.deepcopy(online_net).eval()
-        online_state = LoRANetwork.create(online_net, s.lora_rank)
-        target_state = LoRANetwork.create(target_net, s.lora_rank).requires_grad_(False)
-        target_state.load_state_dict(online_state.state_dict())
+        from unet.controlnet import SD15_HINT_CHANNELS, ControlNet, load_controlnet
+        # a new ControlNet starts as a copy of the UNet's encoder; its hint encoder downsamples as the VAE does
+        hint = SD15_HINT_CHANNELS[:len(model.vae.cfg.block_out_channels)]
+        online_net = load_controlnet(s.controlnet, device=rt.device) if s.controlnet else \
+            ControlNet.from_unet(unet, hint_channels=hint).to(rt.device)
+        online_net.requires_grad_(not s.controlnet).train()  # a new one trains whole (its outputs start at 0)
+        online_net.enable_gradient_checkpointing(s.gradient_checkpointing)
+        target_net = copy.deepcopy(online_net).requires_grad_(False).eval()
+        online_state, target_state = online_net, target_net
+        if s.controlnet:  # an existing ControlNet: adapted through a LoRA on it
+            online_state = LoRANetwork.create(online_net, s.lora_rank)
+            target_state = LoRANetwork.create(target_net, s.lora_rank).requires_grad_(False)
+            target_state.load_state_dict(online_state.state_dict())
     trainable = list(online_state.parameters())
     if rt.main:
         print(f"trainable parameters: {sum(p.numel() for p in trainable):,} ({s.adapter})")
@@ -163,8 +173,11 @@ def main(argv=None):
             online_encoder, unet.img_encoder = unet.img_encoder, target_net
             save_motion_module(unet, out / "i2v_motion_module.safetensors", meta)
             unet.img_encoder = online_encoder
-        else:
+        elif s.controlnet:
             target_state.save(out / "controlnet_lora.safetensors", metadata=meta)
+        else:
+            save_safetensors(controlnet_state_to_ldm(target_net), out / "controlnet.safetensors",
+                             {**meta, HINTS_KEY: controlnet_hints(target_net)})
 
     validation = dataset[0]  # a fixed clip: its first frame (I2V) or its control video
 

@@ -48,7 +48,7 @@ class NoiseSchedule:
 
     def alpha_sigma(self, t, like: torch.Tensor | None = None):
         """(alpha_t, sigma_t) = (sqrt abar_t, sqrt(1 - abar_t)), shaped to broadcast over `like`."""
-        abar = self.alphas_cumprod[torch.as_tensor(t, dtype=torch.long)]
+        abar = self.alphas_cumprod[torch.as_tensor(t, dtype=torch.long).cpu()]  # the table lives on the CPU
         if like is not None:
             abar = abar.to(like.device).reshape(-1, *[1] * (like.dim() - 1))
         return abar.sqrt(), (1 - abar).sqrt()

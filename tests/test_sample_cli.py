@@ -100,3 +100,36 @@ def test_no_weights_prints_what_to_pass(monkeypatch, capsys, tmp_path):
     monkeypatch.setitem(sample.TOY, "sd15", tmp_path / "absent.safetensors")
     assert sample.main([]) == 0
     assert "--sd15" in capsys.readouterr().out
+
+
+def test_controlnet_with_its_lora_steers_the_video(weights, tmp_path):
+    """--controlnet + --control: a ControlNet made from the UNet (zero convs) changes nothing; a trained
+    one (random zero convs, and a LoRA on it) changes the video."""
+    from test_sd15 import tiny_parts
+    from test_lora import random_kohya_lora
+    from unet.controlnet import ControlNet, controlnet_state_to_ldm
+    from weights import save_safetensors
+    unet, _, _ = tiny_parts()
+    identity = ControlNet.from_unet(unet, hint_channels=(8, 16))  # one 2x downsampling, as this tiny VAE
+    save_safetensors(controlnet_state_to_ldm(identity), tmp_path / "identity.safetensors")
+    save_safetensors(controlnet_state_to_ldm(randomize(identity, 3)), tmp_path / "random.safetensors")
+    save_safetensors(random_kohya_lora(identity, rank=2), tmp_path / "control_lora.safetensors")
+    control = (np.random.default_rng(1).random((5, 32, 48, 3)) * 255).astype(np.uint8)
+    write_video(control, tmp_path / "control.gif", fps=8)
+    videos = {}
+    for name, extra in [("plain", []), ("identity", ["--controlnet", str(tmp_path / "identity.safetensors")]),
+                        ("random", ["--controlnet", str(tmp_path / "random.safetensors")]),
+                        ("lora", ["--controlnet", str(tmp_path / "random.safetensors"),
+                                  "--controlnet-lora", str(tmp_path / "control_lora.safetensors")])]:
+        control_args = ["--control", str(tmp_path / "control.gif")] if extra else []
+        assert run(weights, tmp_path, "--out", str(tmp_path / name), *extra, *control_args) == 0
+        videos[name] = read_video(tmp_path / name).astype(int)
+    assert np.abs(videos["identity"] - videos["plain"]).max() <= 1  # uint8 rounding at most
+    assert np.abs(videos["random"] - videos["plain"]).max() > 10
+    assert np.abs(videos["lora"] - videos["random"]).max() > 10
+
+
+def test_control_needs_a_controlnet_and_the_right_frames(weights, tmp_path, capsys):
+    write_video(np.zeros((3, 32, 48, 3), np.uint8), tmp_path / "short.gif", fps=8)
+    assert run(weights, tmp_path, "--control", str(tmp_path / "short.gif")) == 2
+    assert "--controlnet and --control go together" in capsys.readouterr().err

@@ -179,6 +179,33 @@ def test_stage3_image_encoder_trains_from_scratch_and_exports_the_i2v_layout(wor
     assert sorted(p.name for p in (out / "val").iterdir()) == [f"step000004_{n}steps.gif" for n in (1, 2, 4)]
 
 
+def test_stage3_controlnet_new_then_adapted_with_lora(world, tmp_path):
+    """A new ControlNet (a copy of the UNet's encoder) trains whole; an existing one trains only a LoRA."""
+    control = ["--adapter", "controlnet", "--control-data", str(world / "controls"), "--lr", "1e-3"]
+    new = train_adapter.main(adapter_args(world, tmp_path / "new", *control, "--steps", "3"))
+    video = load_sd15(world / "sd15.safetensors", world / "motion.safetensors")
+    for k, v in video.unet.state_dict().items():
+        assert torch.equal(v, new["unet"].state_dict()[k]), f"frozen {k} changed"
+    zero_conv = new["online"].controlnet_down_blocks[0].weight
+    assert zero_conv.abs().sum() > 0  # it learnt to pass control through (zero-initialised)
+    from unet.controlnet import load_controlnet
+    saved = load_controlnet(tmp_path / "new" / "controlnet.safetensors")  # ControlNet-1.1 layout, hints
+    for k, v in saved.state_dict().items():
+        assert torch.equal(v, new["target"].state_dict()[k])
+
+    adapted = train_adapter.main(adapter_args(world, tmp_path / "lora", *control, "--steps", "3", "--lora-rank", "4",
+                                              "--controlnet", str(tmp_path / "new" / "controlnet.safetensors"),
+                                              "--val-every", "3"))
+    for k, v in saved.state_dict().items():  # the given ControlNet stays; only its LoRA trains
+        assert torch.equal(v, adapted["online"].state_dict()[k]), k
+    lora = read_state_dict(tmp_path / "lora" / "controlnet_lora.safetensors")
+    assert any(v.abs().sum() > 0 for k, v in lora.items() if "lora_up" in k)
+    LoRANetwork.load(saved, tmp_path / "lora" / "controlnet_lora.safetensors").merge()  # what sample.py does
+    assert len(list((tmp_path / "lora" / "val").iterdir())) == 3
+    with pytest.raises(SystemExit, match="--control-data"):
+        train_adapter.main(adapter_args(world, tmp_path / "x", "--adapter", "controlnet"))
+
+
 def test_resume_continues_exactly(world, tmp_path):
     straight = train_video.main(video_args(world, tmp_path / "a", "--steps", "4", "--lr", "1e-3"))
     train_video.main(video_args(world, tmp_path / "b", "--steps", "2", "--lr", "1e-3"))

@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from weights import CheckpointError, describe_checkpoint, load_strict, read_component, strip_prefix
+from weights import (CheckpointError, architecture_hints, describe_checkpoint, load_strict, read_component,
+                     strip_prefix)
 
 from .blocks import TimestepMLP, timestep_embedding
 from .config import UNetConfig
@@ -166,6 +167,11 @@ def controlnet_from_ldm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return _rename(unet_from_ldm(state), control_table(hint_convs, skips))
 
 
+def controlnet_hints(net: "ControlNet") -> dict:
+    """What a loader cannot read from the shapes, for the metadata of a saved file."""
+    return {"controlnet": {"attention_heads": net.cfg.attention_heads, "norm_groups": net.cfg.norm_groups}}
+
+
 def controlnet_state_to_ldm(controlnet: ControlNet) -> dict[str, torch.Tensor]:
     """Our ControlNet's tensors in the ControlNet-1.1 layout (with `control_model.`)."""
     cfg = controlnet.cfg
@@ -209,11 +215,12 @@ def load_controlnet(source, *, attention_heads: int | None = None, norm_groups: 
                     dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> ControlNet:
     """An SD1.5 ControlNet from `source` (file, diffusers folder or state dict), strictly.
 
-    Head count and GroupNorm groups come from the arguments, else a diffusers folder's config.json,
-    else SD1.5's 8 and 32; everything else from the tensor shapes.
+    Head count and GroupNorm groups come from the arguments, else a diffusers folder's config.json
+    or our own files' architecture hints, else SD1.5's 8 and 32; everything else from the tensor shapes.
     """
     state, name, folder = read_controlnet(source)
     hints = diffusers_config_hints(folder, "unet") if folder else {}  # same config keys as a UNet's
+    hints = {**hints, **architecture_hints(source, "controlnet")}
     given = dict(attention_heads=attention_heads, norm_groups=norm_groups)
     shape_free = {k: v if v is not None else hints.get(k, UNetConfig.__dataclass_fields__[k].default)
                   for k, v in given.items()}
