@@ -3,11 +3,16 @@
     python train_image.py --sd15 v1-5-pruned-emaonly.safetensors --data my_images/ --out runs/stage1
     python train_image.py ... --resume true
     torchrun --nproc_per_node 4 train_image.py ...
+    python train_image.py --objective diffusion --sd15 start.safetensors ...   # train a teacher instead
 
 Teacher: SD1.5 (or any personalized SD1.5 checkpoint), frozen, classifier-free guidance inside one
 DDIM solver step on the 50-point grid. Student: the same UNet with a trainable rank-64 LoRA on the
 LCM-LoRA layers. Target: the student's own current weights without gradient (the LCM-LoRA scripts
 keep no separate EMA copy), or an EMA copy of the LoRA with --ema-decay > 0.
+`--objective diffusion` trains the whole UNet with the plain epsilon-prediction loss instead (captions
+dropped with --caption-dropout so classifier-free guidance works): a teacher from scratch, as the toy
+world needs, or a fine-tune; it writes model.safetensors (SD1.5 single-file layout, the EMA weights with
+--ema-decay > 0).
 Outputs in --out: lora.safetensors (kohya format: ComfyUI, A1111 and diffusers load it; the schedule
 and settings in its metadata), checkpoint.pt (full resume state), log.jsonl, val/ PNGs.
 """
@@ -20,12 +25,12 @@ from pathlib import Path
 import torch
 
 from data import ImageCaptionDataset, ResumableSampler, collate
-from lcm.distill import distillation_loss
+from lcm.distill import denoising_loss, distillation_loss
 from lcm.ema import ema_update
 from lcm.schedule import NoiseSchedule
-from sd15 import load_sd15
-from training import (autocast, encode_latents, load_checkpoint, parse_settings, rng_state, save_checkpoint,
-                      set_rng_state, setup, teardown, train_loop, uniform)
+from sd15 import load_sd15, save_sd15
+from training import (autocast, drop_captions, encode_latents, load_checkpoint, parse_settings, rng_state,
+                      save_checkpoint, set_rng_state, setup, teardown, train_loop, uniform)
 from unet.lora import LoRANetwork
 
 
@@ -33,6 +38,8 @@ from unet.lora import LoRANetwork
 class Settings:
     sd15: str = ""
     data: str = ""                 # folder of images with captions (see data.py)
+    objective: str = "consistency"  # or "diffusion": train the UNet itself (a teacher)
+    caption_dropout: float = 0.1   # --objective diffusion: share of empty captions (for CFG)
     out: str = "runs/stage1"
     resume: bool = False
     size: int = 512
@@ -44,7 +51,7 @@ class Settings:
     grad_clip: float = 1.0
     lora_rank: int = 64
     lora_alpha: float = 8.0        # alpha/rank = 1/8, as the released AnimateLCM and LCM-LoRA files
-    ema_decay: float = 0.0         # 0: the target is the online model itself (LCM-LoRA recipe)
+    ema_decay: float = 0.0         # 0: the target is the online model itself (LCM-LoRA recipe); diffusion: EMA
     w_min: float = 5.0             # guidance w ~ U[w_min, w_max] in the LCM form (1 + w) c - w u
     w_max: float = 15.0
     original_steps: int = 50       # the DDIM solver grid: k = 1000 / 50 = 20
@@ -63,6 +70,9 @@ class Settings:
 
 def main(argv=None):
     s = parse_settings(Settings, argv, __doc__.split("\n")[0])
+    if s.objective not in ("consistency", "diffusion"):
+        raise SystemExit(f"--objective must be consistency or diffusion, not {s.objective!r}")
+    distill = s.objective == "consistency"
     rt = setup(s.seed, s.device)
     out = Path(s.out)
     if rt.main:
@@ -71,10 +81,16 @@ def main(argv=None):
     # ---- models: online = base + LoRA; teacher = the same UNet with the LoRA detached; ----------
     # ---- target = the online model itself (no gradient), or an EMA copy of the LoRA -----------
     model = load_sd15(s.sd15, device=rt.device)
-    online = model.unet.requires_grad_(False).train()
+    online = model.unet.requires_grad_(not distill).train()  # a teacher being trained: the whole UNet
     online.enable_gradient_checkpointing(s.gradient_checkpointing)
-    target = copy.deepcopy(online).eval() if s.ema_decay > 0 else online  # copied before any LoRA hook
-    lora = LoRANetwork.create(online, s.lora_rank, s.lora_alpha)
+    target = copy.deepcopy(online).requires_grad_(False).eval() if s.ema_decay > 0 else online  # before LoRA hooks
+    lora = target_lora = None
+    if distill:
+        lora = LoRANetwork.create(online, s.lora_rank, s.lora_alpha)
+        target_lora = lora
+        if s.ema_decay > 0:
+            target_lora = LoRANetwork.create(target, s.lora_rank, s.lora_alpha).requires_grad_(False)
+            target_lora.load_state_dict(lora.state_dict())
 
     def teacher(x, t, c):  # one UNet in memory: the base model is the online model minus its LoRA
         lora.detach()
@@ -83,22 +99,20 @@ def main(argv=None):
         finally:
             lora.attach()
 
-    target_lora = lora
-    if s.ema_decay > 0:
-        target_lora = LoRANetwork.create(target, s.lora_rank, s.lora_alpha).requires_grad_(False)
-        target_lora.load_state_dict(lora.state_dict())
-    trainable = list(lora.parameters())
+    # what trains, and what the EMA (if any) follows: the LoRA, or the whole UNet for a teacher
+    online_state, target_state = (lora, target_lora) if distill else (online, target)
+    trainable = list(online_state.parameters())
     if rt.main:
-        print(f"trainable parameters: {sum(p.numel() for p in trainable):,} in {len(list(lora.children()))} "
-              "LoRA layers")
+        print(f"trainable parameters: {sum(p.numel() for p in trainable):,} "
+              f"({'LoRA' if distill else 'the whole UNet: diffusion objective'})")
     schedule = NoiseSchedule(s.beta_schedule)
     optimizer = torch.optim.AdamW(trainable, lr=s.lr, weight_decay=1e-2)
 
     step = 0
     if s.resume and (out / "checkpoint.pt").exists():
         state = load_checkpoint(out / "checkpoint.pt")
-        lora.load_state_dict(state["lora"])
-        target_lora.load_state_dict(state["target_lora"])
+        online_state.load_state_dict(state["online"])
+        target_state.load_state_dict(state["target"])
         optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
         step = state["step"]
@@ -114,6 +128,10 @@ def main(argv=None):
     # ---- one micro-batch of latent consistency distillation (lcm/distill.py, steps 1-6) --------
     def loss_fn(batch, generators):
         x0 = encode_latents(model.vae, batch["pixels"].to(rt.device), generators)  # [B, 4, h, w]
+        if not distill:  # a teacher: the DDPM objective, some captions dropped
+            context = model.encode_prompts(drop_captions(batch["captions"], generators, s.caption_dropout))
+            with autocast(rt, s.precision):
+                return denoising_loss(online, schedule, x0, context, generators)
         context = model.encode_prompts(batch["captions"])
         uncontext = model.encode_prompts([""] * len(batch["captions"]))
         w = uniform(generators, s.w_min, s.w_max).to(rt.device)
@@ -121,42 +139,53 @@ def main(argv=None):
             return distillation_loss(online, target, teacher, schedule, x0, context, uncontext, w,
                                      s.original_steps, s.loss, generators)
 
-    def after_step():  # step 7, when the target is a separate EMA copy of the LoRA
+    def after_step():  # step 7, when the target is a separate EMA copy (of the LoRA, or of a teacher)
         if s.ema_decay > 0:
-            ema_update(target_lora, lora, s.ema_decay)
+            ema_update(target_state, online_state, s.ema_decay)
 
     def checkpoint(step):
         if not rt.main:
             return
         save_checkpoint(out / "checkpoint.pt", {
-            "step": step, "settings": dataclasses.asdict(s), "lora": lora.state_dict(),
-            "target_lora": target_lora.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state()})
-        target_lora.save(out / "lora.safetensors", metadata={
-            "settings": dataclasses.asdict(s), "schedule": dataclasses.asdict(schedule), "step": step})
+            "step": step, "settings": dataclasses.asdict(s), "online": online_state.state_dict(),
+            "target": target_state.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state()})
+        meta = {"settings": dataclasses.asdict(s), "schedule": dataclasses.asdict(schedule), "step": step}
+        if distill:
+            target_lora.save(out / "lora.safetensors", metadata=meta)
+        else:
+            save_sd15(out / "model.safetensors", target, model.vae, model.text_encoder, meta)
 
     def validate(step):
         samples(model, target, s, out / "val", step)
 
-    train_loop(s, rt, batches, step, optimizer, trainable, loss_fn, after_step, checkpoint, validate, "stage 1")
+    train_loop(s, rt, batches, step, optimizer, trainable, loss_fn, after_step, checkpoint, validate,
+               "stage 1" if distill else "teacher (diffusion)")
     teardown(rt)
-    return {"unet": online, "lora": lora, "target_lora": target_lora}
+    return {"unet": online, "target": target, "lora": lora, "target_lora": target_lora}
 
 
 @torch.no_grad()
 def samples(model, unet, s: Settings, folder: Path, step: int) -> None:
-    """Fixed-seed 1, 2 and 4-step images of the target (the LoRA attached), as PNGs."""
+    """Fixed-seed images of the target as PNGs: LCM at 1, 2 and 4 steps (the LoRA attached), or for a
+    teacher DDIM at 4 and 25 steps with guidance 7.5."""
     from PIL import Image
-    from lcm.sampler import lcm_timesteps, sample_lcm
+    from lcm.sampler import ddim_timesteps, lcm_timesteps, sample_ddim, sample_lcm
+    from pipeline import guided
     folder.mkdir(parents=True, exist_ok=True)
-    context = model.encode_prompts([s.val_prompt])
+    context, uncontext = model.encode_prompts([s.val_prompt]), model.encode_prompts([""])
     f = 2 ** (len(model.vae.cfg.block_out_channels) - 1)
+    schedule = NoiseSchedule(s.beta_schedule)
     was_training = unet.training
     unet.eval()
-    for steps in (1, 2, 4):
+    for steps in ((1, 2, 4) if s.objective == "consistency" else (4, 25)):
         g = torch.Generator().manual_seed(0)
         x = torch.randn(1, unet.cfg.in_channels, s.size // f, s.size // f, generator=g).to(context.device)
-        latent = sample_lcm(lambda x, t: unet(x, t, context), x, NoiseSchedule(s.beta_schedule),
-                            lcm_timesteps(steps, s.original_steps), g, progress=False)
+        if s.objective == "consistency":
+            latent = sample_lcm(guided(unet, context, None, 1.0), x, schedule, lcm_timesteps(steps, s.original_steps),
+                                g, progress=False)
+        else:
+            latent = sample_ddim(guided(unet, context, uncontext, 7.5), x, schedule, ddim_timesteps(steps),
+                                 progress=False)
         image = (model.vae.decode(latent / model.vae.cfg.scaling_factor)[0] / 2 + 0.5).clamp(0, 1)
         Image.fromarray((image.permute(1, 2, 0) * 255).round().byte().cpu().numpy()).save(
             folder / f"step{step:06d}_{steps}steps.png")

@@ -5,6 +5,7 @@
     python train_video.py ... --resume true                     # continue exactly where it stopped
     torchrun --nproc_per_node 4 train_video.py ...              # several GPUs (gradients all-reduced)
     python train_video.py ... --direct true                     # VideoLCM-style one-stage baseline
+    python train_video.py --objective diffusion --sd15 ... --data my_videos/   # train a teacher motion module
 
 Teacher: SD1.5 + an AnimateDiff motion module, frozen; classifier-free guidance inside one DDIM step.
 Online student: SD1.5 with the stage-1 spatial LoRA merged + the motion modules; only these train.
@@ -13,6 +14,8 @@ weights, so its spatial weights drift to base + LoRA while early targets stay sa
 starts the target as a copy of the online model instead, for the ablation).
 `--direct`: no stage 1: a fresh spatial LoRA and the motion modules train together at a fixed
 guidance weight (the non-decoupled baseline of the paper's ablation).
+`--objective diffusion`: the AnimateDiff recipe for a teacher motion module: spatial weights frozen,
+motion modules (new ones when --teacher-motion is not given) trained with the epsilon-prediction loss.
 Outputs in --out: motion_module.safetensors (AnimateDiff layout, from the EMA target; ComfyUI and
 diffusers load it), lora.safetensors in --direct mode, checkpoint.pt (full resume state), log.jsonl,
 val/ GIFs.
@@ -26,13 +29,13 @@ from pathlib import Path
 import torch
 
 from data import ResumableSampler, VideoCaptionDataset, collate
-from lcm.distill import distillation_loss
+from lcm.distill import denoising_loss, distillation_loss
 from lcm.ema import ema_update
 from lcm.schedule import NoiseSchedule
 from sd15 import StableDiffusion, load_sd15
-from training import (autocast, encode_latents, load_checkpoint, parse_settings, rng_state, save_checkpoint,
-                      set_rng_state, setup, teardown, train_loop, uniform)
-from unet.load import save_motion_module
+from training import (autocast, drop_captions, encode_latents, load_checkpoint, parse_settings, rng_state,
+                      save_checkpoint, set_rng_state, setup, teardown, train_loop, uniform)
+from unet.load import add_motion_modules, save_motion_module
 from unet.lora import LoRANetwork
 
 
@@ -42,6 +45,8 @@ class Settings:
     teacher_motion: str = ""       # AnimateDiff motion module of the teacher (v2 layout: mid block)
     lora: str = ""                 # stage-1 spatial LoRA (train_image.py); not used with --direct
     data: str = ""                 # folder of videos with captions (see data.py)
+    objective: str = "consistency"  # or "diffusion": train a teacher motion module (AnimateDiff recipe)
+    caption_dropout: float = 0.1   # --objective diffusion: share of empty captions (for CFG)
     out: str = "runs/stage2"
     resume: bool = False
     direct: bool = False
@@ -55,7 +60,7 @@ class Settings:
     lr: float = 1e-5
     warmup_steps: int = 100
     grad_clip: float = 1.0
-    ema_decay: float = 0.95        # VideoLCM / AnimateLCM-SVD value
+    ema_decay: float = 0.95        # VideoLCM / AnimateLCM-SVD value (diffusion: 0 = no EMA copy)
     w_min: float = 5.0             # guidance w ~ U[w_min, w_max] in the LCM form (1 + w) c - w u
     w_max: float = 15.0
     direct_w: float = 9.0          # --direct: fixed w, as VideoLCM
@@ -76,26 +81,34 @@ class Settings:
 
 def main(argv=None):
     s = parse_settings(Settings, argv, __doc__.split("\n")[0])
+    if s.objective not in ("consistency", "diffusion"):
+        raise SystemExit(f"--objective must be consistency or diffusion, not {s.objective!r}")
+    distill = s.objective == "consistency"
     if s.init not in ("animatelcm", "plain"):
         raise SystemExit(f"--init must be animatelcm or plain, not {s.init!r}")
-    if not s.direct and not s.lora:
+    if distill and not s.direct and not s.lora:
         raise SystemExit("--lora (the stage-1 spatial LoRA from train_image.py) is required, or use --direct true")
+    if distill and not s.teacher_motion:
+        raise SystemExit("--teacher-motion (the teacher's AnimateDiff motion module) is required for distillation")
     rt = setup(s.seed, s.device)
     out = Path(s.out)
     if rt.main:
         print(f"settings: {dataclasses.asdict(s)}")
 
     # ---- models ------------------------------------------------------------------------------
-    teacher = load_sd15(s.sd15, s.teacher_motion, device=rt.device)
+    teacher = load_sd15(s.sd15, s.teacher_motion or None, device=rt.device)
+    if not teacher.unet.cfg.motion_modules:  # a teacher trained from scratch: new (zero-output) modules
+        teacher.unet = add_motion_modules(teacher.unet)
     teacher.unet.requires_grad_(False).eval()
-    online = copy.deepcopy(teacher.unet)
-    target = copy.deepcopy(teacher.unet)  # AnimateLCM init: the target starts without the LoRA
+    online = copy.deepcopy(teacher.unet) if distill else teacher.unet  # diffusion: no teacher is kept
+    # AnimateLCM init: the target starts without the LoRA; a diffusion run keeps an EMA copy if asked
+    target = copy.deepcopy(teacher.unet) if distill or s.ema_decay > 0 else online
     lora = target_lora = None
-    if s.direct:  # one stage: a fresh LoRA and the motion modules, both trained
+    if distill and s.direct:  # one stage: a fresh LoRA and the motion modules, both trained
         lora = LoRANetwork.create(online, s.lora_rank)
         target_lora = LoRANetwork.create(target, s.lora_rank).requires_grad_(False)
         target_lora.load_state_dict(lora.state_dict())
-    else:
+    elif distill:
         LoRANetwork.load(online, s.lora).merge()  # stage-1 image consistency LoRA, fixed
         if s.init == "plain":
             target.load_state_dict(online.state_dict())
@@ -104,10 +117,12 @@ def main(argv=None):
     trainable = (list(lora.parameters()) if lora is not None else []) + \
         [p for n, p in online.named_parameters() if "motion_modules." in n]
     online.train().enable_gradient_checkpointing(s.gradient_checkpointing)
-    target.requires_grad_(False).eval()
+    if target is not online:
+        target.requires_grad_(False).eval()
     low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(s.precision) if rt.device.type == "cuda" else None
     if low is not None:  # frozen weights only ever run under autocast: store them in its precision
-        teacher.unet.to(low)  # (about 4 GB less at SD1.5 size; the EMA target stays fp32)
+        if distill:  # (about 4 GB less at SD1.5 size; the EMA target stays fp32)
+            teacher.unet.to(low)
         for p in online.parameters():
             if not p.requires_grad:
                 p.data = p.data.to(low)
@@ -140,6 +155,10 @@ def main(argv=None):
     # ---- one micro-batch of motion consistency distillation (lcm/distill.py, steps 1-6) --------
     def loss_fn(batch, generators):
         x0 = encode_latents(teacher.vae, batch["pixels"].to(rt.device), generators)  # [B, 4, F, h, w]
+        if not distill:  # a teacher motion module: the DDPM objective, some captions dropped
+            context = teacher.encode_prompts(drop_captions(batch["captions"], generators, s.caption_dropout))
+            with autocast(rt, s.precision):
+                return denoising_loss(online, schedule, x0, context, generators)
         context = teacher.encode_prompts(batch["captions"])
         uncontext = teacher.encode_prompts([""] * len(batch["captions"]))
         w = torch.full((len(generators),), s.direct_w) if s.direct else uniform(generators, s.w_min, s.w_max)
@@ -148,7 +167,8 @@ def main(argv=None):
                                      s.original_steps, s.loss, generators)
 
     def after_step():  # step 7: the EMA target, all weights (its spatial part drifts to base + LoRA)
-        ema_update(target, online, s.ema_decay)
+        if target is not online:
+            ema_update(target, online, s.ema_decay)
         if lora is not None:
             ema_update(target_lora, lora, s.ema_decay)
 
@@ -168,20 +188,24 @@ def main(argv=None):
     def validate(step):
         samples(teacher, target, s, out / "val", step)
 
-    train_loop(s, rt, batches, step, optimizer, trainable, loss_fn, after_step, checkpoint, validate, "stage 2")
+    train_loop(s, rt, batches, step, optimizer, trainable, loss_fn, after_step, checkpoint, validate,
+               "stage 2" if distill else "teacher motion (diffusion)")
     teardown(rt)
     return {"online": online, "target": target, "teacher": teacher, "lora": lora}
 
 
 @torch.no_grad()
 def samples(teacher: StableDiffusion, target, s: Settings, folder: Path, step: int) -> None:
-    """Fixed-seed 1, 2 and 4-step videos of the EMA target, as GIFs."""
+    """Fixed-seed videos of the EMA target as GIFs: LCM at 1, 2 and 4 steps, or for a teacher DDIM at
+    4 and 25 steps with guidance 7.5."""
     from pipeline import Request, generate
     from video_io import to_uint8, write_video
     model = dataclasses.replace(teacher, unet=target)
-    for steps in (1, 2, 4):
+    distill = s.objective == "consistency"
+    for steps in ((1, 2, 4) if distill else (4, 25)):
         video = generate(model, Request(prompt=s.val_prompt, frames=s.frames, height=s.size, width=s.size,
                                         steps=steps, seed=0, original_steps=s.original_steps,
+                                        sampler="lcm" if distill else "ddim", guidance=1.0 if distill else 7.5,
                                         schedule=NoiseSchedule(s.beta_schedule), progress=False))
         write_video(to_uint8(video), folder / f"step{step:06d}_{steps}steps.gif", fps=8)
 

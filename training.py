@@ -102,6 +102,12 @@ def uniform(generators: list[torch.Generator], low: float, high: float) -> torch
     return torch.cat([low + (high - low) * torch.rand(1, generator=g) for g in generators])
 
 
+def drop_captions(captions: list[str], generators: list[torch.Generator], p: float) -> list[str]:
+    """Replace each caption by "" with probability p: teaches the unconditional model that CFG needs."""
+    keep = uniform(generators, 0.0, 1.0) >= p
+    return [c if k else "" for c, k in zip(captions, keep.tolist())]
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr

@@ -106,3 +106,14 @@ def distillation_loss(online, target, teacher, schedule: NoiseSchedule, x0: torc
             x_end = ddim_solver_step(schedule, guided(x0_c, x0_u, w), guided(eps_c, eps_u, w), t_end)
         target_out = consistency_output(schedule, x_end, target(x_end, t_end, context), t_end)
     return consistency_loss(online_out, target_out, kind), t_start
+
+
+def denoising_loss(model, schedule: NoiseSchedule, x0: torch.Tensor, context, generator=None):
+    """The DDPM objective for training a teacher: t ~ U{0..T-1}, x_t = alpha x0 + sigma eps, ||eps_hat - eps||^2.
+
+    Returns (per-sample loss [B], t [B]); `generator` as in `distillation_loss`.
+    """
+    t = per_sample(lambda g, b: torch.randint(0, schedule.steps, (b,), generator=g), generator, x0.shape[0])
+    noise = per_sample(lambda g, b: torch.randn((b, *x0.shape[1:]), generator=g), generator, x0.shape[0]).to(x0)
+    t = t.to(x0.device)
+    return diffusion_loss(model(schedule.add_noise(x0, noise, t), t, context), noise), t

@@ -265,7 +265,7 @@ def test_two_processes_match_one_process_on_the_combined_batch(world, tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     train_image.main(image_args(world, tmp_path / "one", "--steps", "3", "--lora-rank", "4", "--batch", "2",
                                 "--lr", "1e-3"))
-    ddp, one = (torch.load(tmp_path / n / "checkpoint.pt", weights_only=True)["lora"] for n in ("ddp", "one"))
+    ddp, one = (torch.load(tmp_path / n / "checkpoint.pt", weights_only=True)["online"] for n in ("ddp", "one"))
     # the same numbers up to the order of float sums: per-step loss and gradient norm ...
     for a, b in zip(log_records(tmp_path / "ddp"), log_records(tmp_path / "one")):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4) and a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
@@ -276,3 +276,31 @@ def test_two_processes_match_one_process_on_the_combined_batch(world, tmp_path):
     error = sum((ddp[k] - one[k]).square().sum() for k in one).sqrt()
     assert moved > 1e-2 and error < 0.05 * moved, (moved, error)
     assert [r["step"] for r in log_records(tmp_path / "ddp")] == [1, 2, 3]  # rank 0 alone writes
+
+
+def test_diffusion_objective_trains_teachers(world, tmp_path):
+    """--objective diffusion: train_image trains the whole UNet (a teacher) and writes an SD1.5 file;
+    train_video trains new motion modules on it (AnimateDiff recipe) and writes an AnimateDiff file."""
+    image = train_image.main(image_args(world, tmp_path / "t2i", "--objective", "diffusion", "--steps", "3",
+                                        "--lr", "1e-3", "--ema-decay", "0.5", "--val-every", "3"))
+    start = load_sd15(world / "sd15.safetensors")
+    trained = load_sd15(tmp_path / "t2i" / "model.safetensors")  # the EMA weights, loadable as --sd15
+    key = "down_blocks.0.resnets.0.conv1.weight"
+    w0, w_online = start.unet.state_dict()[key], image["unet"].state_dict()[key]
+    assert not torch.equal(w0, w_online)
+    torch.testing.assert_close(trained.unet.state_dict()[key], image["target"].state_dict()[key])
+    assert sorted(p.name for p in (tmp_path / "t2i" / "val").iterdir()) == ["step000003_25steps.png",
+                                                                            "step000003_4steps.png"]
+    video_args_ = ["--sd15", str(tmp_path / "t2i" / "model.safetensors"), "--data", str(world / "clips"),
+                   "--out", str(tmp_path / "motion"), "--objective", "diffusion", "--steps", "3", "--lr", "1e-3",
+                   "--ema-decay", "0", *SMALL, *VIDEO]
+    motion = train_video.main(video_args_)
+    changed = {k for k, v in motion["online"].state_dict().items() if not torch.equal(v, trained.unet.state_dict().get(k, v))}
+    assert not changed  # spatial weights untouched (new motion modules are not in the image model)
+    proj_out = [v for k, v in motion["online"].state_dict().items() if k.endswith("temporal_transformer.proj_out.weight")]
+    assert proj_out and all(v.abs().sum() > 0 for v in proj_out)  # the zero-initialised outputs moved
+    video = load_sd15(tmp_path / "t2i" / "model.safetensors", tmp_path / "motion" / "motion_module.safetensors")
+    assert video.unet.cfg.motion_mid_block
+    with pytest.raises(SystemExit, match="--teacher-motion"):
+        train_video.main(video_args_[:-len(SMALL) - len(VIDEO)] + ["--objective", "consistency", "--lora",
+                                                                    str(world / "lora.safetensors"), *SMALL, *VIDEO])

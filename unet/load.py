@@ -116,6 +116,20 @@ def load_unet(sd15, motion=None, *, attention_heads: int | None = None, motion_h
     return unet.to(dtype) if dtype is not None else unet
 
 
+def add_motion_modules(unet: UNet, mid_block: bool = True, max_frames: int = 32) -> UNet:
+    """A video UNet with `unet`'s spatial weights and new motion modules (AnimateDiff v2 layout).
+
+    The new modules' output projections are zero, so the video model starts as the image model run
+    on each frame: the starting point of AnimateDiff's motion training.
+    """
+    cfg = replace(unet.cfg, motion_modules=True, motion_mid_block=mid_block, motion_max_frames=max_frames)
+    param = next(unet.parameters())
+    video = UNet(cfg).to(param.device, param.dtype)
+    missing, unexpected = video.load_state_dict(unet.state_dict(), strict=False)
+    assert not unexpected and all("motion_modules." in k for k in missing), (missing, unexpected)
+    return video
+
+
 def diffusers_config_hints(source, component: str) -> dict:
     """Head counts and norm groups from a diffusers folder's config.json ({} for anything else)."""
     if not isinstance(source, (str, Path)) or not Path(source).is_dir():
