@@ -22,7 +22,9 @@ import torch
 ROOT = Path(__file__).resolve().parent
 TOY = {"sd15": ROOT / "toy" / "weights" / "toy_sd15.safetensors",
        "motion": ROOT / "toy" / "weights" / "toy_motion.safetensors",
-       "lora": ROOT / "toy" / "weights" / "toy_lcm_lora.safetensors"}
+       "lora": ROOT / "toy" / "weights" / "toy_lcm_lora.safetensors",
+       "settings": ROOT / "toy" / "weights" / "toy.json"}  # the size and schedule it was trained at
+DEFAULTS = {"frames": 16, "height": 512, "width": 512}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 NO_WEIGHTS = """No weights given and no bundled toy model found (toy/weights/).
@@ -41,9 +43,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--negative-prompt", default="")
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance; 1 = one pass per step")
-    p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--height", type=int, default=512)
-    p.add_argument("--width", type=int, default=512)
+    p.add_argument("--frames", type=int, default=None, help="default 16 (the toy model: 8)")
+    p.add_argument("--height", type=int, default=None, help="default 512 (the toy model: 32)")
+    p.add_argument("--width", type=int, default=None, help="default 512 (the toy model: 32)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fps", type=int, default=8)
     p.add_argument("--out", default="out.gif", help=".gif, .mp4, .webp, or a folder name for PNG frames")
@@ -78,13 +80,28 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    defaults = dict(DEFAULTS)
     if args.sd15 is None:
         if not TOY["sd15"].exists():
             print(NO_WEIGHTS)
             return 0
+        import json
+        toy = json.loads(TOY["settings"].read_text())
+        defaults = {k: toy[k] for k in DEFAULTS}
         args.sd15 = str(TOY["sd15"])
         args.motion = args.motion or str(TOY["motion"])
-        args.lora = args.lora or [str(TOY["lora"])]
+        if not args.lora:
+            args.lora, args.lora_scale = [str(TOY["lora"])], args.lora_scale or [toy["lora_scale"]]
+        args.original_steps = args.original_steps or toy["original_steps"]
+        if args.image is None and args.video is None:  # the toy world speaks one language: check the prompt
+            from toy.world import parse_caption
+            try:
+                parse_caption(args.prompt)
+            except ValueError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+    for k, v in defaults.items():
+        setattr(args, k, getattr(args, k) or v)
     height, width = args.height, args.width
     try:
         check_args(args, height, width)

@@ -1,0 +1,154 @@
+"""Measure the toy models: toy FVD and prompt accuracy per sampler and step count (a miniature of
+AnimateLCM's Table 1), the stage-2 initialisation ablation, and image-to-video fidelity.
+
+Every number is the mean over `seeds` independent sets of sampled videos, with their standard deviation
+(the seed-to-seed spread), so differences can be judged.
+"""
+from __future__ import annotations
+
+import dataclasses
+import statistics
+
+import numpy as np
+import torch
+
+from lcm.sampler import ddim_timesteps, dpmpp_timesteps, lcm_timesteps, sample_ddim, sample_dpmpp_2m, sample_lcm
+from lcm.schedule import NoiseSchedule
+from pipeline import guided
+from toy.classifier import ATTRIBUTES, frechet_distance, judge, labels, prompt_accuracy, real_reference, to_model
+from toy.world import HELD_OUT, SEEN, caption, sample_videos
+
+
+@dataclasses.dataclass
+class Method:
+    """How a row samples: a model (StableDiffusion), a sampler and a guidance scale."""
+    name: str
+    model: object
+    sampler: str = "lcm"
+    guidance: float = 1.0
+
+
+@torch.no_grad()
+def generate_batch(model, captions: list[str], steps: int, sampler: str, guidance: float, seed: int,
+                   frames: int = 8, resolution: int = 32, original_steps: int = 50, image: torch.Tensor | None = None,
+                   control: torch.Tensor | None = None, batch: int = 32) -> torch.Tensor:
+    """Videos [N, 3, F, H, W] in [-1, 1] for many prompts at once (the pipeline's math, batched)."""
+    schedule = NoiseSchedule("beta_linear")
+    unet, vae = model.unet, model.vae
+    timesteps = {"lcm": lambda: lcm_timesteps(steps, original_steps), "ddim": lambda: ddim_timesteps(steps),
+                 "dpmpp_2m": lambda: dpmpp_timesteps(steps)}[sampler]()
+    sample = {"lcm": sample_lcm, "ddim": sample_ddim, "dpmpp_2m": sample_dpmpp_2m}[sampler]
+    f = 2 ** (len(vae.cfg.block_out_channels) - 1)
+    device = next(unet.parameters()).device
+    out = []
+    for start in range(0, len(captions), batch):
+        chunk = captions[start:start + batch]
+        g = torch.Generator().manual_seed(seed * 100_003 + start)
+        context = model.encode_prompts(chunk)
+        uncontext = model.encode_prompts([""] * len(chunk)) if guidance > 1 else None
+        x = torch.randn(len(chunk), unet.cfg.in_channels, frames, resolution // f, resolution // f,
+                        generator=g).to(device)
+        image_latent = None
+        if image is not None:
+            image_latent = vae.encode(image[start:start + batch].to(device)).sample(g) * vae.cfg.scaling_factor
+        ctrl = control[start:start + batch].to(device) if control is not None else None
+        denoiser = guided(unet, context, uncontext, guidance, image_latent, 0.8, model.controlnet, ctrl)
+        extra = {"generator": g} if sampler == "lcm" else {}
+        latents = sample(denoiser, x, schedule, timesteps, progress=False, **extra)
+        out.append(vae.decode_video(latents).clamp(-1, 1).cpu())
+    return torch.cat(out)
+
+
+def prompts(count: int, seed: int, combos) -> tuple[list[str], list]:
+    """`count` prompts drawn from `combos` (as clips, so the classifier's labels come with them)."""
+    _, _, clips = sample_videos(count, seed, combos, frames=1)
+    return [c.caption for c in clips], clips
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def evaluate_text_to_video(methods: list[Method], steps_list, classifier, count: int, seeds: int,
+                           reference_count: int = 512, progress=print) -> list[dict]:
+    """Per (method, steps): toy FVD against real seen-prompt clips, prompt accuracy on seen and held-out
+    prompts; each a (mean, std) over `seeds` sets of `count` videos."""
+    reference = real_reference(classifier, reference_count, seed=50_000)
+    rows = []
+    for method in methods:
+        for steps in steps_list:
+            fvd, seen_acc, held_acc = [], [], []
+            for s in range(seeds):
+                caps, clips = prompts(count, 60_000 + s, SEEN)
+                videos = generate_batch(method.model, caps, steps, method.sampler, method.guidance, seed=s)
+                feats, preds = judge(classifier, videos)
+                fvd.append(frechet_distance(feats, reference))
+                seen_acc.append(prompt_accuracy(preds, clips))
+                caps, clips = prompts(max(count // 2, 6), 70_000 + s, HELD_OUT)
+                _, preds = judge(classifier, generate_batch(method.model, caps, steps, method.sampler,
+                                                            method.guidance, seed=1000 + s))
+                held_acc.append(prompt_accuracy(preds, clips))
+            row = {"method": method.name, "steps": steps, "fvd": mean_std(fvd), "seen_accuracy": mean_std(seen_acc),
+                   "held_out_accuracy": mean_std(held_acc)}
+            progress(f"  {method.name:<28} {steps:>2} steps  FVD {row['fvd'][0]:8.1f} ± {row['fvd'][1]:6.1f}  "
+                     f"accuracy seen {row['seen_accuracy'][0]:.2f} ± {row['seen_accuracy'][1]:.2f}  "
+                     f"held-out {row['held_out_accuracy'][0]:.2f} ± {row['held_out_accuracy'][1]:.2f}")
+            rows.append(row)
+    return rows
+
+
+def evaluate_image_to_video(model, steps_list, classifier, count: int, seeds: int, progress=print) -> list[dict]:
+    """I2V: PSNR of the generated first frame against the condition image, and motion accuracy (the
+    classifier's direction matches the prompt's) on real first frames of seen combinations."""
+    rows = []
+    for steps in steps_list:
+        psnr, motion = [], []
+        for s in range(seeds):
+            videos, _, clips = sample_videos(count, 80_000 + s, SEEN)
+            real = to_model(videos)
+            first = real[:, :, 0]
+            generated = generate_batch(model, [c.caption for c in clips], steps, "lcm", 1.0, seed=s, image=first)
+            mse = (generated[:, :, 0] - first).square().mean((1, 2, 3))
+            psnr.append(float((10 * torch.log10(4 / mse)).mean()))
+            _, preds = judge(classifier, generated)
+            motion.append(float((preds["direction"] == labels(clips)["direction"]).float().mean()))
+        row = {"steps": steps, "first_frame_psnr": mean_std(psnr), "motion_accuracy": mean_std(motion)}
+        progress(f"  I2V {steps:>2} steps  first-frame PSNR {row['first_frame_psnr'][0]:.1f} ± "
+                 f"{row['first_frame_psnr'][1]:.1f} dB  motion accuracy {row['motion_accuracy'][0]:.2f} ± "
+                 f"{row['motion_accuracy'][1]:.2f}")
+        rows.append(row)
+    return rows
+
+
+def evaluate_layout(model, steps_list, classifier, count: int, seeds: int, progress=print) -> list[dict]:
+    """Layout control: the shape's mask video as the per-frame control; the share of generated pixels
+    inside the mask that differ from the frame's median (the background) vs outside it, as IoU."""
+    rows = []
+    for steps in steps_list:
+        ious, acc = [], []
+        for s in range(seeds):
+            videos, masks, clips = sample_videos(count, 90_000 + s, SEEN)
+            control = torch.from_numpy(masks).float().div(255)[:, None].expand(-1, 3, -1, -1, -1)
+            generated = generate_batch(model, [c.caption for c in clips], steps, "lcm", 1.0, seed=s, control=control)
+            background = generated.flatten(3).median(-1).values[..., None, None]  # [N, 3, F, 1, 1]
+            drawn = (generated - background).abs().amax(1) > 0.25  # [N, F, H, W]
+            truth = torch.from_numpy(masks) > 127
+            ious.append(float(((drawn & truth).sum() / (drawn | truth).sum().clamp(min=1))))
+            _, preds = judge(classifier, generated)
+            acc.append(prompt_accuracy(preds, clips))
+        row = {"steps": steps, "mask_iou": mean_std(ious), "accuracy": mean_std(acc)}
+        progress(f"  layout {steps:>2} steps  mask IoU {row['mask_iou'][0]:.2f} ± {row['mask_iou'][1]:.2f}  "
+                 f"prompt accuracy {row['accuracy'][0]:.2f} ± {row['accuracy'][1]:.2f}")
+        rows.append(row)
+    return rows
+
+
+def strip(videos: list[torch.Tensor], scale: int = 3) -> np.ndarray:
+    """Side-by-side uint8 frames [F, H*scale, W*len*scale, 3] of videos [3, F, H, W] in [-1, 1]."""
+    row = torch.cat([(v.clamp(-1, 1) / 2 + 0.5) for v in videos], dim=-1)  # [3, F, H, W*len]
+    row = row.repeat_interleave(scale, -1).repeat_interleave(scale, -2)
+    return (row.permute(1, 2, 3, 0) * 255).round().byte().numpy()
+
+
+__all__ = ["Method", "generate_batch", "evaluate_text_to_video", "evaluate_image_to_video", "evaluate_layout",
+           "strip", "caption", "ATTRIBUTES"]

@@ -1,0 +1,340 @@
+"""The toy world end to end: data, VAE, teachers, the three AnimateLCM stages, the judge, the results.
+
+    python toy/run.py                    # the full run (times per stage are printed and saved)
+    python toy/run.py --quick            # every stage for a few steps: a smoke test (CI runs it)
+    python toy/run.py --ship             # also copy the trained weights to toy/weights/ (sample.py's default)
+
+Every training stage is one of the project's scripts (train_image.py, train_video.py,
+train_adapter.py) on the toy world's folders; only the VAE and the classifier have their own small
+trainers here. A stage whose outputs exist is skipped, so an interrupted run continues where it
+stopped (delete runs/toy/<stage>/ to redo one). Outputs in --out: data/, one folder per stage,
+times.json, results.json, results.md and the GIF strips.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import train_adapter  # noqa: E402
+import train_image  # noqa: E402
+import train_video  # noqa: E402
+from sd15 import load_sd15, save_sd15  # noqa: E402
+from text import CLIPTextEncoder, TextEncoderConfig  # noqa: E402
+from toy.world import write_dataset  # noqa: E402
+from unet.config import UNetConfig  # noqa: E402
+from unet.model import UNet  # noqa: E402
+
+FRAMES, RESOLUTION, ORIGINAL_STEPS = 8, 32, 50
+TOY_UNET = UNetConfig(block_out_channels=(64, 128), attention_levels=(True, True), layers_per_block=1,
+                      cross_attention_dim=32, attention_heads=4, norm_groups=16)
+TOY_TEXT = TextEncoderConfig(width=32, layers=2, heads=4, mlp_width=64)  # frozen, random: a fixed embedding
+VAL_PROMPT = "a red circle moving left"
+
+
+@dataclasses.dataclass
+class Budget:
+    """How much of everything: the full run and --quick differ only here."""
+    clips: int = 2000
+    vae_steps: int = 500
+    teacher_image_steps: int = 1000
+    teacher_motion_steps: int = 400
+    stage1_steps: int = 300
+    stage2_steps: int = 200
+    stage3_steps: int = 120
+    classifier_steps: int = 120
+    image_batch: int = 32
+    video_batch: int = 8
+    eval_count: int = 24           # videos per seed and cell (held-out prompts: half as many)
+    eval_seeds: int = 3
+    eval_steps: tuple = (1, 2, 4, 8)
+    reference_count: int = 512     # real clips behind the toy FVD
+    reference_steps: int = 50      # the teacher's many-step reference row
+
+
+QUICK = Budget(clips=24, vae_steps=10, teacher_image_steps=6, teacher_motion_steps=4, stage1_steps=4,
+               stage2_steps=3, stage3_steps=3, classifier_steps=5, image_batch=4, video_batch=2, eval_count=6,
+               eval_seeds=2, eval_steps=(1, 4), reference_count=32, reference_steps=8)
+
+
+def common(out: Path, stage: str, steps: int, batch: int, seed: int, device: str, lr: float) -> list[str]:
+    return ["--out", str(out / stage), "--steps", str(steps), "--batch", str(batch), "--size", str(RESOLUTION),
+            "--lr", str(lr), "--warmup-steps", str(max(1, steps // 20)), "--seed", str(seed), "--device", device,
+            "--workers", "0", "--gradient-checkpointing", "false", "--beta-schedule", "beta_linear",
+            "--log-every", "10", "--save-every", str(max(1, steps // 4)), "--val-every", str(steps),
+            "--resume", "true"]  # an interrupted stage continues exactly where it stopped
+
+
+def video(out: Path) -> list[str]:
+    return ["--data", str(out / "data" / "clips"), "--frames", str(FRAMES), "--stride", "1",
+            "--original-steps", str(ORIGINAL_STEPS)]
+
+
+def stages(out: Path, b: Budget, seed: int, device: str) -> dict:
+    """name -> (the file it leaves, the function that makes it)."""
+    d = out / "data"
+    teacher = out / "teacher_image" / "model.safetensors"
+    teacher_motion = out / "teacher_motion" / "motion_module.safetensors"
+    lora = out / "stage1" / "lora.safetensors"
+    student = out / "stage2" / "motion_module.safetensors"
+
+    def data():
+        write_dataset(d, b.clips, FRAMES, RESOLUTION, seed)
+
+    def vae():
+        from toy.train_vae import train_vae
+        trained, stats = train_vae(b.vae_steps, b.image_batch, seed=seed, device=device)
+        print(f"VAE: reconstruction PSNR {stats['psnr']:.1f} dB, scaling factor {stats['scaling_factor']:.4f}")
+        torch.manual_seed(seed)  # the teacher starts from our UNet's own initialisation
+        save_sd15(out / "vae" / "init.safetensors", UNet(TOY_UNET), trained.cpu(), CLIPTextEncoder(TOY_TEXT),
+                  {"toy": json.dumps(stats)})
+
+    teacher_flags = ["--val-prompt", VAL_PROMPT, "--caption-dropout", "0.1"]
+    distill_flags = ["--w-min", "2", "--w-max", "5", "--loss", "huber", "--val-prompt", VAL_PROMPT]
+    return {
+        "data": (d / "clips" / f"{b.clips - 1:05d}.gif", data),
+        "vae": (out / "vae" / "init.safetensors", vae),
+        "teacher_image": (teacher, lambda: train_image.main([
+            "--objective", "diffusion", "--sd15", str(out / "vae" / "init.safetensors"),
+            "--data", str(d / "images"), "--ema-decay", "0.995", *teacher_flags,
+            *common(out, "teacher_image", b.teacher_image_steps, b.image_batch, seed, device, 1e-3)])),
+        "teacher_motion": (teacher_motion, lambda: train_video.main([
+            "--objective", "diffusion", "--sd15", str(teacher), "--ema-decay", "0.99", *teacher_flags, *video(out),
+            *common(out, "teacher_motion", b.teacher_motion_steps, b.video_batch, seed, device, 1e-3)])),
+        "stage1": (lora, lambda: train_image.main([
+            "--sd15", str(teacher), "--data", str(d / "images"), "--lora-rank", "16", "--lora-alpha", "16",
+            "--original-steps", str(ORIGINAL_STEPS), *distill_flags,
+            *common(out, "stage1", b.stage1_steps, b.image_batch, seed, device, 1e-3)])),
+        "stage2": (student, lambda: train_video.main([
+            "--sd15", str(teacher), "--teacher-motion", str(teacher_motion), "--lora", str(lora), *distill_flags,
+            *video(out), *common(out, "stage2", b.stage2_steps, b.video_batch, seed, device, 3e-4)])),
+        "stage2_plain_init": (out / "stage2_plain_init" / "motion_module.safetensors", lambda: train_video.main([
+            "--sd15", str(teacher), "--teacher-motion", str(teacher_motion), "--lora", str(lora), "--init", "plain",
+            *distill_flags, *video(out),
+            *common(out, "stage2_plain_init", b.stage2_steps, b.video_batch, seed, device, 3e-4)])),
+        # the one-stage baseline at the same compute as stages 1 + 2 (stage 1's images are cheaper than
+        # videos, so this is generous to it: as many video steps as stage 2 plus stage 1's step count)
+        "direct": (out / "direct" / "motion_module.safetensors", lambda: train_video.main([
+            "--sd15", str(teacher), "--teacher-motion", str(teacher_motion), "--direct", "true",
+            "--lora-rank", "16", "--direct-w", "3.5", *distill_flags, *video(out),
+            *common(out, "direct", b.stage2_steps + b.stage1_steps // 4, b.video_batch, seed, device, 3e-4)])),
+        "i2v": (out / "i2v" / "i2v_motion_module.safetensors", lambda: train_adapter.main([
+            "--adapter", "image_encoder", "--sd15", str(teacher), "--motion", str(student), "--lora", str(lora),
+            *video(out), *common(out, "i2v", b.stage3_steps, b.video_batch, seed, device, 1e-3)])),
+        "layout": (out / "layout" / "controlnet.safetensors", lambda: train_adapter.main([
+            "--adapter", "controlnet", "--sd15", str(teacher), "--motion", str(student), "--lora", str(lora),
+            "--control-data", str(d / "controls"), *video(out),
+            *common(out, "layout", b.stage3_steps, b.video_batch, seed, device, 3e-4)])),
+        "classifier": (out / "classifier" / "classifier.safetensors", lambda: _classifier(out, b, seed)),
+    }
+
+
+def _classifier(out: Path, b: Budget, seed: int) -> None:
+    from safetensors.torch import save_file
+    from toy.classifier import train_classifier
+    (out / "classifier").mkdir(parents=True, exist_ok=True)
+    save_file(train_classifier(b.classifier_steps, seed=seed).state_dict(), out / "classifier" / "classifier.safetensors")
+
+
+def load_run(out: Path, device: str = "cpu") -> dict:
+    """The run's models for evaluation: name -> StableDiffusion (sharing nothing, so LoRAs stay apart)."""
+    import dataclasses as dc
+    from unet.controlnet import load_controlnet
+    teacher = out / "teacher_image" / "model.safetensors"
+    lora = out / "stage1" / "lora.safetensors"
+    models = {
+        "teacher": load_sd15(teacher, out / "teacher_motion" / "motion_module.safetensors", device=device),
+        "image_lcm": load_sd15(teacher, out / "teacher_motion" / "motion_module.safetensors", [(lora, 1.0)],
+                               device=device),
+        "animatelcm": load_sd15(teacher, out / "stage2" / "motion_module.safetensors", [(lora, 1.0)], device=device),
+        "plain_init": load_sd15(teacher, out / "stage2_plain_init" / "motion_module.safetensors", [(lora, 1.0)],
+                                device=device),
+        "direct": load_sd15(teacher, out / "direct" / "motion_module.safetensors",
+                            [(out / "direct" / "lora.safetensors", 1.0)], device=device),
+        "i2v": load_sd15(teacher, out / "i2v" / "i2v_motion_module.safetensors", [(lora, 1.0)], device=device),
+    }
+    layout = dc.replace(models["animatelcm"])
+    layout.controlnet = load_controlnet(out / "layout" / "controlnet.safetensors", device=device).eval()
+    models["layout"] = layout
+    for m in models.values():
+        m.unet.eval()
+    return models
+
+
+def load_classifier(path: Path):
+    from safetensors.torch import load_file
+    from toy.classifier import VideoClassifier
+    model = VideoClassifier(FRAMES)
+    model.load_state_dict(load_file(path))
+    return model.eval()
+
+
+def evaluate(out: Path, b: Budget, device: str) -> dict:
+    from toy.evaluate import (Method, evaluate_image_to_video, evaluate_layout, evaluate_text_to_video,
+                              generate_batch, strip)
+    from video_io import write_video
+    models = load_run(out, device)
+    classifier = load_classifier(out / "classifier" / "classifier.safetensors")
+    guidance = 4.5  # the teacher's classifier-free guidance (inside the distillation's w range 2-5 + 1)
+    methods = [Method("teacher DDIM", models["teacher"], "ddim", guidance),
+               Method("teacher DPM-Solver++", models["teacher"], "dpmpp_2m", guidance),
+               Method("image-only LCM", models["image_lcm"], "lcm"),
+               Method("AnimateLCM (decoupled)", models["animatelcm"], "lcm"),
+               Method("direct (VideoLCM-style)", models["direct"], "lcm")]
+    print("text-to-video:")
+    table = evaluate_text_to_video(methods, b.eval_steps, classifier, b.eval_count, b.eval_seeds, b.reference_count)
+    table += evaluate_text_to_video([methods[0]], (b.reference_steps,), classifier, b.eval_count, b.eval_seeds,
+                                    b.reference_count)
+    print("stage-2 initialisation ablation:")
+    ablation = evaluate_text_to_video([Method("AnimateLCM init (target without LoRA)", models["animatelcm"]),
+                                       Method("plain init (target = online)", models["plain_init"])],
+                                      (1, 2, 4), classifier, b.eval_count, b.eval_seeds, b.reference_count)
+    print("image-to-video:")
+    i2v = evaluate_image_to_video(models["i2v"], (1, 2, 4), classifier, b.eval_count, b.eval_seeds)
+    print("layout control:")
+    layout = evaluate_layout(models["layout"], (1, 2, 4), classifier, b.eval_count, b.eval_seeds)
+
+    # the GIF strip: DDIM 4 steps | AnimateLCM 4 steps | teacher DDIM 50 steps, same prompts
+    caps = ["a red circle moving left", "a blue square moving up", "a yellow triangle moving down",
+            "a green circle moving right"]
+    rows = [generate_batch(models["teacher"], caps, 4, "ddim", guidance, seed=7),
+            generate_batch(models["animatelcm"], caps, 4, "lcm", 1.0, seed=7),
+            generate_batch(models["teacher"], caps, b.reference_steps, "ddim", guidance, seed=7)]
+    frames = torch.cat([torch.from_numpy(strip([r[i] for r in rows])) for i in range(len(caps))], dim=1).numpy()
+    write_video(frames, out / "strip.gif", fps=6)
+    return {"text_to_video": table, "init_ablation": ablation, "image_to_video": i2v, "layout": layout,
+            "guidance": guidance, "eval_count": b.eval_count, "eval_seeds": b.eval_seeds}
+
+
+def markdown(results: dict) -> str:
+    """The results as the README's tables: mean ± seed-to-seed std per cell."""
+    def cell(pair, digits):
+        return f"{pair[0]:.{digits}f} ± {pair[1]:.{digits}f}"
+
+    t2v = results["text_to_video"]
+    steps = sorted({r["steps"] for r in t2v})
+    methods = list(dict.fromkeys(r["method"] for r in t2v))
+    lines = []
+    for metric, title, digits in (("fvd", "toy FVD (lower is better)", 1),
+                                  ("seen_accuracy", "prompt accuracy, seen prompts", 2),
+                                  ("held_out_accuracy", "prompt accuracy, held-out prompts", 2)):
+        lines += [f"**{title}**", "", "| method | " + " | ".join(f"{s} step{'s' * (s > 1)}" for s in steps) + " |",
+                  "|---|" + "---|" * len(steps)]
+        for m in methods:
+            by_steps = {r["steps"]: r for r in t2v if r["method"] == m}
+            lines.append(f"| {m} | " + " | ".join(cell(by_steps[s][metric], digits) if s in by_steps else ""
+                                                  for s in steps) + " |")
+        lines.append("")
+    ablation = results["init_ablation"]
+    a_steps = sorted({r["steps"] for r in ablation})
+    lines += ["**stage-2 initialisation (toy FVD / seen accuracy)**", "",
+              "| target initialisation | " + " | ".join(f"{s} step{'s' * (s > 1)}" for s in a_steps) + " |",
+              "|---|" + "---|" * len(a_steps)]
+    for m in dict.fromkeys(r["method"] for r in ablation):
+        by_steps = {r["steps"]: r for r in ablation if r["method"] == m}
+        lines.append(f"| {m} | " + " | ".join(f"{cell(by_steps[s]['fvd'], 1)} / {cell(by_steps[s]['seen_accuracy'], 2)}"
+                                              for s in a_steps) + " |")
+    lines += ["", "**image-to-video and layout control (stage 3)**", "",
+              "| steps | I2V first-frame PSNR (dB) | I2V motion accuracy | layout mask IoU | layout prompt accuracy |",
+              "|---|---|---|---|---|"]
+    for i2v, layout in zip(results["image_to_video"], results["layout"]):
+        lines.append(f"| {i2v['steps']} | {cell(i2v['first_frame_psnr'], 1)} | {cell(i2v['motion_accuracy'], 2)} | "
+                     f"{cell(layout['mask_iou'], 2)} | {cell(layout['accuracy'], 2)} |")
+    times = results.get("times_s", {})
+    lines += ["", "time per stage: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items()) +
+              f"; total {sum(times.values()) / 60:.0f} min"]
+    return "\n".join(lines) + "\n"
+
+
+def ship(out: Path, folder: Path) -> None:
+    """The weights sample.py uses by default, stored in fp16 (a few MB), with their settings."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"toy_sd15.safetensors": out / "teacher_image" / "model.safetensors",
+             "toy_motion.safetensors": out / "stage2" / "motion_module.safetensors",
+             "toy_lcm_lora.safetensors": out / "stage1" / "lora.safetensors",
+             "toy_teacher_motion.safetensors": out / "teacher_motion" / "motion_module.safetensors",
+             "toy_i2v_motion.safetensors": out / "i2v" / "i2v_motion_module.safetensors",
+             "toy_layout_controlnet.safetensors": out / "layout" / "controlnet.safetensors",
+             "toy_classifier.safetensors": out / "classifier" / "classifier.safetensors"}
+    for name, source in files.items():
+        with safe_open(source, "pt") as f:
+            meta = f.metadata() or {}
+            state = {k: (f.get_tensor(k).half() if f.get_tensor(k).is_floating_point() and "classifier" not in name
+                         else f.get_tensor(k)) for k in f.keys()}
+        save_file(state, folder / name, meta)
+    for name in ("results.json", "results.md", "strip.gif"):  # what the README shows, beside the weights
+        if (out / name).exists():
+            shutil.copy(out / name, folder / name)
+    settings = {"frames": FRAMES, "height": RESOLUTION, "width": RESOLUTION, "original_steps": ORIGINAL_STEPS,
+                "beta_schedule": "beta_linear", "lora_scale": 1.0, "guidance_teacher": 4.5}
+    (folder / "toy.json").write_text(json.dumps(settings, indent=1) + "\n")
+
+
+def check_finished(folder: Path, product: Path) -> None:
+    """A training script returns normally when a signal stopped it (its checkpoint saved): stop here too."""
+    if (folder / "log.jsonl").exists() and (folder / "checkpoint.pt").exists():
+        settings = torch.load(folder / "checkpoint.pt", weights_only=True, map_location="cpu")
+        if settings["step"] < settings["settings"]["steps"]:
+            raise SystemExit(f"{folder.name} stopped at step {settings['step']} of {settings['settings']['steps']}; "
+                             "run the same command again to continue it")
+    if not product.exists():
+        raise SystemExit(f"{folder.name} finished without writing {product}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default=str(ROOT / "runs" / "toy"))
+    p.add_argument("--quick", action="store_true", help="a few steps of everything (minutes)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--ship", action="store_true", help="copy the weights to toy/weights/ at the end")
+    p.add_argument("--ship-to", default=str(ROOT / "toy" / "weights"))
+    p.add_argument("--skip-eval", action="store_true")
+    args = p.parse_args(argv)
+    out, budget = Path(args.out), (QUICK if args.quick else Budget())
+    out.mkdir(parents=True, exist_ok=True)
+    times_file = out / "times.json"
+    times = json.loads(times_file.read_text()) if times_file.exists() else {}
+    torch.manual_seed(args.seed)
+    for name, (product, make) in stages(out, budget, args.seed, args.device).items():
+        done = out / name / "DONE"  # written only when the stage ran to its last step
+        if done.exists():
+            print(f"== {name}: done ({product.relative_to(out)})")
+            continue
+        print(f"== {name}")
+        start = time.perf_counter()
+        make()
+        check_finished(out / name, product)
+        done.write_text("")
+        times[name] = round(time.perf_counter() - start, 1) + times.get(name, 0)
+        times_file.write_text(json.dumps(times, indent=1) + "\n")
+        print(f"== {name}: {times[name]:.0f} s")
+    if not args.skip_eval:
+        start = time.perf_counter()
+        results = evaluate(out, budget, args.device)
+        times["evaluate"] = round(time.perf_counter() - start, 1)
+        results["times_s"] = times
+        (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+        (out / "results.md").write_text(markdown(results))
+        times_file.write_text(json.dumps(times, indent=1) + "\n")
+    print("time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()) +
+          f"; total {sum(times.values()) / 60:.1f} min")
+    if args.ship:
+        ship(out, Path(args.ship_to))
+        print(f"shipped the weights to {args.ship_to}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""The toy world: captioned videos of a coloured shape moving on a plain or textured background.
+
+Every clip is a function of one integer seed (`clip_from_seed`), so the dataset is deterministic and
+needs no download. Captions follow one template, "a {colour} {shape} moving {direction}", and some
+(colour, shape, direction) combinations never appear in training (`HELD_OUT`): each of their
+attributes, and each pair of them, is seen in other combinations, so a model that composes attributes
+can still draw them. Each clip also has its per-frame mask (the layout control of stage 3).
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (50, 80, 230), "yellow": (235, 215, 40)}
+SHAPES = ("circle", "square", "triangle")
+DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+HELD_OUT = (("red", "triangle", "up"), ("green", "square", "left"), ("blue", "circle", "down"),
+            ("yellow", "triangle", "right"), ("red", "square", "down"), ("blue", "triangle", "left"))
+ALL = tuple(itertools.product(COLOURS, SHAPES, DIRECTIONS))
+SEEN = tuple(c for c in ALL if c not in HELD_OUT)
+
+
+def caption(colour: str, shape: str, direction: str) -> str:
+    return f"a {colour} {shape} moving {direction}"
+
+
+def parse_caption(text: str) -> tuple[str, str, str]:
+    """The inverse of `caption`; a ValueError names what is not part of the world."""
+    words = text.strip().lower().split()
+    if len(words) != 5 or words[0] != "a" or words[3] != "moving":
+        raise ValueError(f"{text!r} is not a caption of the toy world: use 'a COLOUR SHAPE moving DIRECTION'")
+    colour, shape, direction = words[1], words[2], words[4]
+    for word, options in ((colour, COLOURS), (shape, SHAPES), (direction, DIRECTIONS)):
+        if word not in options:
+            raise ValueError(f"{word!r} is not in the toy world; choose from {', '.join(options)}")
+    return colour, shape, direction
+
+
+@dataclass
+class Clip:
+    colour: str
+    shape: str
+    direction: str
+    size: float           # side (or diameter) in pixels at resolution 32
+    start: tuple          # centre at frame 0, in [0, 1] coordinates
+    speed: float          # pixels per frame at resolution 32
+    background: tuple     # RGB of the plain background, or of the texture's light squares
+    texture: int          # 0: plain; n > 0: a checkerboard of n-pixel squares (at resolution 32)
+
+    @property
+    def caption(self) -> str:
+        return caption(self.colour, self.shape, self.direction)
+
+
+def clip_from_seed(seed: int, combos=SEEN, frames: int = 8) -> Clip:
+    """A random clip of one of `combos`, drawn so the shape stays inside the frame for `frames` frames."""
+    rng = np.random.default_rng(seed)
+    colour, shape, direction = combos[rng.integers(len(combos))]
+    size = float(rng.uniform(9, 13))
+    speed = float(rng.uniform(1.2, 1.8))
+    travel = speed * (frames - 1) / 32
+    margin = (size / 2 + 1) / 32
+    dx, dy = DIRECTIONS[direction]
+    lo = [margin - min(0, d) * travel for d in (dx, dy)]
+    hi = [1 - margin - max(0, d) * travel for d in (dx, dy)]
+    start = tuple(float(rng.uniform(a, b)) for a, b in zip(lo, hi))
+    grey = int(rng.integers(70, 150))
+    background = tuple(int(np.clip(grey + rng.integers(-15, 16), 0, 255)) for _ in range(3))
+    texture = int(rng.choice([0, 0, 2, 4]))  # half of the clips plain, half checkerboard
+    return Clip(colour, shape, direction, size, start, speed, background, texture)
+
+
+def render(clip: Clip, frames: int = 8, resolution: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 video [F, H, W, 3] and uint8 masks [F, H, W] (255 on the shape) of one clip."""
+    scale = resolution / 32
+    ys, xs = np.mgrid[:resolution, :resolution]
+    background = np.empty((resolution, resolution, 3), np.uint8)
+    background[:] = clip.background
+    if clip.texture:
+        dark = ((xs // (clip.texture * scale)).astype(int) + (ys // (clip.texture * scale)).astype(int)) % 2 == 1
+        background[dark] = (np.array(clip.background) * 0.75).astype(np.uint8)
+    video = np.empty((frames, resolution, resolution, 3), np.uint8)
+    masks = np.empty((frames, resolution, resolution), np.uint8)
+    dx, dy = DIRECTIONS[clip.direction]
+    for f in range(frames):
+        cx = clip.start[0] * resolution + dx * clip.speed * scale * f
+        cy = clip.start[1] * resolution + dy * clip.speed * scale * f
+        mask = Image.new("L", (resolution, resolution), 0)
+        draw, r = ImageDraw.Draw(mask), clip.size * scale / 2
+        if clip.shape == "circle":
+            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
+        elif clip.shape == "square":
+            draw.rectangle([cx - r, cy - r, cx + r, cy + r], fill=255)
+        else:
+            draw.polygon([(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)], fill=255)
+        masks[f] = np.asarray(mask)
+        video[f] = np.where(masks[f][..., None] > 0, np.array(COLOURS[clip.colour], np.uint8), background)
+    return video, masks
+
+
+def write_dataset(folder, count: int, frames: int = 8, resolution: int = 32, seed: int = 0) -> None:
+    """`count` training clips (clips/: GIF + caption; controls/: mask GIFs of the same names) and as many
+    stills (images/: one random frame of another clip, with that clip's full caption, so the image and
+    video models share one prompt language). Held-out combinations never appear."""
+    from video_io import write_video
+    folder = Path(folder)
+    for sub in ("clips", "controls", "images"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        clip = clip_from_seed(seed * 1_000_003 + i, SEEN, frames)
+        video, masks = render(clip, frames, resolution)
+        write_video(video, folder / "clips" / f"{i:05d}.gif", fps=8)
+        write_video(np.repeat(masks[..., None], 3, -1), folder / "controls" / f"{i:05d}.gif", fps=8)
+        (folder / "clips" / f"{i:05d}.txt").write_text(clip.caption)
+        still = clip_from_seed(seed * 1_000_003 + count + i, SEEN, frames)
+        video, _ = render(still, frames, resolution)
+        frame = np.random.default_rng(i).integers(frames)
+        Image.fromarray(video[frame]).save(folder / "images" / f"{i:05d}.png")
+        (folder / "images" / f"{i:05d}.txt").write_text(still.caption)
+
+
+def sample_videos(count: int, seed: int, combos=SEEN, frames: int = 8, resolution: int = 32):
+    """`count` fresh clips in memory: (uint8 videos [N, F, H, W, 3], uint8 masks [N, F, H, W], clips)."""
+    clips = [clip_from_seed(seed * 1_000_003 + i, combos, frames) for i in range(count)]
+    pairs = [render(c, frames, resolution) for c in clips]
+    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]), clips
