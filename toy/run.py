@@ -46,8 +46,8 @@ class Budget:
     """How much of everything: the full run and --quick differ only here."""
     clips: int = 2000
     vae_steps: int = 500
-    teacher_image_steps: int = 1000
-    teacher_motion_steps: int = 400
+    teacher_image_steps: int = 1200
+    teacher_motion_steps: int = 1000
     stage1_steps: int = 300
     stage2_steps: int = 200
     stage3_steps: int = 120
@@ -249,6 +249,9 @@ def markdown(results: dict) -> str:
     for i2v, layout in zip(results["image_to_video"], results["layout"]):
         lines.append(f"| {i2v['steps']} | {cell(i2v['first_frame_psnr'], 1)} | {cell(i2v['motion_accuracy'], 2)} | "
                      f"{cell(layout['mask_iou'], 2)} | {cell(layout['accuracy'], 2)} |")
+    if results["layout"] and "real_mask_iou" in results["layout"][0]:
+        lines += ["", f"(layout mask IoU of the real clips by the same measure: "
+                      f"{results['layout'][0]['real_mask_iou'][0]:.2f})"]
     times = results.get("times_s", {})
     lines += ["", "time per stage: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items()) +
               f"; total {sum(times.values()) / 60:.0f} min"]

@@ -4,7 +4,8 @@ Every clip is a function of one integer seed (`clip_from_seed`), so the dataset 
 needs no download. Captions follow one template, "a {colour} {shape} moving {direction}", and some
 (colour, shape, direction) combinations never appear in training (`HELD_OUT`): each of their
 attributes, and each pair of them, is seen in other combinations, so a model that composes attributes
-can still draw them. Each clip also has its per-frame mask (the layout control of stage 3).
+can still draw them. Each clip also has its per-frame mask (the layout control of stage 3). A moving
+shape leaves a fading trail, so even a still shows its direction (see `TRAIL`).
 """
 from __future__ import annotations
 
@@ -74,6 +75,26 @@ def clip_from_seed(seed: int, combos=SEEN, frames: int = 8) -> Clip:
     return Clip(colour, shape, direction, size, start, speed, background, texture)
 
 
+# A moving shape leaves a fading trail (pixels behind it at resolution 32, opacity), so a single still
+# shows which way it goes, as a photo of a runner does. This matters for the AnimateDiff recipe: the
+# motion module has no text input and the image layers are frozen after training on stills, so a
+# caption's direction reaches the motion module only if the image layers already represent it.
+TRAIL = ((6.0, 0.2), (4.0, 0.35), (2.0, 0.55))
+
+
+def shape_mask(shape: str, cx: float, cy: float, r: float, resolution: int) -> np.ndarray:
+    """uint8 [H, W] mask (255 inside) of a circle, square or triangle of half-size r centred at (cx, cy)."""
+    mask = Image.new("L", (resolution, resolution), 0)
+    draw = ImageDraw.Draw(mask)
+    if shape == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
+    elif shape == "square":
+        draw.rectangle([cx - r, cy - r, cx + r, cy + r], fill=255)
+    else:
+        draw.polygon([(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)], fill=255)
+    return np.asarray(mask)
+
+
 def render(clip: Clip, frames: int = 8, resolution: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """uint8 video [F, H, W, 3] and uint8 masks [F, H, W] (255 on the shape) of one clip."""
     scale = resolution / 32
@@ -86,19 +107,17 @@ def render(clip: Clip, frames: int = 8, resolution: int = 32) -> tuple[np.ndarra
     video = np.empty((frames, resolution, resolution, 3), np.uint8)
     masks = np.empty((frames, resolution, resolution), np.uint8)
     dx, dy = DIRECTIONS[clip.direction]
+    colour = np.array(COLOURS[clip.colour], np.float32)
     for f in range(frames):
         cx = clip.start[0] * resolution + dx * clip.speed * scale * f
         cy = clip.start[1] * resolution + dy * clip.speed * scale * f
-        mask = Image.new("L", (resolution, resolution), 0)
-        draw, r = ImageDraw.Draw(mask), clip.size * scale / 2
-        if clip.shape == "circle":
-            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
-        elif clip.shape == "square":
-            draw.rectangle([cx - r, cy - r, cx + r, cy + r], fill=255)
-        else:
-            draw.polygon([(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)], fill=255)
-        masks[f] = np.asarray(mask)
-        video[f] = np.where(masks[f][..., None] > 0, np.array(COLOURS[clip.colour], np.uint8), background)
+        frame = background.astype(np.float32)
+        for back, alpha in TRAIL:  # the fading trail behind the shape, then the shape itself
+            ghost = shape_mask(clip.shape, cx - dx * back * scale, cy - dy * back * scale, clip.size * scale / 2,
+                               resolution)
+            frame = np.where(ghost[..., None] > 0, (1 - alpha) * frame + alpha * colour, frame)
+        masks[f] = shape_mask(clip.shape, cx, cy, clip.size * scale / 2, resolution)
+        video[f] = np.where(masks[f][..., None] > 0, colour, frame).round().astype(np.uint8)
     return video, masks
 
 
