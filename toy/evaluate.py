@@ -15,8 +15,8 @@ import torch
 from lcm.sampler import ddim_timesteps, dpmpp_timesteps, lcm_timesteps, sample_ddim, sample_dpmpp_2m, sample_lcm
 from lcm.schedule import NoiseSchedule
 from pipeline import guided
-from toy.classifier import ATTRIBUTES, frechet_distance, judge, labels, prompt_accuracy, real_reference, to_model
-from toy.world import COLOURS, HELD_OUT, SEEN, caption, sample_videos
+from toy.classifier import frechet_distance, judge, labels, prompt_accuracy, real_reference, to_model
+from toy.world import COLOURS, HELD_OUT, SEEN, sample_videos
 
 
 @dataclasses.dataclass
@@ -162,6 +162,3 @@ def strip(videos: list[torch.Tensor], scale: int = 3) -> np.ndarray:
     row = row.repeat_interleave(scale, -1).repeat_interleave(scale, -2)
     return (row.permute(1, 2, 3, 0) * 255).round().byte().numpy()
 
-
-__all__ = ["Method", "generate_batch", "evaluate_text_to_video", "evaluate_image_to_video", "evaluate_layout",
-           "strip", "caption", "ATTRIBUTES"]

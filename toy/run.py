@@ -35,6 +35,8 @@ from unet.config import UNetConfig  # noqa: E402
 from unet.model import UNet  # noqa: E402
 
 FRAMES, RESOLUTION, ORIGINAL_STEPS = 8, 32, 50
+BETA_SCHEDULE = "beta_linear"  # AnimateDiff's, for every stage and at sampling time
+TEACHER_GUIDANCE = 4.5         # the teacher's classifier-free guidance (inside the distillation's w range 2-5 + 1)
 TOY_UNET = UNetConfig(block_out_channels=(64, 128), attention_levels=(True, True), layers_per_block=1,
                       cross_attention_dim=32, attention_heads=4, norm_groups=16)
 TOY_TEXT = TextEncoderConfig(width=32, layers=2, heads=4, mlp_width=64)  # frozen, random: a fixed embedding
@@ -69,7 +71,7 @@ QUICK = Budget(clips=24, vae_steps=10, teacher_image_steps=6, teacher_motion_ste
 def common(out: Path, stage: str, steps: int, batch: int, seed: int, device: str, lr: float) -> list[str]:
     return ["--out", str(out / stage), "--steps", str(steps), "--batch", str(batch), "--size", str(RESOLUTION),
             "--lr", str(lr), "--warmup-steps", str(max(1, steps // 20)), "--seed", str(seed), "--device", device,
-            "--workers", "0", "--gradient-checkpointing", "false", "--beta-schedule", "beta_linear",
+            "--workers", "0", "--gradient-checkpointing", "false", "--beta-schedule", BETA_SCHEDULE,
             "--log-every", "10", "--save-every", str(max(1, steps // 4)), "--val-every", str(steps),
             "--resume", "true"]  # an interrupted stage continues exactly where it stopped
 
@@ -184,7 +186,7 @@ def evaluate(out: Path, b: Budget, device: str) -> dict:
     from video_io import write_video
     models = load_run(out, device)
     classifier = load_classifier(out / "classifier" / "classifier.safetensors")
-    guidance = 4.5  # the teacher's classifier-free guidance (inside the distillation's w range 2-5 + 1)
+    guidance = TEACHER_GUIDANCE
     methods = [Method("teacher DDIM", models["teacher"], "ddim", guidance),
                Method("teacher DPM-Solver++", models["teacher"], "dpmpp_2m", guidance),
                Method("image-only LCM", models["image_lcm"], "lcm"),
@@ -273,14 +275,15 @@ def ship(out: Path, folder: Path) -> None:
     for name, source in files.items():
         with safe_open(source, "pt") as f:
             meta = f.metadata() or {}
-            state = {k: (f.get_tensor(k).half() if f.get_tensor(k).is_floating_point() and "classifier" not in name
-                         else f.get_tensor(k)) for k in f.keys()}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+        if name != "toy_classifier.safetensors":  # the judge stays fp32: its features feed the toy FVD
+            state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
         save_file(state, folder / name, meta)
     for name in ("results.json", "results.md", "strip.gif"):  # what the README shows, beside the weights
         if (out / name).exists():
             shutil.copy(out / name, folder / name)
     settings = {"frames": FRAMES, "height": RESOLUTION, "width": RESOLUTION, "original_steps": ORIGINAL_STEPS,
-                "beta_schedule": "beta_linear", "lora_scale": 1.0, "guidance_teacher": 4.5}
+                "beta_schedule": BETA_SCHEDULE, "lora_scale": 1.0, "guidance_teacher": TEACHER_GUIDANCE}
     (folder / "toy.json").write_text(json.dumps(settings, indent=1) + "\n")
 
 

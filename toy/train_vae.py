@@ -56,9 +56,9 @@ def train_vae(steps: int = 1500, batch: int = 32, lr: float = 1e-3, kl_weight: f
     vae.eval()
     with torch.no_grad():  # the scaling factor: unit-variance latents for the UNet, as SD's 0.18215
         x = frames_batch(256, 99_999, frames, resolution).to(device)
-        z = vae.encode(x).sample(torch.Generator(device).manual_seed(0))
-        vae.cfg.scaling_factor = float(1 / z.std())
-        mse = (vae.decode(vae.encode(x).mean).clamp(-1, 1) - x).square().mean()
+        posterior = vae.encode(x)
+        vae.cfg.scaling_factor = float(1 / posterior.sample(torch.Generator(device).manual_seed(0)).std())
+        mse = (vae.decode(posterior.mean).clamp(-1, 1) - x).square().mean()
         psnr = float(10 * torch.log10(4 / mse))
     return vae, {"psnr": psnr, "scaling_factor": vae.cfg.scaling_factor}
 
