@@ -15,7 +15,7 @@ sys.path.insert(0, str(ROOT))
 
 import sample  # noqa: E402
 from toy import run as toy_run  # noqa: E402
-from toy.classifier import attribute_accuracy, frechet_distance, judge, real_reference  # noqa: E402
+from toy.classifier import attribute_accuracy, frechet_distance, judge, prompt_accuracy, real_reference  # noqa: E402
 from toy.evaluate import generate_batch, prompts  # noqa: E402
 from toy.world import (ALL, COLOURS, HELD_OUT, SEEN, caption, clip_from_seed, parse_caption, render,  # noqa: E402
                        write_dataset)
@@ -109,7 +109,11 @@ def test_quick_weights_load_and_sample_through_sample_py(quick_run, tmp_path, mo
 
 # ---- the shipped toy model (toy/weights/, made by `python toy/run.py --ship`) ----------------------
 
-COLOUR_THRESHOLD = 0.9  # colour accuracy on seen prompts at 4 steps; chance is 0.25
+# What the shipped AnimateLCM gets right at 4 steps on 48 seen prompts (chance in brackets); measured
+# values (0.19 and 1.0) are in the README's toy section; these bounds sit below them and well above chance.
+PROMPT_THRESHOLD = 0.08   # colour, shape and direction all right (1/48 = 0.02)
+COLOUR_THRESHOLD = 0.9    # (0.25)
+TEACHER_SHAPE_THRESHOLD = 0.5  # the teacher's shapes at 8 DDIM steps (0.33); measured 0.75
 
 
 @pytest.fixture(scope="module")
@@ -124,18 +128,25 @@ def shipped():
             "settings": json.loads((WEIGHTS / "toy.json").read_text())}
 
 
-def test_shipped_model_follows_colour_prompts_and_beats_one_step_ddim(shipped):
+def test_shipped_model_follows_prompts_and_beats_one_step_ddim(shipped):
     """Fixed seeds, fresh samples: nothing stored is compared. What the shipped model does (see the
     README's toy results for what it does not: its 4-step toy FVD is not below the teacher's DDIM)."""
     caps, clips = prompts(48, 123, SEEN)
     reference = real_reference(shipped["classifier"], 256, seed=321)
     guidance = shipped["settings"]["guidance_teacher"]
     ours_4 = generate_batch(shipped["animatelcm"], caps, 4, "lcm", 1.0, seed=11)
-    accuracy = attribute_accuracy(judge(shipped["classifier"], ours_4)[1], clips)
+    predictions = judge(shipped["classifier"], ours_4)[1]
+    accuracy = attribute_accuracy(predictions, clips)
+    whole_prompt = prompt_accuracy(predictions, clips)
     fvd = {name: frechet_distance(judge(shipped["classifier"], videos)[0], reference) for name, videos in (
         ("ours, 1 step", generate_batch(shipped["animatelcm"], caps, 1, "lcm", 1.0, seed=11)),
         ("DDIM, 1 step", generate_batch(shipped["teacher"], caps, 1, "ddim", guidance, seed=11)))}
-    print(f"AnimateLCM 4 steps: accuracy per attribute {accuracy}; toy FVD {fvd}")
+    teacher_8 = generate_batch(shipped["teacher"], caps, 8, "ddim", guidance, seed=11)
+    teacher_accuracy = attribute_accuracy(judge(shipped["classifier"], teacher_8)[1], clips)
+    print(f"AnimateLCM 4 steps: prompt accuracy {whole_prompt:.3f}, per attribute {accuracy}; toy FVD {fvd}; "
+          f"teacher DDIM 8 steps per attribute {teacher_accuracy}")
+    assert teacher_accuracy["shape"] > TEACHER_SHAPE_THRESHOLD
+    assert whole_prompt > PROMPT_THRESHOLD
     assert accuracy["colour"] > COLOUR_THRESHOLD
     assert fvd["ours, 1 step"] < fvd["DDIM, 1 step"]
 

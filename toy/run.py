@@ -47,7 +47,7 @@ VAL_PROMPT = "a red circle moving left"
 class Budget:
     """How much of everything: the full run and --quick differ only here."""
     clips: int = 2000
-    vae_steps: int = 500
+    vae_steps: int = 1500
     teacher_image_steps: int = 1200
     teacher_motion_steps: int = 1000
     stage1_steps: int = 300
