@@ -100,13 +100,12 @@ def evaluate_text_to_video(methods: list[Method], steps_list, classifier, count:
 def evaluate_image_to_video(model, steps_list, classifier, count: int, seeds: int, progress=print) -> list[dict]:
     """I2V: PSNR of the generated first frame against the condition image, and motion accuracy (the
     classifier's direction matches the prompt's) on real first frames of seen combinations."""
+    real = [sample_videos(count, 80_000 + s, SEEN) for s in range(seeds)]  # the same clips at every step count
     rows = []
     for steps in steps_list:
         psnr, motion = [], []
-        for s in range(seeds):
-            videos, _, clips = sample_videos(count, 80_000 + s, SEEN)
-            real = to_model(videos)
-            first = real[:, :, 0]
+        for s, (videos, _, clips) in enumerate(real):
+            first = to_model(videos[:, :1])[:, :, 0]
             generated = generate_batch(model, [c.caption for c in clips], steps, "lcm", 1.0, seed=s, image=first)
             mse = (generated[:, :, 0] - first).square().mean((1, 2, 3))
             psnr.append(float((10 * torch.log10(4 / mse)).mean()))
@@ -135,16 +134,16 @@ def evaluate_layout(model, steps_list, classifier, count: int, seeds: int, progr
     """Layout control: the shape's mask video as the per-frame control; IoU between the mask and the
     pixels drawn in the prompt's colour (the same measure on the real clips is the ceiling, below 1
     because of pixels the 32x32 rendering blends at the edges)."""
+    real = [sample_videos(count, 90_000 + s, SEEN) for s in range(seeds)]  # the same clips at every step count
+    truths = [torch.from_numpy(masks) > 127 for _, masks, _ in real]
+    real_ious = [mask_iou(coloured(to_model(videos), clips), truth) for (videos, _, clips), truth in zip(real, truths)]
     rows = []
     for steps in steps_list:
-        ious, real_ious, acc = [], [], []
-        for s in range(seeds):
-            videos, masks, clips = sample_videos(count, 90_000 + s, SEEN)
+        ious, acc = [], []
+        for s, ((_, masks, clips), truth) in enumerate(zip(real, truths)):
             control = torch.from_numpy(masks).float().div(255)[:, None].expand(-1, 3, -1, -1, -1)
             generated = generate_batch(model, [c.caption for c in clips], steps, "lcm", 1.0, seed=s, control=control)
-            truth = torch.from_numpy(masks) > 127
             ious.append(mask_iou(coloured(generated, clips), truth))
-            real_ious.append(mask_iou(coloured(to_model(videos), clips), truth))
             _, preds = judge(classifier, generated)
             acc.append(prompt_accuracy(preds, clips))
         row = {"steps": steps, "mask_iou": mean_std(ious), "real_mask_iou": mean_std(real_ious),

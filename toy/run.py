@@ -251,7 +251,7 @@ def markdown(results: dict) -> str:
     for i2v, layout in zip(results["image_to_video"], results["layout"]):
         lines.append(f"| {i2v['steps']} | {cell(i2v['first_frame_psnr'], 1)} | {cell(i2v['motion_accuracy'], 2)} | "
                      f"{cell(layout['mask_iou'], 2)} | {cell(layout['accuracy'], 2)} |")
-    if results["layout"] and "real_mask_iou" in results["layout"][0]:
+    if results["layout"]:
         lines += ["", f"(layout mask IoU of the real clips by the same measure: "
                       f"{results['layout'][0]['real_mask_iou'][0]:.2f})"]
     times = results.get("times_s", {})
