@@ -1,0 +1,81 @@
+"""A closer look at one column of the results table: toy FVD at a few step counts, on larger samples.
+
+    python toy/compare.py                      # the shipped toy model, 4 steps, 4 sets of 96 seen prompts
+    python toy/compare.py --run runs/toy --steps 4 8
+
+The evaluation in toy/run.py uses 3 sets of 24 videos per cell, where a Frechet distance is both noisy
+and biased upwards by the small sample. This draws larger sets, samples every model on the same
+prompts and noise, and also measures fresh real clips against the same reference: the floor that a
+perfect generator would reach at this sample size.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sd15 import load_sd15  # noqa: E402
+from toy.classifier import frechet_distance, judge, real_reference, to_model  # noqa: E402
+from toy.evaluate import generate_batch, mean_std, prompts  # noqa: E402
+from toy.run import TEACHER_GUIDANCE, load_classifier  # noqa: E402
+from toy.world import SEEN, sample_videos  # noqa: E402
+
+
+def models(run: Path | None, w: Path) -> tuple[dict, Path]:
+    """Teacher, image-only LCM and AnimateLCM from a toy/run.py folder, or (run=None) shipped weights in w."""
+    if run is None:
+        sd, teacher_motion, motion, lora = (w / "toy_sd15.safetensors", w / "toy_teacher_motion.safetensors",
+                                            w / "toy_motion.safetensors", w / "toy_lcm_lora.safetensors")
+        classifier = w / "toy_classifier.safetensors"
+    else:
+        sd, teacher_motion = run / "teacher_image" / "model.safetensors", run / "teacher_motion" / "motion_module.safetensors"
+        motion, lora = run / "stage2" / "motion_module.safetensors", run / "stage1" / "lora.safetensors"
+        classifier = run / "classifier" / "classifier.safetensors"
+    found = {"teacher DDIM": (load_sd15(sd, teacher_motion), "ddim", TEACHER_GUIDANCE),
+             "image-only LCM": (load_sd15(sd, teacher_motion, [(lora, 1.0)]), "lcm", 1.0),
+             "AnimateLCM (decoupled)": (load_sd15(sd, motion, [(lora, 1.0)]), "lcm", 1.0)}
+    return found, classifier
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--run", default=None, help="a toy/run.py output folder (default: the shipped weights)")
+    p.add_argument("--weights", default=str(ROOT / "toy" / "weights"), help="a folder of shipped toy weights")
+    p.add_argument("--steps", type=int, nargs="+", default=[4])
+    p.add_argument("--sets", type=int, default=4, help="independent sets of prompts and noise")
+    p.add_argument("--count", type=int, default=96, help="videos per set")
+    p.add_argument("--reference", type=int, default=512, help="real clips behind the FVD")
+    p.add_argument("--json", default=None, help="also write the numbers here")
+    args = p.parse_args(argv)
+    found, classifier_path = models(Path(args.run) if args.run else None, Path(args.weights))
+    classifier = load_classifier(classifier_path)
+    reference = real_reference(classifier, args.reference, seed=321)
+    rows = {}
+    real = []
+    for s in range(args.sets):  # the floor: fresh real clips of the same prompts' distribution
+        videos, _, _ = sample_videos(args.count, 90_000 + s, SEEN)
+        real.append(frechet_distance(judge(classifier, to_model(videos))[0], reference))
+    rows["real clips (floor)"] = real
+    for steps in args.steps:
+        for name, (model, sampler, guidance) in found.items():
+            values = []
+            for s in range(args.sets):
+                caps, _ = prompts(args.count, 80_000 + s, SEEN)
+                videos = generate_batch(model, caps, steps, sampler, guidance, seed=500 + s)
+                values.append(frechet_distance(judge(classifier, videos)[0], reference))
+            rows[f"{name}, {steps} step{'s' * (steps > 1)}"] = values
+            print(f"{name + f', {steps} steps':<34} toy FVD {mean_std(values)[0]:6.1f} ± {mean_std(values)[1]:4.1f}  "
+                  f"per set {[round(v, 1) for v in values]}", flush=True)
+    print(f"{'real clips (floor)':<34} toy FVD {mean_std(real)[0]:6.1f} ± {mean_std(real)[1]:4.1f}  "
+          f"per set {[round(v, 1) for v in real]}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
