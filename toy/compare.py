@@ -21,24 +21,26 @@ sys.path.insert(0, str(ROOT))
 from sd15 import load_sd15  # noqa: E402
 from toy.classifier import frechet_distance, judge, real_reference, to_model  # noqa: E402
 from toy.evaluate import generate_batch, mean_std, prompts  # noqa: E402
-from toy.run import TEACHER_GUIDANCE, load_classifier  # noqa: E402
+from toy.run import SHIPPED, TEACHER_GUIDANCE, load_classifier  # noqa: E402
 from toy.world import SEEN, sample_videos  # noqa: E402
 
 
-def models(run: Path | None, w: Path) -> tuple[dict, Path]:
-    """Teacher, image-only LCM and AnimateLCM from a toy/run.py folder, or (run=None) shipped weights in w."""
-    if run is None:
-        sd, teacher_motion, motion, lora = (w / "toy_sd15.safetensors", w / "toy_teacher_motion.safetensors",
-                                            w / "toy_motion.safetensors", w / "toy_lcm_lora.safetensors")
-        classifier = w / "toy_classifier.safetensors"
-    else:
-        sd, teacher_motion = run / "teacher_image" / "model.safetensors", run / "teacher_motion" / "motion_module.safetensors"
-        motion, lora = run / "stage2" / "motion_module.safetensors", run / "stage1" / "lora.safetensors"
-        classifier = run / "classifier" / "classifier.safetensors"
+def models(run: Path | None, weights: Path) -> tuple[dict, Path]:
+    """Teacher, image-only LCM and AnimateLCM, and the judge's file: from a toy/run.py folder, or
+    (run=None) from shipped weights."""
+    def path(shipped_name: str) -> Path:
+        return run / SHIPPED[shipped_name] if run is not None else weights / shipped_name
+    sd, teacher_motion = path("toy_sd15.safetensors"), path("toy_teacher_motion.safetensors")
+    lora = [(path("toy_lcm_lora.safetensors"), 1.0)]
     found = {"teacher DDIM": (load_sd15(sd, teacher_motion), "ddim", TEACHER_GUIDANCE),
-             "image-only LCM": (load_sd15(sd, teacher_motion, [(lora, 1.0)]), "lcm", 1.0),
-             "AnimateLCM (decoupled)": (load_sd15(sd, motion, [(lora, 1.0)]), "lcm", 1.0)}
-    return found, classifier
+             "image-only LCM": (load_sd15(sd, teacher_motion, lora), "lcm", 1.0),
+             "AnimateLCM (decoupled)": (load_sd15(sd, path("toy_motion.safetensors"), lora), "lcm", 1.0)}
+    return found, path("toy_classifier.safetensors")
+
+
+def report(name: str, values: list[float]) -> None:
+    mean, std = mean_std(values)
+    print(f"{name:<34} toy FVD {mean:6.1f} ± {std:4.1f}  per set {[round(v, 1) for v in values]}", flush=True)
 
 
 def main(argv=None) -> int:
@@ -54,24 +56,22 @@ def main(argv=None) -> int:
     found, classifier_path = models(Path(args.run) if args.run else None, Path(args.weights))
     classifier = load_classifier(classifier_path)
     reference = real_reference(classifier, args.reference, seed=321)
-    rows = {}
     real = []
     for s in range(args.sets):  # the floor: fresh real clips of the same prompts' distribution
         videos, _, _ = sample_videos(args.count, 90_000 + s, SEEN)
         real.append(frechet_distance(judge(classifier, to_model(videos))[0], reference))
-    rows["real clips (floor)"] = real
+    rows = {"real clips (floor)": real}
+    prompt_sets = [prompts(args.count, 80_000 + s, SEEN)[0] for s in range(args.sets)]  # shared by every row
     for steps in args.steps:
         for name, (model, sampler, guidance) in found.items():
             values = []
-            for s in range(args.sets):
-                caps, _ = prompts(args.count, 80_000 + s, SEEN)
+            for s, caps in enumerate(prompt_sets):
                 videos = generate_batch(model, caps, steps, sampler, guidance, seed=500 + s)
                 values.append(frechet_distance(judge(classifier, videos)[0], reference))
-            rows[f"{name}, {steps} step{'s' * (steps > 1)}"] = values
-            print(f"{name + f', {steps} steps':<34} toy FVD {mean_std(values)[0]:6.1f} ± {mean_std(values)[1]:4.1f}  "
-                  f"per set {[round(v, 1) for v in values]}", flush=True)
-    print(f"{'real clips (floor)':<34} toy FVD {mean_std(real)[0]:6.1f} ± {mean_std(real)[1]:4.1f}  "
-          f"per set {[round(v, 1) for v in real]}")
+            row = f"{name}, {steps} step{'s' * (steps > 1)}"
+            rows[row] = values
+            report(row, values)
+    report("real clips (floor)", real)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
     return 0

@@ -261,20 +261,23 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+# shipped file in toy/weights/ -> the run's file it is made from
+SHIPPED = {"toy_sd15.safetensors": "teacher_image/model.safetensors",
+           "toy_motion.safetensors": "stage2/motion_module.safetensors",
+           "toy_lcm_lora.safetensors": "stage1/lora.safetensors",
+           "toy_teacher_motion.safetensors": "teacher_motion/motion_module.safetensors",
+           "toy_i2v_motion.safetensors": "i2v/i2v_motion_module.safetensors",
+           "toy_layout_controlnet.safetensors": "layout/controlnet.safetensors",
+           "toy_classifier.safetensors": "classifier/classifier.safetensors"}
+
+
 def ship(out: Path, folder: Path) -> None:
     """The weights sample.py uses by default, stored in fp16 (a few MB), with their settings."""
     from safetensors import safe_open
     from safetensors.torch import save_file
     folder.mkdir(parents=True, exist_ok=True)
-    files = {"toy_sd15.safetensors": out / "teacher_image" / "model.safetensors",
-             "toy_motion.safetensors": out / "stage2" / "motion_module.safetensors",
-             "toy_lcm_lora.safetensors": out / "stage1" / "lora.safetensors",
-             "toy_teacher_motion.safetensors": out / "teacher_motion" / "motion_module.safetensors",
-             "toy_i2v_motion.safetensors": out / "i2v" / "i2v_motion_module.safetensors",
-             "toy_layout_controlnet.safetensors": out / "layout" / "controlnet.safetensors",
-             "toy_classifier.safetensors": out / "classifier" / "classifier.safetensors"}
-    for name, source in files.items():
-        with safe_open(source, "pt") as f:
+    for name, source in SHIPPED.items():
+        with safe_open(out / source, "pt") as f:
             meta = f.metadata() or {}
             state = {k: f.get_tensor(k) for k in f.keys()}
         if name != "toy_classifier.safetensors":  # the judge stays fp32: its features feed the toy FVD
