@@ -118,6 +118,27 @@ def test_compare_measures_a_run_and_the_real_clip_floor(quick_run, tmp_path):
     assert all(len(v) == 2 and all(np.isfinite(v)) and min(v) >= 0 for v in rows.values())
     # real clips are closer to real clips than a 1-step DDIM sample of a barely trained teacher
     assert max(rows["real clips (floor)"]) < min(rows["teacher DDIM, 1 step"])
+    # the teacher alone at more steps, at another guidance: one more row; the shared rows are unchanged
+    assert compare.main(["--run", str(quick_run / "run"), "--steps", "1", "--teacher-steps", "2", "--guidance", "2",
+                         "--sets", "2", "--count", "6", "--reference", "16", "--json", str(out)]) == 0
+    more = json.loads(out.read_text())
+    assert set(more) == set(rows) | {"teacher DDIM, 2 steps"}
+    assert more["image-only LCM, 1 step"] == rows["image-only LCM, 1 step"]
+    assert more["teacher DDIM, 1 step"] != rows["teacher DDIM, 1 step"]  # 1-step DDIM with guidance 2, not 4.5
+
+
+def test_stage2_sweep_trains_each_variant_and_measures_it(quick_run, tmp_path):
+    from toy import sweep_stage2
+    out = tmp_path / "sweep.json"
+    assert sweep_stage2.main(["--weights", str(quick_run / "weights"), "--out", str(tmp_path / "sweep"),
+                              "--steps", "2", "--clips", "8", "--sets", "2", "--count", "4", "--skip-baselines",
+                              "--variant", "base=", "--variant", "coarse grid=--original-steps 10", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert set(rows) == {f"{v}, {s}" for v in ("base", "coarse grid") for s in ("1 step", "4 steps")}
+    assert all(len(v) == 2 and all(np.isfinite(v)) for v in rows.values())
+    for folder in ("base", "coarse_grid"):
+        assert (tmp_path / "sweep" / folder / "motion_module.safetensors").exists()
+    assert rows["base, 4 steps"] != rows["coarse grid, 4 steps"]
 
 
 # ---- the shipped toy model (toy/weights/, made by `python toy/run.py --ship`) ----------------------

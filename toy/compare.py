@@ -2,6 +2,7 @@
 
     python toy/compare.py                      # the shipped toy model, 4 steps, 4 sets of 96 seen prompts
     python toy/compare.py --run runs/toy --steps 4 8
+    python toy/compare.py --teacher-steps 12         # also the teacher's DDIM at 12 steps: what distillation aims at
 
 The evaluation in toy/run.py uses 3 sets of 24 videos per cell, where a Frechet distance is both noisy
 and biased upwards by the small sample. This draws larger sets, samples every model on the same
@@ -25,17 +26,29 @@ from toy.run import SHIPPED, TEACHER_GUIDANCE, load_classifier  # noqa: E402
 from toy.world import SEEN, sample_videos  # noqa: E402
 
 
-def models(run: Path | None, weights: Path) -> tuple[dict, Path]:
-    """Teacher, image-only LCM and AnimateLCM, and the judge's file: from a toy/run.py folder, or
-    (run=None) from shipped weights."""
+def models(run: Path | None, weights: Path, guidance: float = TEACHER_GUIDANCE) -> tuple[dict, Path]:
+    """Teacher (sampled with classifier-free `guidance`), image-only LCM and AnimateLCM, and the judge's
+    file: from a toy/run.py folder, or (run=None) from shipped weights."""
     def path(shipped_name: str) -> Path:
         return run / SHIPPED[shipped_name] if run is not None else weights / shipped_name
     sd, teacher_motion = path("toy_sd15.safetensors"), path("toy_teacher_motion.safetensors")
     lora = [(path("toy_lcm_lora.safetensors"), 1.0)]
-    found = {"teacher DDIM": (load_sd15(sd, teacher_motion), "ddim", TEACHER_GUIDANCE),
+    found = {"teacher DDIM": (load_sd15(sd, teacher_motion), "ddim", guidance),
              "image-only LCM": (load_sd15(sd, teacher_motion, lora), "lcm", 1.0),
              "AnimateLCM (decoupled)": (load_sd15(sd, path("toy_motion.safetensors"), lora), "lcm", 1.0)}
     return found, path("toy_classifier.safetensors")
+
+
+def measure(model, sampler: str, guidance: float, steps: int, prompt_sets: list[list[str]], classifier,
+            reference, batch: int = 32, original_steps: int = 50) -> list[float]:
+    """Toy FVD of one model on each prompt set (set s sampled with seed 500 + s, `batch` videos at a time:
+    the initial noise is drawn per batch, so a different batch is a different sample)."""
+    values = []
+    for s, caps in enumerate(prompt_sets):
+        videos = generate_batch(model, caps, steps, sampler, guidance, seed=500 + s, batch=batch,
+                                original_steps=original_steps)
+        values.append(frechet_distance(judge(classifier, videos)[0], reference))
+    return values
 
 
 def report(name: str, values: list[float]) -> None:
@@ -48,12 +61,15 @@ def main(argv=None) -> int:
     p.add_argument("--run", default=None, help="a toy/run.py output folder (default: the shipped weights)")
     p.add_argument("--weights", default=str(ROOT / "toy" / "weights"), help="a folder of shipped toy weights")
     p.add_argument("--steps", type=int, nargs="+", default=[4])
+    p.add_argument("--teacher-steps", type=int, nargs="*", default=[],
+                   help="extra rows: the teacher's DDIM alone at these step counts")
+    p.add_argument("--guidance", type=float, default=TEACHER_GUIDANCE, help="the teacher's classifier-free guidance")
     p.add_argument("--sets", type=int, default=4, help="independent sets of prompts and noise")
     p.add_argument("--count", type=int, default=96, help="videos per set")
     p.add_argument("--reference", type=int, default=512, help="real clips behind the FVD")
     p.add_argument("--json", default=None, help="also write the numbers here")
     args = p.parse_args(argv)
-    found, classifier_path = models(Path(args.run) if args.run else None, Path(args.weights))
+    found, classifier_path = models(Path(args.run) if args.run else None, Path(args.weights), args.guidance)
     classifier = load_classifier(classifier_path)
     reference = real_reference(classifier, args.reference, seed=321)
     real = []
@@ -62,15 +78,12 @@ def main(argv=None) -> int:
         real.append(frechet_distance(judge(classifier, to_model(videos))[0], reference))
     rows = {"real clips (floor)": real}
     prompt_sets = [prompts(args.count, 80_000 + s, SEEN)[0] for s in range(args.sets)]  # shared by every row
-    for steps in args.steps:
-        for name, (model, sampler, guidance) in found.items():
-            values = []
-            for s, caps in enumerate(prompt_sets):
-                videos = generate_batch(model, caps, steps, sampler, guidance, seed=500 + s)
-                values.append(frechet_distance(judge(classifier, videos)[0], reference))
-            row = f"{name}, {steps} step{'s' * (steps > 1)}"
-            rows[row] = values
-            report(row, values)
+    runs = [(name, steps) for steps in args.steps for name in found] + \
+        [("teacher DDIM", steps) for steps in args.teacher_steps if steps not in args.steps]
+    for name, steps in runs:
+        row = f"{name}, {steps} step{'s' * (steps > 1)}"
+        rows[row] = measure(*found[name], steps, prompt_sets, classifier, reference)
+        report(row, rows[row])
     report("real clips (floor)", real)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")

@@ -41,6 +41,7 @@ TOY_UNET = UNetConfig(block_out_channels=(64, 128), attention_levels=(True, True
                       cross_attention_dim=32, attention_heads=4, norm_groups=16)
 TOY_TEXT = TextEncoderConfig(width=32, layers=2, heads=4, mlp_width=64)  # frozen, random: a fixed embedding
 VAL_PROMPT = "a red circle moving left"
+DISTILL_FLAGS = ["--w-min", "2", "--w-max", "5", "--loss", "huber", "--val-prompt", VAL_PROMPT]  # stages 1, 2, direct
 
 
 @dataclasses.dataclass
@@ -101,7 +102,6 @@ def stages(out: Path, b: Budget, seed: int, device: str) -> dict:
                   {"toy": json.dumps(stats)})
 
     teacher_flags = ["--val-prompt", VAL_PROMPT, "--caption-dropout", "0.1"]
-    distill_flags = ["--w-min", "2", "--w-max", "5", "--loss", "huber", "--val-prompt", VAL_PROMPT]
     return {
         "data": (d / "clips" / f"{b.clips - 1:05d}.gif", data),
         "vae": (out / "vae" / "init.safetensors", vae),
@@ -114,21 +114,21 @@ def stages(out: Path, b: Budget, seed: int, device: str) -> dict:
             *common(out, "teacher_motion", b.teacher_motion_steps, b.video_batch, seed, device, 1e-3)])),
         "stage1": (lora, lambda: train_image.main([
             "--sd15", str(teacher), "--data", str(d / "images"), "--lora-rank", "16", "--lora-alpha", "16",
-            "--original-steps", str(ORIGINAL_STEPS), *distill_flags,
+            "--original-steps", str(ORIGINAL_STEPS), *DISTILL_FLAGS,
             *common(out, "stage1", b.stage1_steps, b.image_batch, seed, device, 1e-3)])),
         "stage2": (student, lambda: train_video.main([
-            "--sd15", str(teacher), "--teacher-motion", str(teacher_motion), "--lora", str(lora), *distill_flags,
+            "--sd15", str(teacher), "--teacher-motion", str(teacher_motion), "--lora", str(lora), *DISTILL_FLAGS,
             *video(out), *common(out, "stage2", b.stage2_steps, b.video_batch, seed, device, 3e-4)])),
         "stage2_plain_init": (out / "stage2_plain_init" / "motion_module.safetensors", lambda: train_video.main([
             "--sd15", str(teacher), "--teacher-motion", str(teacher_motion), "--lora", str(lora), "--init", "plain",
-            *distill_flags, *video(out),
+            *DISTILL_FLAGS, *video(out),
             *common(out, "stage2_plain_init", b.stage2_steps, b.video_batch, seed, device, 3e-4)])),
         # the one-stage baseline at the same compute as stages 1 + 2: as many video steps as stage 2 plus a
         # quarter of stage 1's (a stage-1 step costs about 0.4 of a direct step, a stage-2 step about 0.7:
         # the training times come out equal, 1036 s against 1035 s on the 2-core CPU)
         "direct": (out / "direct" / "motion_module.safetensors", lambda: train_video.main([
             "--sd15", str(teacher), "--teacher-motion", str(teacher_motion), "--direct", "true",
-            "--lora-rank", "16", "--direct-w", "3.5", *distill_flags, *video(out),
+            "--lora-rank", "16", "--direct-w", "3.5", *DISTILL_FLAGS, *video(out),
             *common(out, "direct", b.stage2_steps + b.stage1_steps // 4, b.video_batch, seed, device, 3e-4)])),
         "i2v": (out / "i2v" / "i2v_motion_module.safetensors", lambda: train_adapter.main([
             "--adapter", "image_encoder", "--sd15", str(teacher), "--motion", str(student), "--lora", str(lora),

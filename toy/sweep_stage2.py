@@ -1,0 +1,100 @@
+"""Stage 2 alone, several ways, on the shipped teacher and stage-1 LoRA: what moves its 4-step result?
+
+    python toy/sweep_stage2.py --device cuda                           # the default variants
+    python toy/sweep_stage2.py --device cuda --variant "l2=--loss l2" --variant "lr 1e-4=--lr 1e-4"
+
+Each variant is one train_video.py run with toy/run.py's stage-2 flags (400 steps, seed 0, fp32) plus
+its own flags, then toy/compare.py's measurement at 1 and 4 steps (4 sets of 96 seen prompts, each set
+sampled as one batch). The rows before the variants are the shipped teacher's 4-step DDIM, the
+image-only LCM and the shipped AnimateLCM on the same sets. On a CPU a variant takes about 10 minutes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import train_video  # noqa: E402
+from sd15 import load_sd15  # noqa: E402
+from toy.classifier import real_reference  # noqa: E402
+from toy.compare import measure, report  # noqa: E402
+from toy.evaluate import prompts  # noqa: E402
+from toy.run import (BETA_SCHEDULE, DISTILL_FLAGS, FRAMES, ORIGINAL_STEPS, RESOLUTION, TEACHER_GUIDANCE,  # noqa: E402
+                     load_classifier)
+from toy.world import SEEN, write_dataset  # noqa: E402
+
+DEFAULT_VARIANTS = ["toy/run.py's stage 2=", "lr 1e-4=--lr 1e-4", "fixed w 3.5=--w-min 3.5 --w-max 3.5",
+                    "lr 3e-5=--lr 3e-5", "seed 1=--seed 1", "L2 loss=--loss l2"]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--weights", default=str(ROOT / "toy" / "weights"), help="shipped toy weights (teacher, LoRA, judge)")
+    p.add_argument("--out", default=str(ROOT / "runs" / "sweep_stage2"), help="data/ and one folder per variant")
+    p.add_argument("--variant", action="append", default=None, metavar="NAME=FLAGS",
+                   help="a name and train_video.py flags added to stage 2's (repeatable)")
+    p.add_argument("--steps", type=int, default=400, help="stage-2 training steps")
+    p.add_argument("--clips", type=int, default=2000)
+    p.add_argument("--sets", type=int, default=4)
+    p.add_argument("--count", type=int, default=96)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--skip-baselines", action="store_true", help="only the variants' rows")
+    p.add_argument("--json", default=None, help="also write the numbers here (after every row)")
+    args = p.parse_args(argv)
+    weights, out = Path(args.weights), Path(args.out)
+    sd, teacher_motion = weights / "toy_sd15.safetensors", weights / "toy_teacher_motion.safetensors"
+    lora_file = weights / "toy_lcm_lora.safetensors"
+    lora = [(lora_file, 1.0)]
+    if not (out / "data" / "clips" / f"{args.clips - 1:05d}.gif").exists():
+        write_dataset(out / "data", args.clips, FRAMES, RESOLUTION, 0)  # toy/run.py's data (seed 0)
+
+    classifier = load_classifier(weights / "toy_classifier.safetensors")
+    reference = real_reference(classifier, 512, seed=321)
+    prompt_sets = [prompts(args.count, 80_000 + s, SEEN)[0] for s in range(args.sets)]
+    rows = {}
+
+    def row(name, model, sampler, guidance, steps, original_steps=ORIGINAL_STEPS):
+        rows[f"{name}, {steps} step{'s' * (steps > 1)}"] = values = measure(
+            model, sampler, guidance, steps, prompt_sets, classifier, reference, args.count, original_steps)
+        report(f"{name}, {steps} step{'s' * (steps > 1)}", values)
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+
+    if not args.skip_baselines:
+        row("teacher DDIM", load_sd15(sd, teacher_motion, device=args.device), "ddim", TEACHER_GUIDANCE, 4)
+        image_lcm = load_sd15(sd, teacher_motion, lora, device=args.device)
+        shipped = load_sd15(sd, weights / "toy_motion.safetensors", lora, device=args.device)
+        for steps in (1, 4):
+            row("image-only LCM", image_lcm, "lcm", 1.0, steps)
+        for steps in (1, 4):
+            row("AnimateLCM, shipped", shipped, "lcm", 1.0, steps)
+    for variant in args.variant or DEFAULT_VARIANTS:
+        name, _, flags = variant.partition("=")
+        extra = shlex.split(flags)  # a variant's own solver grid is also its sampling grid
+        original_steps = int(extra[extra.index("--original-steps") + 1]) if "--original-steps" in extra else \
+            ORIGINAL_STEPS
+        folder = out / "".join(c if c.isalnum() else "_" for c in name)
+        start = time.perf_counter()
+        train_video.main([
+            "--sd15", str(sd), "--teacher-motion", str(teacher_motion), "--lora", str(lora_file), *DISTILL_FLAGS,
+            "--data", str(out / "data" / "clips"), "--frames", str(FRAMES), "--stride", "1",
+            "--original-steps", str(ORIGINAL_STEPS), "--out", str(folder), "--steps", str(args.steps),
+            "--batch", "8", "--size", str(RESOLUTION), "--lr", "3e-4", "--warmup-steps", str(max(1, args.steps // 20)),
+            "--seed", "0", "--device", args.device, "--workers", "0", "--gradient-checkpointing", "false",
+            "--beta-schedule", BETA_SCHEDULE, "--precision", "fp32", "--log-every", "50",
+            "--save-every", str(args.steps), "--val-every", str(10 ** 9), *extra])
+        print(f"{name}: trained in {time.perf_counter() - start:.0f} s", flush=True)
+        model = load_sd15(sd, folder / "motion_module.safetensors", lora, device=args.device)
+        for steps in (1, 4):
+            row(name, model, "lcm", 1.0, steps, original_steps)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
