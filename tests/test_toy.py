@@ -114,7 +114,8 @@ def test_compare_measures_a_run_and_the_real_clip_floor(quick_run, tmp_path):
                          "--reference", "16", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())
     assert set(rows) == {"real clips (floor)", "teacher DDIM, 1 step", "image-only LCM, 1 step",
-                         "AnimateLCM (decoupled), 1 step"}
+                         "AnimateLCM (decoupled), 1 step", "AnimateLCM, plain init, 1 step",
+                         "direct (VideoLCM-style), 1 step"}
     assert all(len(v) == 2 and all(np.isfinite(v)) and min(v) >= 0 for v in rows.values())
     # real clips are closer to real clips than a 1-step DDIM sample of a barely trained teacher
     assert max(rows["real clips (floor)"]) < min(rows["teacher DDIM, 1 step"])

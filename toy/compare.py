@@ -28,7 +28,9 @@ from toy.world import SEEN, sample_videos  # noqa: E402
 
 def models(run: Path | None, weights: Path, guidance: float = TEACHER_GUIDANCE) -> tuple[dict, Path]:
     """Teacher (sampled with classifier-free `guidance`), image-only LCM and AnimateLCM, and the judge's
-    file: from a toy/run.py folder, or (run=None) from shipped weights."""
+    file: from a toy/run.py folder, or (run=None) from shipped weights. A run folder whose one-stage
+    baseline (direct/: its spatial LoRA trains with its motion module) or the stage-2 initialisation
+    ablation (stage2_plain_init/) have finished adds their rows too."""
     def path(shipped_name: str) -> Path:
         return run / SHIPPED[shipped_name] if run is not None else weights / shipped_name
     sd, teacher_motion = path("toy_sd15.safetensors"), path("toy_teacher_motion.safetensors")
@@ -36,6 +38,12 @@ def models(run: Path | None, weights: Path, guidance: float = TEACHER_GUIDANCE) 
     found = {"teacher DDIM": (load_sd15(sd, teacher_motion), "ddim", guidance),
              "image-only LCM": (load_sd15(sd, teacher_motion, lora), "lcm", 1.0),
              "AnimateLCM (decoupled)": (load_sd15(sd, path("toy_motion.safetensors"), lora), "lcm", 1.0)}
+    if run is not None and (run / "stage2_plain_init" / "DONE").exists():
+        found["AnimateLCM, plain init"] = (load_sd15(sd, run / "stage2_plain_init" / "motion_module.safetensors",
+                                                     lora), "lcm", 1.0)
+    if run is not None and (run / "direct" / "DONE").exists():
+        found["direct (VideoLCM-style)"] = (load_sd15(sd, run / "direct" / "motion_module.safetensors",
+                                                      [(run / "direct" / "lora.safetensors", 1.0)]), "lcm", 1.0)
     return found, path("toy_classifier.safetensors")
 
 
