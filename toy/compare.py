@@ -59,6 +59,10 @@ def measure(model, sampler: str, guidance: float, steps: int, prompt_sets: list[
     return values
 
 
+def row_name(name: str, steps: int) -> str:
+    return f"{name}, {steps} step{'s' * (steps > 1)}"
+
+
 def report(name: str, values: list[float]) -> None:
     mean, std = mean_std(values)
     print(f"{name:<34} toy FVD {mean:6.1f} ± {std:4.1f}  per set {[round(v, 1) for v in values]}", flush=True)
@@ -89,7 +93,7 @@ def main(argv=None) -> int:
     runs = [(name, steps) for steps in args.steps for name in found] + \
         [("teacher DDIM", steps) for steps in args.teacher_steps if steps not in args.steps]
     for name, steps in runs:
-        row = f"{name}, {steps} step{'s' * (steps > 1)}"
+        row = row_name(name, steps)
         rows[row] = measure(*found[name], steps, prompt_sets, classifier, reference)
         report(row, rows[row])
     report("real clips (floor)", real)

@@ -6,7 +6,9 @@
 Each variant is one train_video.py run with toy/run.py's stage-2 flags (400 steps, seed 0, fp32) plus
 its own flags, then toy/compare.py's measurement at 1 and 4 steps (4 sets of 96 seen prompts, each set
 sampled as one batch). The rows before the variants are the shipped teacher's 4-step DDIM, the
-image-only LCM and the shipped AnimateLCM on the same sets. On a CPU a variant takes about 10 minutes.
+image-only LCM and the shipped AnimateLCM on the same sets. On a CPU a variant takes about 8 minutes.
+As in toy/run.py, a variant whose folder holds a checkpoint continues from it (a finished one is only
+measured): delete the folder to retrain it.
 """
 from __future__ import annotations
 
@@ -23,10 +25,10 @@ sys.path.insert(0, str(ROOT))
 import train_video  # noqa: E402
 from sd15 import load_sd15  # noqa: E402
 from toy.classifier import real_reference  # noqa: E402
-from toy.compare import measure, report  # noqa: E402
+from toy.compare import measure, report, row_name  # noqa: E402
 from toy.evaluate import prompts  # noqa: E402
-from toy.run import (BETA_SCHEDULE, DISTILL_FLAGS, FRAMES, ORIGINAL_STEPS, RESOLUTION, TEACHER_GUIDANCE,  # noqa: E402
-                     load_classifier)
+from toy.run import (DISTILL_FLAGS, FRAMES, ORIGINAL_STEPS, RESOLUTION, TEACHER_GUIDANCE, Budget,  # noqa: E402
+                     common, load_classifier, video)
 from toy.world import SEEN, write_dataset  # noqa: E402
 
 DEFAULT_VARIANTS = ["toy/run.py's stage 2=", "lr 1e-4=--lr 1e-4", "fixed w 3.5=--w-min 3.5 --w-max 3.5",
@@ -39,7 +41,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(ROOT / "runs" / "sweep_stage2"), help="data/ and one folder per variant")
     p.add_argument("--variant", action="append", default=None, metavar="NAME=FLAGS",
                    help="a name and train_video.py flags added to stage 2's (repeatable)")
-    p.add_argument("--steps", type=int, default=400, help="stage-2 training steps")
+    p.add_argument("--steps", type=int, default=Budget().stage2_steps, help="stage-2 training steps")
     p.add_argument("--clips", type=int, default=2000)
     p.add_argument("--sets", type=int, default=4)
     p.add_argument("--count", type=int, default=96)
@@ -60,9 +62,9 @@ def main(argv=None) -> int:
     rows = {}
 
     def row(name, model, sampler, guidance, steps, original_steps=ORIGINAL_STEPS):
-        rows[f"{name}, {steps} step{'s' * (steps > 1)}"] = values = measure(
-            model, sampler, guidance, steps, prompt_sets, classifier, reference, args.count, original_steps)
-        report(f"{name}, {steps} step{'s' * (steps > 1)}", values)
+        rows[row_name(name, steps)] = measure(model, sampler, guidance, steps, prompt_sets, classifier, reference,
+                                              args.count, original_steps)
+        report(row_name(name, steps), rows[row_name(name, steps)])
         if args.json:
             Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
 
@@ -79,18 +81,14 @@ def main(argv=None) -> int:
         extra = shlex.split(flags)  # a variant's own solver grid is also its sampling grid
         original_steps = int(extra[extra.index("--original-steps") + 1]) if "--original-steps" in extra else \
             ORIGINAL_STEPS
-        folder = out / "".join(c if c.isalnum() else "_" for c in name)
+        folder = "".join(c if c.isalnum() else "_" for c in name)
         start = time.perf_counter()
-        train_video.main([
+        train_video.main([  # toy/run.py's stage 2 (its flags after the files), in fp32 on a GPU too
             "--sd15", str(sd), "--teacher-motion", str(teacher_motion), "--lora", str(lora_file), *DISTILL_FLAGS,
-            "--data", str(out / "data" / "clips"), "--frames", str(FRAMES), "--stride", "1",
-            "--original-steps", str(ORIGINAL_STEPS), "--out", str(folder), "--steps", str(args.steps),
-            "--batch", "8", "--size", str(RESOLUTION), "--lr", "3e-4", "--warmup-steps", str(max(1, args.steps // 20)),
-            "--seed", "0", "--device", args.device, "--workers", "0", "--gradient-checkpointing", "false",
-            "--beta-schedule", BETA_SCHEDULE, "--precision", "fp32", "--log-every", "50",
-            "--save-every", str(args.steps), "--val-every", str(10 ** 9), *extra])
+            *video(out), *common(out, folder, args.steps, Budget().video_batch, 0, args.device, 3e-4),
+            "--precision", "fp32", *extra])
         print(f"{name}: trained in {time.perf_counter() - start:.0f} s", flush=True)
-        model = load_sd15(sd, folder / "motion_module.safetensors", lora, device=args.device)
+        model = load_sd15(sd, out / folder / "motion_module.safetensors", lora, device=args.device)
         for steps in (1, 4):
             row(name, model, "lcm", 1.0, steps, original_steps)
     return 0
