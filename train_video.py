@@ -67,6 +67,7 @@ class Settings:
     lora_rank: int = 64
     original_steps: int = 50       # the DDIM solver grid: k = 1000 / 50 = 20
     loss: str = "huber"
+    loss_weight: str = "uniform"   # lambda_n: uniform or sqrt_snr (lcm/distill.py loss_weight)
     beta_schedule: str = "beta_linear"
     precision: str = "bf16"        # autocast on GPU: bf16, fp16 or fp32; CPU runs fp32
     gradient_checkpointing: bool = True
@@ -84,6 +85,8 @@ def main(argv=None):
     if s.objective not in ("consistency", "diffusion"):
         raise SystemExit(f"--objective must be consistency or diffusion, not {s.objective!r}")
     distill = s.objective == "consistency"
+    if s.loss_weight not in ("uniform", "sqrt_snr"):
+        raise SystemExit(f"--loss-weight must be uniform or sqrt_snr, not {s.loss_weight!r}")
     if s.init not in ("animatelcm", "plain"):
         raise SystemExit(f"--init must be animatelcm or plain, not {s.init!r}")
     if distill and not s.direct and not s.lora:
@@ -164,7 +167,7 @@ def main(argv=None):
         w = torch.full((len(generators),), s.direct_w) if s.direct else uniform(generators, s.w_min, s.w_max)
         with autocast(rt, s.precision):
             return distillation_loss(online, target, teacher.unet, schedule, x0, context, uncontext, w.to(rt.device),
-                                     s.original_steps, s.loss, generators)
+                                     s.original_steps, s.loss, generators, s.loss_weight)
 
     def after_step():  # step 7: the EMA target, all weights (its spatial part drifts to base + LoRA)
         if target is not online:

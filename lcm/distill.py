@@ -79,17 +79,34 @@ def consistency_loss(online: torch.Tensor, target: torch.Tensor, kind: str = "hu
     raise ValueError(f"loss must be 'huber' or 'l2', not {kind!r}")
 
 
+def loss_weight(schedule: NoiseSchedule, t: torch.Tensor, kind: str = "uniform",
+                original_steps: int = 50) -> torch.Tensor:
+    """lambda_n of the consistency loss per sample, at t = t_{n+k} [B]; mean 1 over the solver grid.
+
+    "uniform": 1 (LCM, LCM-LoRA). "sqrt_snr": alpha_t / sigma_t, the time weight AnimateLCM's code carries a
+    helper for (METHOD.md a.7): it leans on small t, where multi-step sampling ends.
+    """
+    if kind == "uniform":
+        return torch.ones(t.shape, device=t.device)
+    if kind == "sqrt_snr":
+        abar = schedule.alphas_cumprod
+        snr = (abar / (1 - abar)).sqrt()
+        return (snr[t.cpu()] / snr[ddim_grid(original_steps, schedule.steps)].mean()).to(t.device)
+    raise ValueError(f"loss weight must be 'uniform' or 'sqrt_snr', not {kind!r}")
+
+
 def diffusion_loss(eps_pred: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """Per-sample epsilon-prediction objective (DDPM) [B], for training teachers."""
     return (eps_pred.float() - noise.float()).square().flatten(1).mean(1)
 
 
 def distillation_loss(online, target, teacher, schedule: NoiseSchedule, x0: torch.Tensor, context, uncontext,
-                      w, original_steps: int = 50, kind: str = "huber", generator=None):
+                      w, original_steps: int = 50, kind: str = "huber", generator=None, weighting: str = "uniform"):
     """Steps 1-6 above for a batch of clean latents x0. Models are callables (x, t, context) -> eps.
 
     `teacher=None` builds the target point teacher-free (consistency training with the same noise).
     `generator`: one torch.Generator for the batch, or a list with one per sample.
+    `weighting`: lambda_n, see `loss_weight`.
     Returns (per-sample loss [B], t_{n+k} [B]) so callers can log loss by timestep.
     """
     t_start, t_end = grid_pairs(x0.shape[0], original_steps, schedule.steps, generator)
@@ -105,7 +122,8 @@ def distillation_loss(online, target, teacher, schedule: NoiseSchedule, x0: torc
             x0_c, x0_u = schedule.x0_from_eps(x_start, eps_c, t_start), schedule.x0_from_eps(x_start, eps_u, t_start)
             x_end = ddim_solver_step(schedule, guided(x0_c, x0_u, w), guided(eps_c, eps_u, w), t_end)
         target_out = consistency_output(schedule, x_end, target(x_end, t_end, context), t_end)
-    return consistency_loss(online_out, target_out, kind), t_start
+    weight = loss_weight(schedule, t_start, weighting, original_steps)
+    return weight * consistency_loss(online_out, target_out, kind), t_start
 
 
 def denoising_loss(model, schedule: NoiseSchedule, x0: torch.Tensor, context, generator=None):

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from lcm.distill import (consistency_loss, ddim_grid, ddim_solver_step, diffusion_loss, distillation_loss, grid_pairs,
-                         guided, pseudo_huber, teacher_free_point)
+                         guided, loss_weight, pseudo_huber, teacher_free_point)
 from lcm.ema import ema_update
 from lcm.schedule import NoiseSchedule, boundary_scalings, consistency_output
 
@@ -94,6 +94,20 @@ def test_distillation_loss_is_the_direct_computation():
     torch.testing.assert_close(loss, pseudo_huber(f_online, f_target))
     loss.mean().backward()
     assert online.w.grad is not None and target.w.grad is None and teacher.w.grad is None
+    weighted, _ = distillation_loss(online, target, teacher, schedule, x0, context, uncontext, w, 50, "huber",
+                                    torch.Generator().manual_seed(3), weighting="sqrt_snr")
+    torch.testing.assert_close(weighted, loss.detach() * loss_weight(schedule, t_start, "sqrt_snr"))
+
+
+def test_loss_weight_is_one_or_sqrt_snr_with_mean_one_over_the_grid():
+    schedule, grid = NoiseSchedule(), ddim_grid(50)
+    assert torch.equal(loss_weight(schedule, grid), torch.ones(50))
+    weight = loss_weight(schedule, grid, "sqrt_snr")
+    abar = schedule.alphas_cumprod[grid]
+    torch.testing.assert_close(weight, (abar / (1 - abar)).sqrt() / (abar / (1 - abar)).sqrt().mean())
+    assert weight.mean().item() == pytest.approx(1) and (weight.diff() < 0).all()  # small t weigh most
+    with pytest.raises(ValueError, match="uniform"):
+        loss_weight(schedule, grid, "snr")
 
 
 def test_ema_moves_every_weight_including_frozen_ones():

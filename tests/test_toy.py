@@ -142,10 +142,25 @@ def test_stage2_sweep_trains_each_variant_and_measures_it(quick_run, tmp_path):
     assert rows["base, 4 steps"] != rows["coarse grid, 4 steps"]
 
 
+def test_stage2_sweep_measures_one_run_as_it_trains(quick_run, tmp_path):
+    from toy import sweep_stage2
+    flags = ["--weights", str(quick_run / "weights"), "--out", str(tmp_path / "sweep"), "--clips", "8", "--sets", "1",
+             "--count", "4", "--skip-baselines", "--variant", "base="]
+    out = tmp_path / "trajectory.json"
+    assert sweep_stage2.main([*flags, "--steps", "2", "1", "--json", str(out)]) == 0  # trained in order: 1, then 2
+    rows = json.loads(out.read_text())
+    assert set(rows) == {f"base ({t} training steps), {s}" for t in (1, 2) for s in ("1 step", "4 steps")}
+    assert rows["base (1 training steps), 1 step"] != rows["base (2 training steps), 1 step"]
+    log = [json.loads(line) for line in (tmp_path / "sweep" / "base" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2]  # one run, continued: not retrained from the start
+    with pytest.raises(SystemExit, match="trained past 1 steps"):
+        sweep_stage2.main([*flags, "--steps", "1"])
+
+
 # ---- the shipped toy model (toy/weights/, made by `python toy/run.py --ship`) ----------------------
 
 # What the shipped AnimateLCM gets right at 4 steps on 48 seen prompts (chance in brackets); measured
-# values (0.21, 1.0 and 0.46) are in the README's toy section; these bounds sit below them and above chance.
+# values (0.21, 1.0 and 0.50) are in the README's toy section; these bounds sit below them and above chance.
 PROMPT_THRESHOLD = 0.08   # colour, shape and direction all right (1/48 = 0.02)
 COLOUR_THRESHOLD = 0.9    # (0.25)
 SHAPE_THRESHOLD = 0.4     # (0.33); the previous shipped model (300 + 200 distillation steps) got 0.38
@@ -164,10 +179,11 @@ def shipped():
             "settings": json.loads((WEIGHTS / "toy.json").read_text())}
 
 
-def test_shipped_model_follows_prompts_and_beats_one_step_ddim(shipped):
-    """Fixed seeds, fresh samples: nothing stored is compared. What the shipped model does (see the
-    README's toy results for what it does not: its 4-step toy FVD is not below the teacher's DDIM;
-    the 4-step values are printed beside the asserted ones)."""
+def test_shipped_model_follows_prompts_and_beats_ddim_at_one_and_four_steps(shipped):
+    """Fixed seeds, fresh samples: nothing stored is compared. The shipped AnimateLCM against the
+    teacher's DDIM at the same step counts (the paper's Table 1 in miniature), and what it gets right.
+    At 4 steps the margin is small (68.4 against 71.4 when measured): on toy/compare.py's larger sets
+    the two are level, on the stage-2 sweep's they are not (README, toy section)."""
     caps, clips = prompts(48, 123, SEEN)
     reference = real_reference(shipped["classifier"], 256, seed=321)
     guidance = shipped["settings"]["guidance_teacher"]
@@ -178,7 +194,7 @@ def test_shipped_model_follows_prompts_and_beats_one_step_ddim(shipped):
     fvd = {name: frechet_distance(judge(shipped["classifier"], videos)[0], reference) for name, videos in (
         ("ours, 1 step", generate_batch(shipped["animatelcm"], caps, 1, "lcm", 1.0, seed=11)),
         ("DDIM, 1 step", generate_batch(shipped["teacher"], caps, 1, "ddim", guidance, seed=11)),
-        ("ours, 4 steps", ours_4),  # printed, not asserted: see the README for why DDIM wins here at 4 steps
+        ("ours, 4 steps", ours_4),
         ("DDIM, 4 steps", generate_batch(shipped["teacher"], caps, 4, "ddim", guidance, seed=11)))}
     teacher_8 = generate_batch(shipped["teacher"], caps, 8, "ddim", guidance, seed=11)
     teacher_accuracy = attribute_accuracy(judge(shipped["classifier"], teacher_8)[1], clips)
@@ -189,6 +205,7 @@ def test_shipped_model_follows_prompts_and_beats_one_step_ddim(shipped):
     assert accuracy["colour"] > COLOUR_THRESHOLD
     assert accuracy["shape"] > SHAPE_THRESHOLD
     assert fvd["ours, 1 step"] < fvd["DDIM, 1 step"]
+    assert fvd["ours, 4 steps"] < fvd["DDIM, 4 steps"]
 
 
 def test_python_sample_py_with_no_arguments_makes_a_toy_gif(tmp_path):

@@ -304,3 +304,5 @@ def test_diffusion_objective_trains_teachers(world, tmp_path):
     with pytest.raises(SystemExit, match="--teacher-motion"):
         train_video.main(video_args_[:-len(SMALL) - len(VIDEO)] + ["--objective", "consistency", "--lora",
                                                                     str(world / "lora.safetensors"), *SMALL, *VIDEO])
+    with pytest.raises(SystemExit, match="--loss-weight must be uniform or sqrt_snr"):
+        train_video.main(video_args_ + ["--loss-weight", "snr"])

@@ -3,12 +3,16 @@
     python toy/sweep_stage2.py --device cuda                           # the default variants
     python toy/sweep_stage2.py --device cuda --variant "l2=--loss l2" --variant "lr 1e-4=--lr 1e-4"
 
-Each variant is one train_video.py run with toy/run.py's stage-2 flags (400 steps, seed 0, fp32) plus
-its own flags, then toy/compare.py's measurement at 1 and 4 steps (4 sets of 96 seen prompts, each set
-sampled as one batch). The rows before the variants are the shipped teacher's 4-step DDIM, the
-image-only LCM and the shipped AnimateLCM on the same sets. On a CPU a variant takes about 8 minutes.
-As in toy/run.py, a variant whose folder holds a checkpoint continues from it (a finished one is only
-measured): delete the folder to retrain it.
+    python toy/sweep_stage2.py --skip-baselines --steps 25 50 100 200 400  # one stage 2, measured as it trains
+
+Each variant is one train_video.py run with toy/run.py's stage-2 flags (seed 0, fp32, its 20-step
+warm-up; --steps, by default run.py's 25) plus its own flags, then toy/compare.py's measurement at 1
+and 4 steps (4 sets of 96 seen prompts, each set sampled as one batch). Several --steps values train
+the variant on to each in turn and measure it there (the same run as one of the longest). The rows
+before the variants are the shipped teacher's 4-step DDIM, the image-only LCM and the shipped
+AnimateLCM on the same sets. On a CPU a training step takes about 1.1 s (400 steps: 7 minutes) and a
+measured row about a minute. As in toy/run.py, a variant whose folder holds a checkpoint continues
+from it (a finished one is only measured): delete the folder to retrain it.
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ from toy.evaluate import prompts  # noqa: E402
 from toy.run import (DISTILL_FLAGS, FRAMES, ORIGINAL_STEPS, RESOLUTION, TEACHER_GUIDANCE, Budget,  # noqa: E402
                      common, load_classifier, video)
 from toy.world import SEEN, write_dataset  # noqa: E402
+from training import load_checkpoint  # noqa: E402
 
 DEFAULT_VARIANTS = ["toy/run.py's stage 2=", "lr 1e-4=--lr 1e-4", "fixed w 3.5=--w-min 3.5 --w-max 3.5",
                     "lr 3e-5=--lr 3e-5", "seed 1=--seed 1", "L2 loss=--loss l2"]
@@ -41,7 +46,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(ROOT / "runs" / "sweep_stage2"), help="data/ and one folder per variant")
     p.add_argument("--variant", action="append", default=None, metavar="NAME=FLAGS",
                    help="a name and train_video.py flags added to stage 2's (repeatable)")
-    p.add_argument("--steps", type=int, default=Budget().stage2_steps, help="stage-2 training steps")
+    p.add_argument("--steps", type=int, nargs="+", default=[Budget().stage2_steps],
+                   help="stage-2 training steps (several: measure the same run at each)")
     p.add_argument("--clips", type=int, default=2000)
     p.add_argument("--sets", type=int, default=4)
     p.add_argument("--count", type=int, default=96)
@@ -82,15 +88,23 @@ def main(argv=None) -> int:
         original_steps = int(extra[extra.index("--original-steps") + 1]) if "--original-steps" in extra else \
             ORIGINAL_STEPS
         folder = "".join(c if c.isalnum() else "_" for c in name)
-        start = time.perf_counter()
-        train_video.main([  # toy/run.py's stage 2 (its flags after the files), in fp32 on a GPU too
-            "--sd15", str(sd), "--teacher-motion", str(teacher_motion), "--lora", str(lora_file), *DISTILL_FLAGS,
-            *video(out), *common(out, folder, args.steps, Budget().video_batch, 0, args.device, 3e-4),
-            "--precision", "fp32", *extra])
-        print(f"{name}: trained in {time.perf_counter() - start:.0f} s", flush=True)
-        model = load_sd15(sd, out / folder / "motion_module.safetensors", lora, device=args.device)
-        for steps in (1, 4):
-            row(name, model, "lcm", 1.0, steps, original_steps)
+        for train_steps in sorted(args.steps):
+            checkpoint = out / folder / "checkpoint.pt"
+            trained = load_checkpoint(checkpoint)["step"] if checkpoint.exists() else 0
+            if trained > train_steps:
+                raise SystemExit(f"{out / folder} has trained past {train_steps} steps: delete it to measure "
+                                 "fewer steps")
+            start = time.perf_counter()
+            train_video.main([  # toy/run.py's stage 2 (its flags after the files), in fp32 on a GPU too
+                "--sd15", str(sd), "--teacher-motion", str(teacher_motion), "--lora", str(lora_file), *DISTILL_FLAGS,
+                *video(out), *common(out, folder, train_steps, Budget().video_batch, 0, args.device, 3e-4,
+                                     Budget().stage2_warmup),
+                "--precision", "fp32", *extra])
+            print(f"{name}: trained to step {train_steps} in {time.perf_counter() - start:.0f} s", flush=True)
+            model = load_sd15(sd, out / folder / "motion_module.safetensors", lora, device=args.device)
+            label = name if len(args.steps) == 1 else f"{name} ({train_steps} training steps)"
+            for steps in (1, 4):
+                row(label, model, "lcm", 1.0, steps, original_steps)
     return 0
 
 
