@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from data import ResumableSampler, VideoCaptionDataset, collate
-from lcm.distill import denoising_loss, distillation_loss
+from lcm.distill import LOSS_WEIGHTS, denoising_loss, distillation_loss
 from lcm.ema import ema_update
 from lcm.schedule import NoiseSchedule
 from sd15 import StableDiffusion, load_sd15
@@ -85,8 +85,8 @@ def main(argv=None):
     if s.objective not in ("consistency", "diffusion"):
         raise SystemExit(f"--objective must be consistency or diffusion, not {s.objective!r}")
     distill = s.objective == "consistency"
-    if s.loss_weight not in ("uniform", "sqrt_snr"):
-        raise SystemExit(f"--loss-weight must be uniform or sqrt_snr, not {s.loss_weight!r}")
+    if s.loss_weight not in LOSS_WEIGHTS:
+        raise SystemExit(f"--loss-weight must be {' or '.join(LOSS_WEIGHTS)}, not {s.loss_weight!r}")
     if s.init not in ("animatelcm", "plain"):
         raise SystemExit(f"--init must be animatelcm or plain, not {s.init!r}")
     if distill and not s.direct and not s.lora:

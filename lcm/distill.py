@@ -79,6 +79,9 @@ def consistency_loss(online: torch.Tensor, target: torch.Tensor, kind: str = "hu
     raise ValueError(f"loss must be 'huber' or 'l2', not {kind!r}")
 
 
+LOSS_WEIGHTS = ("uniform", "sqrt_snr")
+
+
 def loss_weight(schedule: NoiseSchedule, t: torch.Tensor, kind: str = "uniform",
                 original_steps: int = 50) -> torch.Tensor:
     """lambda_n of the consistency loss per sample, at t = t_{n+k} [B]; mean 1 over the solver grid.
@@ -92,7 +95,7 @@ def loss_weight(schedule: NoiseSchedule, t: torch.Tensor, kind: str = "uniform",
         abar = schedule.alphas_cumprod
         snr = (abar / (1 - abar)).sqrt()
         return (snr[t.cpu()] / snr[ddim_grid(original_steps, schedule.steps)].mean()).to(t.device)
-    raise ValueError(f"loss weight must be 'uniform' or 'sqrt_snr', not {kind!r}")
+    raise ValueError(f"loss weight must be one of {LOSS_WEIGHTS}, not {kind!r}")
 
 
 def diffusion_loss(eps_pred: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

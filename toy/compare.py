@@ -38,12 +38,11 @@ def models(run: Path | None, weights: Path, guidance: float = TEACHER_GUIDANCE) 
     found = {"teacher DDIM": (load_sd15(sd, teacher_motion), "ddim", guidance),
              "image-only LCM": (load_sd15(sd, teacher_motion, lora), "lcm", 1.0),
              "AnimateLCM (decoupled)": (load_sd15(sd, path("toy_motion.safetensors"), lora), "lcm", 1.0)}
-    if run is not None and (run / "stage2_plain_init" / "DONE").exists():
-        found["AnimateLCM, plain init"] = (load_sd15(sd, run / "stage2_plain_init" / "motion_module.safetensors",
-                                                     lora), "lcm", 1.0)
-    if run is not None and (run / "direct" / "DONE").exists():
-        found["direct (VideoLCM-style)"] = (load_sd15(sd, run / "direct" / "motion_module.safetensors",
-                                                      [(run / "direct" / "lora.safetensors", 1.0)]), "lcm", 1.0)
+    if run is not None:  # row name, run folder, the spatial LoRA its motion module goes with
+        for name, folder, loras in (("AnimateLCM, plain init", "stage2_plain_init", lora),
+                                    ("direct (VideoLCM-style)", "direct", [(run / "direct" / "lora.safetensors", 1.0)])):
+            if (run / folder / "DONE").exists():
+                found[name] = (load_sd15(sd, run / folder / "motion_module.safetensors", loras), "lcm", 1.0)
     return found, path("toy_classifier.safetensors")
 
 

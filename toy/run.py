@@ -91,6 +91,13 @@ def video(out: Path) -> list[str]:
             "--original-steps", str(ORIGINAL_STEPS)]
 
 
+def stage2_args(out: Path, stage: str, teacher: Path, teacher_motion: Path, lora: Path, b: Budget, steps: int,
+                seed: int, device: str) -> list[str]:
+    """train_video.py's stage-2 command line: motion consistency distillation on the stage-1 LoRA."""
+    return ["--sd15", str(teacher), "--teacher-motion", str(teacher_motion), "--lora", str(lora), *DISTILL_FLAGS,
+            *video(out), *common(out, stage, steps, b.video_batch, seed, device, 3e-4, b.stage2_warmup)]
+
+
 def stages(out: Path, b: Budget, seed: int, device: str) -> dict:
     """name -> (the file it leaves, the function that makes it)."""
     d = out / "data"
@@ -125,13 +132,11 @@ def stages(out: Path, b: Budget, seed: int, device: str) -> dict:
             "--sd15", str(teacher), "--data", str(d / "images"), "--lora-rank", "16", "--lora-alpha", "16",
             "--original-steps", str(ORIGINAL_STEPS), *DISTILL_FLAGS,
             *common(out, "stage1", b.stage1_steps, b.image_batch, seed, device, 1e-3)])),
-        "stage2": (student, lambda: train_video.main([
-            "--sd15", str(teacher), "--teacher-motion", str(teacher_motion), "--lora", str(lora), *DISTILL_FLAGS,
-            *video(out), *common(out, "stage2", b.stage2_steps, b.video_batch, seed, device, 3e-4, b.stage2_warmup)])),
+        "stage2": (student, lambda: train_video.main(
+            stage2_args(out, "stage2", teacher, teacher_motion, lora, b, b.stage2_steps, seed, device))),
         "stage2_plain_init": (out / "stage2_plain_init" / "motion_module.safetensors", lambda: train_video.main([
-            "--sd15", str(teacher), "--teacher-motion", str(teacher_motion), "--lora", str(lora), "--init", "plain",
-            *DISTILL_FLAGS, *video(out),
-            *common(out, "stage2_plain_init", b.stage2_steps, b.video_batch, seed, device, 3e-4, b.stage2_warmup)])),
+            *stage2_args(out, "stage2_plain_init", teacher, teacher_motion, lora, b, b.stage2_steps, seed, device),
+            "--init", "plain"])),
         # the one-stage baseline at the same compute as stages 1 + 2: on the 2-core CPU a stage-1 step costs
         # about 0.4 of a direct step and a stage-2 step about 0.7 (measured), so it gets that many steps
         "direct": (out / "direct" / "motion_module.safetensors", lambda: train_video.main([

@@ -31,8 +31,8 @@ from sd15 import load_sd15  # noqa: E402
 from toy.classifier import real_reference  # noqa: E402
 from toy.compare import measure, report, row_name  # noqa: E402
 from toy.evaluate import prompts  # noqa: E402
-from toy.run import (DISTILL_FLAGS, FRAMES, ORIGINAL_STEPS, RESOLUTION, TEACHER_GUIDANCE, Budget,  # noqa: E402
-                     common, load_classifier, video)
+from toy.run import (FRAMES, ORIGINAL_STEPS, RESOLUTION, TEACHER_GUIDANCE, Budget, load_classifier,  # noqa: E402
+                     stage2_args)
 from toy.world import SEEN, write_dataset  # noqa: E402
 from training import load_checkpoint  # noqa: E402
 
@@ -95,10 +95,8 @@ def main(argv=None) -> int:
                 raise SystemExit(f"{out / folder} has trained past {train_steps} steps: delete it to measure "
                                  "fewer steps")
             start = time.perf_counter()
-            train_video.main([  # toy/run.py's stage 2 (its flags after the files), in fp32 on a GPU too
-                "--sd15", str(sd), "--teacher-motion", str(teacher_motion), "--lora", str(lora_file), *DISTILL_FLAGS,
-                *video(out), *common(out, folder, train_steps, Budget().video_batch, 0, args.device, 3e-4,
-                                     Budget().stage2_warmup),
+            train_video.main([  # toy/run.py's stage 2, in fp32 on a GPU too, then the variant's flags
+                *stage2_args(out, folder, sd, teacher_motion, lora_file, Budget(), train_steps, 0, args.device),
                 "--precision", "fp32", *extra])
             print(f"{name}: trained to step {train_steps} in {time.perf_counter() - start:.0f} s", flush=True)
             model = load_sd15(sd, out / folder / "motion_module.safetensors", lora, device=args.device)
