@@ -160,11 +160,11 @@ def test_stage2_sweep_measures_one_run_as_it_trains(quick_run, tmp_path):
 # ---- the shipped toy model (toy/weights/, made by `python toy/run.py --ship`) ----------------------
 
 # What the shipped AnimateLCM gets right at 4 steps on 48 seen prompts (chance in brackets); measured
-# values (0.21, 1.0 and 0.50) are in the README's toy section; these bounds sit below them and above chance.
+# values (0.21, 0.98 and 0.54) are in the README's toy section; these bounds sit below them and above chance.
 PROMPT_THRESHOLD = 0.08   # colour, shape and direction all right (1/48 = 0.02)
 COLOUR_THRESHOLD = 0.9    # (0.25)
-SHAPE_THRESHOLD = 0.4     # (0.33); the previous shipped model (300 + 200 distillation steps) got 0.38
-TEACHER_SHAPE_THRESHOLD = 0.5  # the teacher's shapes at 8 DDIM steps (0.33); measured 0.75
+SHAPE_THRESHOLD = 0.4     # (0.33); an earlier shipped model (300 + 200 distillation steps) got 0.38
+TEACHER_SHAPE_THRESHOLD = 0.5  # the teacher's shapes at 8 DDIM steps (0.33); measured 0.73
 
 
 @pytest.fixture(scope="module")
@@ -182,8 +182,9 @@ def shipped():
 def test_shipped_model_follows_prompts_and_beats_ddim_at_one_and_four_steps(shipped):
     """Fixed seeds, fresh samples: nothing stored is compared. The shipped AnimateLCM against the
     teacher's DDIM at the same step counts (the paper's Table 1 in miniature), and what it gets right.
-    At 4 steps the margin is small (68.4 against 71.4 when measured): on toy/compare.py's larger sets
-    the two are level, on the stage-2 sweep's they are not (README, toy section)."""
+    At 4 steps this is the issue's claim, not a demonstrated one: on these seeds it holds by 0.4
+    (66.9 against 67.3 when measured), and on toy/compare.py's larger sets the shipped model is behind
+    4-step DDIM (59.6 against 51.2; README, toy section)."""
     caps, clips = prompts(48, 123, SEEN)
     reference = real_reference(shipped["classifier"], 256, seed=321)
     guidance = shipped["settings"]["guidance_teacher"]

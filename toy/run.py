@@ -52,7 +52,7 @@ class Budget:
     teacher_image_steps: int = 1200
     teacher_motion_steps: int = 1000
     stage1_steps: int = 900
-    stage2_steps: int = 25         # short on purpose: longer trades 4-step quality for 1-step (README, toy section)
+    stage2_steps: int = 25         # short on purpose: keeps the run near an hour (README, toy section: longer stage 2s)
     stage2_warmup: int = 20        # its learning-rate warm-up (Adam's first full-rate steps cost 4-step quality)
     stage3_steps: int = 120
     classifier_steps: int = 120
