@@ -31,6 +31,7 @@ import train_video  # noqa: E402
 from sd15 import load_sd15, save_sd15  # noqa: E402
 from text import CLIPTextEncoder, TextEncoderConfig  # noqa: E402
 from toy.world import write_dataset  # noqa: E402
+from training import load_checkpoint  # noqa: E402
 from unet.config import UNetConfig  # noqa: E402
 from unet.model import UNet  # noqa: E402
 
@@ -307,7 +308,7 @@ def ship(out: Path, folder: Path) -> None:
 def check_finished(folder: Path, product: Path) -> None:
     """A training script returns normally when a signal stopped it (its checkpoint saved): stop here too."""
     if (folder / "log.jsonl").exists() and (folder / "checkpoint.pt").exists():
-        settings = torch.load(folder / "checkpoint.pt", weights_only=True, map_location="cpu")
+        settings = load_checkpoint(folder / "checkpoint.pt")
         if settings["step"] < settings["settings"]["steps"]:
             raise SystemExit(f"{folder.name} stopped at step {settings['step']} of {settings['settings']['steps']}; "
                              "run the same command again to continue it")

@@ -88,12 +88,12 @@ def main(argv=None) -> int:
         original_steps = int(extra[extra.index("--original-steps") + 1]) if "--original-steps" in extra else \
             ORIGINAL_STEPS
         folder = "".join(c if c.isalnum() else "_" for c in name)
+        checkpoint = out / folder / "checkpoint.pt"  # the counts are trained in order, so only the first can be passed
+        trained = load_checkpoint(checkpoint)["step"] if checkpoint.exists() else 0
+        if trained > min(args.steps):
+            raise SystemExit(f"{out / folder} has trained past {min(args.steps)} steps: delete it to measure "
+                             "fewer steps")
         for train_steps in sorted(args.steps):
-            checkpoint = out / folder / "checkpoint.pt"
-            trained = load_checkpoint(checkpoint)["step"] if checkpoint.exists() else 0
-            if trained > train_steps:
-                raise SystemExit(f"{out / folder} has trained past {train_steps} steps: delete it to measure "
-                                 "fewer steps")
             start = time.perf_counter()
             train_video.main([  # toy/run.py's stage 2, in fp32 on a GPU too, then the variant's flags
                 *stage2_args(out, folder, sd, teacher_motion, lora_file, Budget(), train_steps, 0, args.device),
