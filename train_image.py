@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from data import ImageCaptionDataset, ResumableSampler, collate
-from lcm.distill import denoising_loss, distillation_loss
+from lcm.distill import LOSS_WEIGHTS, denoising_loss, distillation_loss
 from lcm.ema import ema_update
 from lcm.schedule import NoiseSchedule
 from sd15 import load_sd15, save_sd15
@@ -56,6 +56,7 @@ class Settings:
     w_max: float = 15.0
     original_steps: int = 50       # the DDIM solver grid: k = 1000 / 50 = 20
     loss: str = "huber"
+    loss_weight: str = "uniform"   # lambda_n: uniform or sqrt_snr (lcm/distill.py loss_weight)
     beta_schedule: str = "sqrt_beta_linear"  # SD1.5's own training schedule
     precision: str = "bf16"        # autocast on GPU: bf16, fp16 or fp32; CPU runs fp32
     gradient_checkpointing: bool = True
@@ -73,6 +74,8 @@ def main(argv=None):
     if s.objective not in ("consistency", "diffusion"):
         raise SystemExit(f"--objective must be consistency or diffusion, not {s.objective!r}")
     distill = s.objective == "consistency"
+    if s.loss_weight not in LOSS_WEIGHTS:
+        raise SystemExit(f"--loss-weight must be {' or '.join(LOSS_WEIGHTS)}, not {s.loss_weight!r}")
     rt = setup(s.seed, s.device)
     out = Path(s.out)
     if rt.main:
@@ -137,7 +140,7 @@ def main(argv=None):
         w = uniform(generators, s.w_min, s.w_max).to(rt.device)
         with autocast(rt, s.precision):
             return distillation_loss(online, target, teacher, schedule, x0, context, uncontext, w,
-                                     s.original_steps, s.loss, generators)
+                                     s.original_steps, s.loss, generators, s.loss_weight)
 
     def after_step():  # step 7, when the target is a separate EMA copy (of the LoRA, or of a teacher)
         if s.ema_decay > 0:

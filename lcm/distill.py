@@ -92,9 +92,10 @@ def loss_weight(schedule: NoiseSchedule, t: torch.Tensor, kind: str = "uniform",
     if kind == "uniform":
         return torch.ones(t.shape, device=t.device)
     if kind == "sqrt_snr":
-        abar = schedule.alphas_cumprod
-        snr = (abar / (1 - abar)).sqrt()
-        return (snr[t.cpu()] / snr[ddim_grid(original_steps, schedule.steps)].mean()).to(t.device)
+        def sqrt_snr(steps):
+            alpha, sigma = schedule.alpha_sigma(steps)
+            return alpha / sigma
+        return (sqrt_snr(t) / sqrt_snr(ddim_grid(original_steps, schedule.steps)).mean()).to(t.device)
     raise ValueError(f"loss weight must be one of {LOSS_WEIGHTS}, not {kind!r}")
 
 

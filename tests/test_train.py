@@ -216,6 +216,21 @@ def test_resume_continues_exactly(world, tmp_path):
     assert [r["loss"] for r in a] == [r["loss"] for r in b]
 
 
+def test_stage1_loss_weight_scales_the_first_loss_by_the_drawn_timesteps_sqrt_snr(world, tmp_path):
+    """--loss-weight sqrt_snr: the same first draw (same seed), its loss times alpha_t / sigma_t at t_{n+k}."""
+    from lcm.distill import ddim_grid, loss_weight
+    losses = {}
+    for kind in ("uniform", "sqrt_snr"):
+        train_image.main(image_args(world, tmp_path / kind, "--steps", "1", "--lora-rank", "4",
+                                    "--loss-weight", kind))
+        losses[kind] = log_records(tmp_path / kind)[0]["loss"]
+    weights = loss_weight(NoiseSchedule("sqrt_beta_linear"), ddim_grid(50, 1000), "sqrt_snr")  # one per grid point
+    ratio = losses["sqrt_snr"] / losses["uniform"]
+    assert min(abs(ratio / weights - 1)) < 1e-4 and abs(ratio - 1) > 1e-3, (ratio, weights)
+    with pytest.raises(SystemExit, match="--loss-weight must be uniform or sqrt_snr"):
+        train_image.main(image_args(world, tmp_path / "bad", "--loss-weight", "snr"))
+
+
 def test_sigterm_leaves_a_checkpoint_that_resumes_to_the_same_weights(world, tmp_path):
     steps = "30"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

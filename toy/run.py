@@ -42,7 +42,9 @@ TOY_UNET = UNetConfig(block_out_channels=(64, 128), attention_levels=(True, True
                       cross_attention_dim=32, attention_heads=4, norm_groups=16)
 TOY_TEXT = TextEncoderConfig(width=32, layers=2, heads=4, mlp_width=64)  # frozen, random: a fixed embedding
 VAL_PROMPT = "a red circle moving left"
-DISTILL_FLAGS = ["--w-min", "2", "--w-max", "5", "--loss", "huber", "--val-prompt", VAL_PROMPT]  # stages 1, 2, direct
+# stages 1, 2 and direct: the loss weighted by lambda_n = alpha_t / sigma_t (README, toy section: why)
+DISTILL_FLAGS = ["--w-min", "2", "--w-max", "5", "--loss", "huber", "--loss-weight", "sqrt_snr",
+                 "--val-prompt", VAL_PROMPT]
 
 
 @dataclasses.dataclass
