@@ -22,8 +22,8 @@ sys.path.insert(0, str(ROOT))
 from sd15 import load_sd15  # noqa: E402
 from toy.classifier import frechet_distance, judge, real_reference, to_model  # noqa: E402
 from toy.evaluate import generate_batch, mean_std, prompts  # noqa: E402
-from toy.run import SHIPPED, TEACHER_GUIDANCE, load_classifier  # noqa: E402
-from toy.world import SEEN, sample_videos  # noqa: E402
+from toy.run import FRAMES, RESOLUTION, SHIPPED, TEACHER_GUIDANCE, load_classifier  # noqa: E402
+from toy.world import SEEN, sample_videos, write_dataset  # noqa: E402
 
 
 def models(run: Path | None, weights: Path, guidance: float = TEACHER_GUIDANCE) -> tuple[dict, Path]:
@@ -65,6 +65,28 @@ def row_name(name: str, steps: int) -> str:
 def report(name: str, values: list[float]) -> None:
     mean, std = mean_std(values)
     print(f"{name:<34} toy FVD {mean:6.1f} ± {std:4.1f}  per set {[round(v, 1) for v in values]}", flush=True)
+
+
+def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags toy/sweep_stage1.py and toy/sweep_stage2.py share (besides --out and --variant)."""
+    p.add_argument("--weights", default=str(ROOT / "toy" / "weights"), help="shipped toy weights (teacher, judge, ...)")
+    p.add_argument("--clips", type=int, default=2000, help="the training data: toy/run.py's, with seed 0")
+    p.add_argument("--sets", type=int, default=4)
+    p.add_argument("--count", type=int, default=96)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--skip-baselines", action="store_true", help="only the variants' rows")
+    p.add_argument("--json", default=None, help="also write the numbers here (after every row)")
+
+
+def sweep_setup(args) -> tuple:
+    """A sweep's data folder (written once, as toy/run.py writes it), judge, reference and prompt sets."""
+    weights, out = Path(args.weights), Path(args.out)
+    if not (out / "data" / "clips" / f"{args.clips - 1:05d}.gif").exists():
+        write_dataset(out / "data", args.clips, FRAMES, RESOLUTION, 0)
+    classifier = load_classifier(weights / "toy_classifier.safetensors")
+    reference = real_reference(classifier, 512, seed=321)
+    prompt_sets = [prompts(args.count, 80_000 + s, SEEN)[0] for s in range(args.sets)]  # as main's
+    return weights, out, classifier, reference, prompt_sets
 
 
 def main(argv=None) -> int:

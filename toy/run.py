@@ -94,6 +94,13 @@ def video(out: Path) -> list[str]:
             "--original-steps", str(ORIGINAL_STEPS)]
 
 
+def stage1_args(out: Path, stage: str, teacher: Path, b: Budget, seed: int, device: str) -> list[str]:
+    """train_image.py's stage-1 command line: image consistency distillation into a rank-16 spatial LoRA."""
+    return ["--sd15", str(teacher), "--data", str(out / "data" / "images"), "--lora-rank", "16", "--lora-alpha", "16",
+            "--original-steps", str(ORIGINAL_STEPS), *DISTILL_FLAGS,
+            *common(out, stage, b.stage1_steps, b.image_batch, seed, device, 1e-3)]
+
+
 def stage2_args(out: Path, stage: str, teacher: Path, teacher_motion: Path, lora: Path, b: Budget, steps: int,
                 seed: int, device: str) -> list[str]:
     """train_video.py's stage-2 command line: motion consistency distillation on the stage-1 LoRA."""
@@ -131,10 +138,7 @@ def stages(out: Path, b: Budget, seed: int, device: str) -> dict:
         "teacher_motion": (teacher_motion, lambda: train_video.main([
             "--objective", "diffusion", "--sd15", str(teacher), "--ema-decay", "0.99", *teacher_flags, *video(out),
             *common(out, "teacher_motion", b.teacher_motion_steps, b.video_batch, seed, device, 1e-3)])),
-        "stage1": (lora, lambda: train_image.main([
-            "--sd15", str(teacher), "--data", str(d / "images"), "--lora-rank", "16", "--lora-alpha", "16",
-            "--original-steps", str(ORIGINAL_STEPS), *DISTILL_FLAGS,
-            *common(out, "stage1", b.stage1_steps, b.image_batch, seed, device, 1e-3)])),
+        "stage1": (lora, lambda: train_image.main(stage1_args(out, "stage1", teacher, b, seed, device))),
         "stage2": (student, lambda: train_video.main(
             stage2_args(out, "stage2", teacher, teacher_motion, lora, b, b.stage2_steps, seed, device))),
         "stage2_plain_init": (out / "stage2_plain_init" / "motion_module.safetensors", lambda: train_video.main([

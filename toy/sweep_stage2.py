@@ -28,12 +28,8 @@ sys.path.insert(0, str(ROOT))
 
 import train_video  # noqa: E402
 from sd15 import load_sd15  # noqa: E402
-from toy.classifier import real_reference  # noqa: E402
-from toy.compare import measure, report, row_name  # noqa: E402
-from toy.evaluate import prompts  # noqa: E402
-from toy.run import (FRAMES, ORIGINAL_STEPS, RESOLUTION, TEACHER_GUIDANCE, Budget, load_classifier,  # noqa: E402
-                     stage2_args)
-from toy.world import SEEN, write_dataset  # noqa: E402
+from toy.compare import add_sweep_arguments, measure, report, row_name, sweep_setup  # noqa: E402
+from toy.run import ORIGINAL_STEPS, TEACHER_GUIDANCE, Budget, stage2_args  # noqa: E402
 from training import load_checkpoint  # noqa: E402
 
 DEFAULT_VARIANTS = ["toy/run.py's stage 2=", "lr 1e-4=--lr 1e-4", "fixed w 3.5=--w-min 3.5 --w-max 3.5",
@@ -42,29 +38,17 @@ DEFAULT_VARIANTS = ["toy/run.py's stage 2=", "lr 1e-4=--lr 1e-4", "fixed w 3.5=-
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--weights", default=str(ROOT / "toy" / "weights"), help="shipped toy weights (teacher, LoRA, judge)")
     p.add_argument("--out", default=str(ROOT / "runs" / "sweep_stage2"), help="data/ and one folder per variant")
     p.add_argument("--variant", action="append", default=None, metavar="NAME=FLAGS",
                    help="a name and train_video.py flags added to stage 2's (repeatable)")
     p.add_argument("--steps", type=int, nargs="+", default=[Budget().stage2_steps],
                    help="stage-2 training steps (several: measure the same run at each)")
-    p.add_argument("--clips", type=int, default=2000)
-    p.add_argument("--sets", type=int, default=4)
-    p.add_argument("--count", type=int, default=96)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--skip-baselines", action="store_true", help="only the variants' rows")
-    p.add_argument("--json", default=None, help="also write the numbers here (after every row)")
+    add_sweep_arguments(p)
     args = p.parse_args(argv)
-    weights, out = Path(args.weights), Path(args.out)
+    weights, out, classifier, reference, prompt_sets = sweep_setup(args)
     sd, teacher_motion = weights / "toy_sd15.safetensors", weights / "toy_teacher_motion.safetensors"
     lora_file = weights / "toy_lcm_lora.safetensors"
     lora = [(lora_file, 1.0)]
-    if not (out / "data" / "clips" / f"{args.clips - 1:05d}.gif").exists():
-        write_dataset(out / "data", args.clips, FRAMES, RESOLUTION, 0)  # toy/run.py's data (seed 0)
-
-    classifier = load_classifier(weights / "toy_classifier.safetensors")
-    reference = real_reference(classifier, 512, seed=321)
-    prompt_sets = [prompts(args.count, 80_000 + s, SEEN)[0] for s in range(args.sets)]
     rows = {}
 
     def row(name, model, sampler, guidance, steps, original_steps=ORIGINAL_STEPS):
