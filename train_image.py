@@ -30,7 +30,7 @@ from lcm.ema import ema_update
 from lcm.schedule import NoiseSchedule
 from sd15 import load_sd15, save_sd15
 from training import (autocast, drop_captions, encode_latents, load_checkpoint, parse_settings, rng_state,
-                      save_checkpoint, set_rng_state, setup, teardown, train_loop, uniform)
+                      require_one_of, save_checkpoint, set_rng_state, setup, teardown, train_loop, uniform)
 from unet.lora import LoRANetwork
 
 
@@ -71,11 +71,9 @@ class Settings:
 
 def main(argv=None):
     s = parse_settings(Settings, argv, __doc__.split("\n")[0])
-    if s.objective not in ("consistency", "diffusion"):
-        raise SystemExit(f"--objective must be consistency or diffusion, not {s.objective!r}")
+    require_one_of("--objective", s.objective, ("consistency", "diffusion"))
     distill = s.objective == "consistency"
-    if s.loss_weight not in LOSS_WEIGHTS:
-        raise SystemExit(f"--loss-weight must be {' or '.join(LOSS_WEIGHTS)}, not {s.loss_weight!r}")
+    require_one_of("--loss-weight", s.loss_weight, LOSS_WEIGHTS)
     rt = setup(s.seed, s.device)
     out = Path(s.out)
     if rt.main:

@@ -34,7 +34,7 @@ from lcm.ema import ema_update
 from lcm.schedule import NoiseSchedule
 from sd15 import StableDiffusion, load_sd15
 from training import (autocast, drop_captions, encode_latents, load_checkpoint, parse_settings, rng_state,
-                      save_checkpoint, set_rng_state, setup, teardown, train_loop, uniform)
+                      require_one_of, save_checkpoint, set_rng_state, setup, teardown, train_loop, uniform)
 from unet.load import add_motion_modules, save_motion_module
 from unet.lora import LoRANetwork
 
@@ -82,13 +82,10 @@ class Settings:
 
 def main(argv=None):
     s = parse_settings(Settings, argv, __doc__.split("\n")[0])
-    if s.objective not in ("consistency", "diffusion"):
-        raise SystemExit(f"--objective must be consistency or diffusion, not {s.objective!r}")
+    require_one_of("--objective", s.objective, ("consistency", "diffusion"))
     distill = s.objective == "consistency"
-    if s.loss_weight not in LOSS_WEIGHTS:
-        raise SystemExit(f"--loss-weight must be {' or '.join(LOSS_WEIGHTS)}, not {s.loss_weight!r}")
-    if s.init not in ("animatelcm", "plain"):
-        raise SystemExit(f"--init must be animatelcm or plain, not {s.init!r}")
+    require_one_of("--loss-weight", s.loss_weight, LOSS_WEIGHTS)
+    require_one_of("--init", s.init, ("animatelcm", "plain"))
     if distill and not s.direct and not s.lora:
         raise SystemExit("--lora (the stage-1 spatial LoRA from train_image.py) is required, or use --direct true")
     if distill and not s.teacher_motion:

@@ -38,6 +38,12 @@ def parse_settings(cls, argv=None, description: str = ""):
     return cls(**vars(parser.parse_args(argv)))
 
 
+def require_one_of(flag: str, value: str, choices) -> None:
+    """A clear error for a setting outside its choices, before any model is loaded."""
+    if value not in choices:
+        raise SystemExit(f"{flag} must be {' or '.join(choices)}, not {value!r}")
+
+
 @dataclasses.dataclass
 class Runtime:
     device: torch.device

@@ -26,6 +26,11 @@ from toy.run import FRAMES, RESOLUTION, SHIPPED, TEACHER_GUIDANCE, load_classifi
 from toy.world import SEEN, sample_videos, write_dataset  # noqa: E402
 
 
+def seen_prompt_sets(count: int, sets: int) -> list[list[str]]:
+    """The seen-prompt sets every row is measured on (set s drawn with seed 80000 + s)."""
+    return [prompts(count, 80_000 + s, SEEN)[0] for s in range(sets)]
+
+
 def models(run: Path | None, weights: Path, guidance: float = TEACHER_GUIDANCE) -> tuple[dict, Path]:
     """Teacher (sampled with classifier-free `guidance`), image-only LCM and AnimateLCM, and the judge's
     file: from a toy/run.py folder, or (run=None) from shipped weights. A run folder whose one-stage
@@ -85,8 +90,7 @@ def sweep_setup(args) -> tuple:
         write_dataset(out / "data", args.clips, FRAMES, RESOLUTION, 0)
     classifier = load_classifier(weights / "toy_classifier.safetensors")
     reference = real_reference(classifier, 512, seed=321)
-    prompt_sets = [prompts(args.count, 80_000 + s, SEEN)[0] for s in range(args.sets)]  # as main's
-    return weights, out, classifier, reference, prompt_sets
+    return weights, out, classifier, reference, seen_prompt_sets(args.count, args.sets)
 
 
 def main(argv=None) -> int:
@@ -110,7 +114,7 @@ def main(argv=None) -> int:
         videos, _, _ = sample_videos(args.count, 90_000 + s, SEEN)
         real.append(frechet_distance(judge(classifier, to_model(videos))[0], reference))
     rows = {"real clips (floor)": real}
-    prompt_sets = [prompts(args.count, 80_000 + s, SEEN)[0] for s in range(args.sets)]  # shared by every row
+    prompt_sets = seen_prompt_sets(args.count, args.sets)  # shared by every row
     runs = [(name, steps) for steps in args.steps for name in found] + \
         [("teacher DDIM", steps) for steps in args.teacher_steps if steps not in args.steps]
     for name, steps in runs:
