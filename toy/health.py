@@ -1,0 +1,87 @@
+"""Is a toy model following its prompts? Per-attribute accuracy of a fixed batch of samples, by the
+pixel detector (cheap, no learned weights), at a few and at many steps.
+
+    python toy/health.py --sd15 runs/toy/teacher_image/model.safetensors                  # image teacher: stills
+    python toy/health.py --sd15 ... --motion runs/toy/teacher_motion/motion_module.safetensors
+    python toy/health.py --sd15 ... --motion runs/toy/stage2/motion_module.safetensors \\
+        --lora runs/toy/stage1/lora.safetensors --sampler lcm --guidance 1
+
+The training scripts call `prompt_following` at every validation when given `--val-score toy`, and
+write its numbers into log.jsonl, so a run that is not learning the prompt shows it within minutes.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from toy.classifier import ATTRIBUTES, labels  # noqa: E402
+from toy.detect import detect, detect_stills  # noqa: E402
+from toy.world import HELD_OUT, SEEN, caption  # noqa: E402
+
+
+def fixed_prompts(combos=SEEN, repeats: int = 1) -> tuple[list[str], dict[str, torch.Tensor]]:
+    """Every combination `repeats` times, in a fixed order: (captions, labels)."""
+    clips = [dict(zip(ATTRIBUTES, c)) for c in combos] * repeats
+    target = {k: torch.tensor([ATTRIBUTES[k].index(c[k]) for c in clips]) for k in ATTRIBUTES}
+    return [caption(*(c[k] for k in ATTRIBUTES)) for c in clips], target
+
+
+def scores(preds: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Share of samples right on each attribute, and on all three together."""
+    right = {k: preds[k] == target[k] for k in ATTRIBUTES}
+    out = {k: round(float(v.float().mean()), 3) for k, v in right.items()}
+    out["all"] = round(float(torch.stack(list(right.values())).all(0).float().mean()), 3)
+    return out
+
+
+@torch.no_grad()
+def prompt_following(model, steps: int, sampler: str, guidance: float, frames: int = 8, resolution: int = 32,
+                     combos=SEEN, repeats: int = 1, seed: int = 0, original_steps: int = 50) -> dict[str, float]:
+    """Per-attribute accuracy of samples of every combination (frames=1: stills of an image model,
+    whose direction is read from the trail; otherwise videos, whose direction is their motion)."""
+    from toy.evaluate import generate_batch
+    captions, target = fixed_prompts(combos, repeats)
+    videos = generate_batch(model, captions, steps, sampler, guidance, seed, frames, resolution, original_steps)
+    preds = detect_stills(videos[:, :, 0]) if frames == 1 else detect(videos)
+    return scores(preds, target)
+
+
+def validation_record(model, objective: str, frames: int, original_steps: int = 50) -> dict:
+    """What the training scripts log with `--val-score toy`: seen-prompt accuracy at a few and at many
+    steps (a consistency model: LCM at 1 and 4 steps, no guidance; a teacher: DDIM at 4 and 25 steps
+    with the toy teacher's guidance)."""
+    from toy.run import TEACHER_GUIDANCE
+    runs = (("lcm", 1, 1.0), ("lcm", 4, 1.0)) if objective == "consistency" else \
+        (("ddim", 4, TEACHER_GUIDANCE), ("ddim", 25, TEACHER_GUIDANCE))
+    return {f"toy_{sampler}_{steps}": prompt_following(model, steps, sampler, guidance, frames,
+                                                        original_steps=original_steps)
+            for sampler, steps, guidance in runs}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--sd15", required=True)
+    p.add_argument("--motion", help="a motion module: measure videos (without: stills of the image model)")
+    p.add_argument("--lora", help="a spatial LoRA, merged at scale 1")
+    p.add_argument("--sampler", default="ddim", choices=["ddim", "dpmpp_2m", "lcm"])
+    p.add_argument("--guidance", type=float, default=4.5)
+    p.add_argument("--steps", type=int, nargs="+", default=[4, 50])
+    p.add_argument("--repeats", type=int, default=2, help="samples per combination")
+    args = p.parse_args(argv)
+    from sd15 import load_sd15
+    model = load_sd15(args.sd15, args.motion, [(args.lora, 1.0)] if args.lora else [])
+    frames = 8 if args.motion else 1
+    for name, combos in (("seen", SEEN), ("held-out", HELD_OUT)):
+        for steps in args.steps:
+            r = prompt_following(model, steps, args.sampler, args.guidance, frames, combos=combos,
+                                 repeats=args.repeats)
+            print(f"{name:>8} {steps:>2} {args.sampler} steps: " + "  ".join(f"{k} {v:.2f}" for k, v in r.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
