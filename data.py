@@ -8,11 +8,14 @@ relative to the folder. A sidecar wins over the manifest.
 
 The sampler yields *keys*, not indices: dataset[key] reads item key % len(dataset) and seeds its
 clip's start frame with key, so every epoch sees another clip of each video, identically on resume.
-Unreadable files are skipped with a warning (see `CaptionFolder.__getitem__`), never fatal.
+Unreadable files and clips shorter than the frames asked for are skipped with a warning (see
+`CaptionFolder.__getitem__`), never fatal. A missing, empty or caption-less folder, or a malformed
+manifest, is a `UserError` when the dataset is made, before any model loads.
 """
 from __future__ import annotations
 
 import csv
+import io
 import json
 import warnings
 from pathlib import Path
@@ -21,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cli import UserError
 from video_io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, resize_crop, to_model
 
 CAPTION_FORMATS = ("a NAME.txt beside each file, or a captions.csv (columns file,caption) or "
@@ -28,19 +32,43 @@ CAPTION_FORMATS = ("a NAME.txt beside each file, or a captions.csv (columns file
 
 
 def read_manifest(folder: Path) -> dict[str, str]:
-    """{relative path: caption} from captions.csv and captions.jsonl, where present."""
+    """{relative path: caption} from captions.csv and captions.jsonl, where present; a malformed
+    manifest is a UserError naming the file and the line."""
     captions = {}
-    if (folder / "captions.csv").exists():
-        with open(folder / "captions.csv", newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
+    csv_file, jsonl_file = folder / "captions.csv", folder / "captions.jsonl"
+    if csv_file.exists():
+        reader = csv.DictReader(io.StringIO(read_text(csv_file), newline=""))
+        try:
             if not {"file", "caption"} <= set(reader.fieldnames or ()):
-                raise ValueError(f"{folder / 'captions.csv'}: needs a header row with the columns file,caption")
-            captions.update({Path(row["file"]).as_posix(): row["caption"] for row in reader if row["caption"]})
-    if (folder / "captions.jsonl").exists():
-        lines = (folder / "captions.jsonl").read_text(encoding="utf-8").splitlines()
-        rows = [json.loads(line) for line in lines if line.strip()]
-        captions.update({Path(row["file"]).as_posix(): row["caption"] for row in rows})
+                raise UserError(f"{csv_file}: needs a header row with the columns file,caption")
+            for row in reader:
+                if row["file"] is None or row["caption"] is None:
+                    raise UserError(f"{csv_file}, line {reader.line_num}: needs two columns, file,caption "
+                                    "(quote a caption that holds a comma)")
+                if row["caption"]:
+                    captions[Path(row["file"]).as_posix()] = row["caption"]
+        except csv.Error as e:
+            raise UserError(f"{csv_file}, line {reader.line_num}: {e}") from e
+    if jsonl_file.exists():
+        for number, line in enumerate(read_text(jsonl_file).splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{jsonl_file}, line {number}: not JSON ({e.msg}); each line must be "
+                                '{"file": ..., "caption": ...}') from e
+            if not (isinstance(row, dict) and isinstance(row.get("file"), str) and isinstance(row.get("caption"), str)):
+                raise UserError(f'{jsonl_file}, line {number}: needs the text fields "file" and "caption"')
+            captions[Path(row["file"]).as_posix()] = row["caption"]
     return captions
+
+
+def read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from e
 
 
 def load_image(path: Path) -> np.ndarray:
@@ -94,10 +122,14 @@ def read_frames(path: Path, indices: list[int]) -> np.ndarray:
     return np.stack(frames)
 
 
+class ShortClip(ValueError):
+    """A clip with fewer frames than asked for: skipped like an unreadable one, but not called corrupt."""
+
+
 def clip_indices(length: int, frames: int, stride: int, generator: torch.Generator) -> list[int]:
     """`frames` indices `stride` apart from a random start; the largest stride that fits if too short."""
     if length < frames:
-        raise ValueError(f"only {length} frames, need {frames}")
+        raise ShortClip(f"only {length} frames, need {frames}")
     stride = max(1, min(stride, (length - 1) // max(1, frames - 1)))
     span = (frames - 1) * stride + 1
     start = int(torch.randint(length - span + 1, (), generator=generator))
@@ -122,29 +154,29 @@ def listing(names: list[str]) -> str:
 
 class CaptionFolder(torch.utils.data.Dataset):
     """The files `find(folder)` lists, with their captions; subclasses `load(path, key)` one."""
-    kind = "files"
+    kind, looked_for = "files", "files"
 
     def __init__(self, folder, find):
         self.folder = Path(folder)
         if not self.folder.is_dir():
-            raise FileNotFoundError(f"{self.folder}: no such folder")
+            raise UserError(f"{self.folder}: no such folder")
         self.files: list[Path] = find(self.folder)
         if not self.files:
-            raise ValueError(f"{self.folder}: no {self.kind} found")
+            raise UserError(f"{self.folder}: no {self.kind} found ({self.looked_for}; hidden files are left out)")
         manifest = read_manifest(self.folder)
         self.captions, missing = {}, []
         for path in self.files:
             sidecar = path.parent / f"{path.name if path.is_dir() else path.stem}.txt"
             name = path.relative_to(self.folder).as_posix()
             if sidecar.exists():
-                self.captions[path] = sidecar.read_text(encoding="utf-8").strip()
+                self.captions[path] = read_text(sidecar).strip()
             elif name in manifest:
                 self.captions[path] = manifest[name].strip()
             else:
                 missing.append(name)
         if missing:
-            raise ValueError(f"{len(missing)} of {len(self.files)} {self.kind} in {self.folder} have no caption "
-                             f"({listing(missing)}); give them {CAPTION_FORMATS}")
+            raise UserError(f"{len(missing)} of {len(self.files)} {self.kind} in {self.folder} have no caption "
+                            f"({listing(missing)}); give them {CAPTION_FORMATS}")
         self.skipped: set[Path] = set()  # unreadable files met by this process
 
     def load(self, path: Path, key: int) -> dict:
@@ -163,15 +195,17 @@ class CaptionFolder(torch.utils.data.Dataset):
                 return self.load(path, key + offset)
             except Exception as e:
                 self.skipped.add(path)
-                warnings.warn(f"skipping corrupt file {path} ({type(e).__name__}: {e}); "
-                              f"{len(self.skipped)} skipped so far", stacklevel=2)
-        raise RuntimeError(f"none of the {len(self.files)} {self.kind} in {self.folder} could be read "
-                           f"(see the warnings above)")
+                why = f"short clip {path} ({e})" if isinstance(e, ShortClip) else \
+                    f"corrupt file {path} ({type(e).__name__}: {e})"
+                warnings.warn(f"skipping {why}; {len(self.skipped)} skipped so far", stacklevel=2)
+        raise UserError(f"none of the {len(self.files)} {self.kind} in {self.folder} could be read "
+                        f"(see the warnings above)")
 
 
 class ImageCaptionDataset(CaptionFolder):
     """Images (searched recursively) -> {"pixels": float [3, size, size] in [-1, 1], "caption": str}."""
     kind = "images"
+    looked_for = f"image files {', '.join(IMAGE_SUFFIXES)}, in sub-folders too"
 
     def __init__(self, folder, size: int = 512):
         self.size = size
@@ -190,6 +224,7 @@ class VideoCaptionDataset(CaptionFolder):
     (any video suffix or a frame folder), read at the same frame indices.
     """
     kind = "videos"
+    looked_for = f"video files {', '.join(VIDEO_SUFFIXES)} or sub-folders of frame images"
 
     def __init__(self, folder, frames: int = 16, stride: int = 4, size: int = 256, seed: int = 0,
                  control_folder=None):
@@ -200,13 +235,13 @@ class VideoCaptionDataset(CaptionFolder):
         if control_folder is not None:
             control_folder = Path(control_folder)
             if not control_folder.is_dir():
-                raise FileNotFoundError(f"{control_folder}: no such folder")
+                raise UserError(f"{control_folder}: no such folder")
             by_stem = {p.stem if p.is_file() else p.name: p for p in list_videos(control_folder)}
             stems = {p: p.stem if p.is_file() else p.name for p in self.files}
             missing = [p.name for p in self.files if stems[p] not in by_stem]
             if missing:
-                raise ValueError(f"{len(missing)} of {len(self.files)} videos have no control video of the same "
-                                 f"name in {control_folder}: {listing(missing)}")
+                raise UserError(f"{len(missing)} of {len(self.files)} videos have no control video of the same "
+                                f"name in {control_folder}: {listing(missing)}")
             self.controls = {p: by_stem[stems[p]] for p in self.files}
 
     def load(self, path: Path, key: int) -> dict:

@@ -4,9 +4,18 @@ The pieces in order: prompts -> text states; initial latents from a seeded CPU g
 the same shapes and order as diffusers' AnimateDiffPipeline, so a seed gives the same video);
 a sampler from `lcm/` over a model callable (UNet + classifier-free guidance); VAE decode in frame
 chunks. Samplers never see the UNet; the callable built here is all they know.
+
+Video-to-video has two conventions for `strength` S (`Request.strength_convention`):
+* "lcm" (default), AnimateLCM's and LCMScheduler.set_timesteps(strength=S)'s: all `steps` LCM steps on
+  the least noisy S share of the LCM grid; the noise is drawn before the source's posterior sample.
+* "diffusers", AnimateDiffVideoToVideoPipeline's: the last int(steps * S) steps of the full schedule;
+  the posterior sample is drawn first, then the noise (in diffusers' [B, F, C, h, w] layout), so a seed
+  gives diffusers' video.
+DDIM and DPM-Solver++ keep the last int(steps * S) steps of their schedule in both; only the draws differ.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -14,12 +23,13 @@ from typing import Callable
 import torch
 
 from lcm.context import blend_windows
-from lcm.sampler import (ddim_timesteps, dpmpp_timesteps, lcm_timesteps, sample_ddim, sample_dpmpp_2m,
-                         sample_lcm)
+from lcm.sampler import (ddim_timesteps, dpmpp_timesteps, keep_last, lcm_timesteps, sample_ddim,
+                         sample_dpmpp_2m, sample_lcm)
 from lcm.schedule import NoiseSchedule
 from sd15 import StableDiffusion
 
 SAMPLERS = ("lcm", "ddim", "dpmpp_2m")
+STRENGTH_CONVENTIONS = ("lcm", "diffusers")
 
 
 @dataclass
@@ -40,6 +50,7 @@ class Request:
     motion_scale: float = 0.8
     video: torch.Tensor | None = None  # V2V: [1, 3, F, H, W] in [-1, 1]
     strength: float = 0.6
+    strength_convention: str = "lcm"  # V2V: "lcm" (AnimateLCM's) or "diffusers" (see the module docstring)
     control: torch.Tensor | None = None  # ControlNet: per-frame control images [1, 3, F, H, W] in [0, 1]
     control_scale: float = 1.0
     context_frames: int | None = None  # long videos: window length (default: the motion module's)
@@ -79,8 +90,15 @@ def check_request(model: StableDiffusion, r: Request) -> None:
                             f"width of the request), got {list(r.control.shape)}")
         if r.context_frames:
             problems.append("control images and context windows (--context-frames) cannot be combined yet")
+    if r.strength_convention not in STRENGTH_CONVENTIONS:
+        problems.append(f"strength convention must be one of {STRENGTH_CONVENTIONS} (got {r.strength_convention!r})")
     if r.video is not None and not 0 < r.strength <= 1:
         problems.append(f"strength must be in (0, 1] (got {r.strength})")
+    if not problems:
+        try:
+            request_timesteps(r)
+        except ValueError as e:
+            problems.append(str(e))
     if problems:
         raise ValueError("; ".join(problems))
 
@@ -134,13 +152,20 @@ def generate(model: StableDiffusion, r: Request, timings: dict | None = None) ->
     start = time.perf_counter()
     generator = torch.Generator("cpu").manual_seed(r.seed)
     shape = (1, unet.cfg.in_channels, r.frames, r.height // vae_scale(vae), r.width // vae_scale(vae))
-    noise = torch.randn(shape, generator=generator, dtype=dtype).to(device)  # as diffusers' randn_tensor
-    timesteps = _timesteps(r)
-    if r.video is not None:  # SDEdit-style: the source video noised to the first timestep
-        source = vae.encode_video(r.video.to(vae_device(vae), vae_dtype(vae)), generator=generator)
-        latents = r.schedule.add_noise(source.to(device, dtype), noise, timesteps[0])
-    else:
-        latents = noise
+    timesteps = request_timesteps(r)
+    if r.video is None:
+        latents = torch.randn(shape, generator=generator, dtype=dtype).to(device)  # as diffusers' randn_tensor
+    else:  # SDEdit-style: the source video noised to the first timestep
+        def encode():
+            return vae.encode_video(r.video.to(vae_device(vae), vae_dtype(vae)), generator=generator)
+        if r.strength_convention == "diffusers":  # the posterior sample first, then noise drawn [B, F, C, h, w]
+            source = encode()
+            b, c, f, h, w = shape
+            noise = torch.randn((b, f, c, h, w), generator=generator, dtype=dtype).transpose(1, 2)
+        else:
+            noise = torch.randn(shape, generator=generator, dtype=dtype)
+            source = encode()
+        latents = r.schedule.add_noise(source.to(device, dtype), noise.to(device), timesteps[0])
     image_latent = None
     if r.image is not None:  # I2V: the first frame's latent, the same for every frame
         image_latent = vae.encode(r.image.to(vae_device(vae), vae_dtype(vae))).sample(generator)
@@ -152,7 +177,8 @@ def generate(model: StableDiffusion, r: Request, timings: dict | None = None) ->
         denoiser = blend_windows(denoiser, r.frames, r.context_frames or unet.cfg.motion_max_frames,
                                  r.context_overlap)
     sample = {"lcm": sample_lcm, "ddim": sample_ddim, "dpmpp_2m": sample_dpmpp_2m}[r.sampler]
-    extra = {"generator": generator} if r.sampler == "lcm" else {}
+    # DDIM's stride is the full schedule's, also when strength keeps only its last steps
+    extra = {"lcm": {"generator": generator}, "ddim": {"full_steps": r.steps}}.get(r.sampler, {})
     latents = sample(denoiser, latents, r.schedule, timesteps, progress=r.progress, **extra)
     if not torch.isfinite(latents).all():
         raise FloatingPointError("the sampler produced non-finite latents (NaN/inf); try --dtype fp32 or bf16, "
@@ -168,13 +194,20 @@ def generate(model: StableDiffusion, r: Request, timings: dict | None = None) ->
     return video
 
 
-def _timesteps(r: Request) -> list[int]:
-    if r.sampler == "lcm":
+def request_timesteps(r: Request) -> list[int]:
+    """The sampler's timesteps; for V2V as `r.strength_convention` says (see the module docstring)."""
+    if r.sampler == "lcm" and (r.video is None or r.strength_convention == "lcm"):
         return lcm_timesteps(r.steps, r.original_steps, r.strength if r.video is not None else 1.0)
-    timesteps = ddim_timesteps(r.steps) if r.sampler == "ddim" else dpmpp_timesteps(r.steps)
-    if r.video is not None:  # keep the last `strength` share of the steps
-        timesteps = timesteps[len(timesteps) - max(1, round(r.steps * r.strength)):]
-    return timesteps
+    timesteps = {"lcm": lambda: lcm_timesteps(r.steps, r.original_steps), "ddim": lambda: ddim_timesteps(r.steps),
+                 "dpmpp_2m": lambda: dpmpp_timesteps(r.steps)}[r.sampler]()
+    if r.video is None:
+        return timesteps
+    kept = keep_last(timesteps, r.strength)
+    if not kept:
+        least = math.ceil(1000 / r.steps) / 1000
+        raise ValueError(f"strength {r.strength} keeps int({r.steps} * {r.strength}) = 0 of the {r.steps} "
+                         f"{r.sampler} steps; raise --strength to at least {least:g} or use more --steps")
+    return kept
 
 
 def vae_scale(vae) -> int:

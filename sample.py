@@ -13,11 +13,16 @@ work. Weights are never downloaded: pass the files you have.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+import cli
+from cli import UserError, device_problem
+from video_io import output_problem
 
 ROOT = Path(__file__).resolve().parent
 TOY = {"sd15": ROOT / "toy" / "weights" / "toy_sd15.safetensors",
@@ -48,6 +53,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--width", type=int, default=None, help="default 512 (the toy model: 32)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fps", type=int, default=8)
+    p.add_argument("--upscale", type=int, default=None,
+                   help="write the video N times larger, nearest-neighbour; default 8 for the bundled toy model "
+                        "(32 -> 256 pixels, viewable), else 1; --upscale 1 writes the native size")
     p.add_argument("--out", default="out.gif", help=".gif, .mp4, .webp, or a folder name for PNG frames")
     p.add_argument("--sd15", help="SD1.5 checkpoint: single file or diffusers folder")
     p.add_argument("--motion", help="motion module: AnimateLCM t2v/i2v, AnimateDiff v1/v2/v3")
@@ -65,6 +73,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--motion-scale", type=float, default=0.8, help="I2V: 0 = still, larger = more motion")
     p.add_argument("--video", help="video-to-video: source video file or folder of frames")
     p.add_argument("--strength", type=float, default=0.6, help="V2V: how much of the source is replaced")
+    p.add_argument("--strength-convention", default="lcm", choices=["lcm", "diffusers"],
+                   help="V2V: lcm = all steps on the truncated LCM grid (AnimateLCM's); diffusers = the last "
+                        "int(steps * strength) steps, as AnimateDiffVideoToVideoPipeline (same seed, same video)")
     p.add_argument("--controlnet", help="ControlNet-1.1 SD1.5 file (or diffusers ControlNet folder)")
     p.add_argument("--controlnet-lora", help="a LoRA for the ControlNet, as train_adapter.py writes it")
     p.add_argument("--control", help="control video (file or folder of frames), one image per frame")
@@ -79,8 +90,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    """The command line as a function: returns its exit code; a known problem (a bad flag, file or
+    output location) is one line on stderr and code 2, before any weights are read (cli.py)."""
+    return cli.run(generate_video, argv)
+
+
+def generate_video(argv=None) -> int:
     args = parse_args(argv)
-    defaults = dict(DEFAULTS)
+    defaults = dict(DEFAULTS, upscale=1)
     if args.sd15 is None:
         if not TOY["sd15"].exists():
             print(NO_WEIGHTS)
@@ -93,43 +110,47 @@ def main(argv=None) -> int:
         if not args.lora:
             args.lora, args.lora_scale = [str(TOY["lora"])], args.lora_scale or [toy["lora_scale"]]
         args.original_steps = args.original_steps or toy["original_steps"]
+        defaults["upscale"] = 8
         if args.image is None and args.video is None:  # the toy world speaks one language: check the prompt
             from toy.world import parse_caption
             try:
                 parse_caption(args.prompt)
             except ValueError as e:
-                print(f"error: {e}", file=sys.stderr)
-                return 2
+                raise UserError(f"--prompt: {e}") from e
     for k, v in defaults.items():
-        setattr(args, k, getattr(args, k) or v)
+        if getattr(args, k) is None:  # an explicit 0 is an error below, not the default
+            setattr(args, k, v)
     height, width = args.height, args.width
-    try:
-        check_args(args, height, width)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    check_args(args, height, width)
 
     from lcm.schedule import NoiseSchedule
     from pipeline import Request, generate
     from sd15 import load_sd15
-    from video_io import read_image, read_video, resize_crop, to_model, to_uint8, write_video
-    from weights import CheckpointError
+    from video_io import old_frames, read_image, read_video, resize_crop, to_model, to_uint8, write_video
+
+    # the input images and videos are read (and refused if unreadable) before any weights
+    image = to_model(resize_crop(read_image(args.image)[None], height, width))[:, :, 0] if args.image else None
+    source = control = None
+    if args.video:
+        source = read_video(args.video, max_frames=args.frames)
+        if len(source) < args.frames:
+            raise UserError(f"--video {args.video} has {len(source)} frames, fewer than --frames {args.frames}")
+    if args.control:
+        control = read_video(args.control, max_frames=args.frames)
+        if len(control) < args.frames:
+            raise UserError(f"--control {args.control} has {len(control)} frames, fewer than --frames {args.frames}")
 
     start = time.perf_counter()
-    try:
-        dtype = DTYPES[args.dtype or ("fp16" if args.device.startswith("cuda") else "fp32")]
-        scales = args.lora_scale + [0.8] * (len(args.lora) - len(args.lora_scale))
-        model = load_sd15(args.sd15, args.motion, list(zip(args.lora, scales)),
-                          device=args.device, dtype=dtype, vae_dtype=DTYPES[args.vae_dtype])
-        if args.controlnet:
-            from unet.controlnet import load_controlnet
-            from unet.lora import LoRANetwork
-            model.controlnet = load_controlnet(args.controlnet, device=args.device, dtype=dtype).eval()
-            if args.controlnet_lora:
-                LoRANetwork.load(model.controlnet, args.controlnet_lora).merge()
-    except (CheckpointError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    dtype = DTYPES[args.dtype or ("fp16" if args.device.startswith("cuda") else "fp32")]
+    scales = args.lora_scale + [0.8] * (len(args.lora) - len(args.lora_scale))
+    model = load_sd15(args.sd15, args.motion, list(zip(args.lora, scales)),
+                      device=args.device, dtype=dtype, vae_dtype=DTYPES[args.vae_dtype])
+    if args.controlnet:
+        from unet.controlnet import load_controlnet
+        from unet.lora import LoRANetwork
+        model.controlnet = load_controlnet(args.controlnet, device=args.device, dtype=dtype).eval()
+        if args.controlnet_lora:
+            LoRANetwork.load(model.controlnet, args.controlnet_lora).merge()
     load_time = time.perf_counter() - start
 
     i2v = model.unet.img_encoder is not None  # AnimateLCM-I2V: its own schedule and grid by default
@@ -139,43 +160,55 @@ def main(argv=None) -> int:
                       sampler=args.sampler, schedule=schedule,
                       original_steps=args.original_steps or (200 if i2v else 100), clip_skip=args.clip_skip,
                       motion_scale=args.motion_scale, strength=args.strength,
+                      strength_convention=args.strength_convention,
                       context_frames=args.context_frames, context_overlap=args.context_overlap,
                       decode_chunk=args.decode_chunk)
-    if args.image:
-        request.image = to_model(resize_crop(read_image(args.image)[None], height, width))[:, :, 0]
-    if args.video:
-        source = read_video(args.video, max_frames=args.frames)
-        if len(source) < args.frames:
-            print(f"error: {args.video} has {len(source)} frames, fewer than --frames {args.frames}", file=sys.stderr)
-            return 2
+    request.image = image
+    if source is not None:
         request.video = to_model(resize_crop(source, height, width))
-    if args.control:
-        control = read_video(args.control, max_frames=args.frames)
-        if len(control) < args.frames:
-            print(f"error: {args.control} has {len(control)} frames, fewer than --frames {args.frames}", file=sys.stderr)
-            return 2
+    if control is not None:
         request.control, request.control_scale = (to_model(resize_crop(control, height, width)) + 1) / 2, args.control_scale
     timings = {}
     try:
         video = generate(model, request, timings)
-    except (ValueError, FloatingPointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    out = write_video(to_uint8(video), args.out, args.fps)
-    print(f"wrote {out} ({args.frames} frames, {width}x{height}, {args.fps} fps, {args.steps} {args.sampler} steps)")
+    except (ValueError, FloatingPointError) as e:  # the request's checks against the loaded model
+        raise UserError(str(e)) from e
+    earlier = old_frames(args.out)
+    frames = to_uint8(video).repeat(args.upscale, axis=1).repeat(args.upscale, axis=2)  # nearest-neighbour
+    out = write_video(frames, args.out, args.fps)
+    size = f"{width}x{height}" + (f", written at {width * args.upscale}x{height * args.upscale}" if args.upscale > 1 else "")
+    print(f"wrote {out} ({args.frames} frames, {size}, {args.fps} fps, {args.steps} {args.sampler} steps)"
+          + (f"; replaced the {len(earlier)} frames of an earlier video there" if earlier else ""))
     print("time: " + ", ".join(f"{k} {v:.2f} s" for k, v in {"load": load_time, **timings}.items()))
     return 0
 
 
 def check_args(args, height: int, width: int) -> None:
-    """Cheap checks before any weights are read."""
+    """Cheap checks before any weights are read: every problem in one UserError."""
     problems = []
     if height % 8 or width % 8 or height < 8 or width < 8:
         problems.append(f"--height and --width must be positive multiples of 8 (got {height}x{width})")
-    if args.steps < 1:
-        problems.append(f"--steps must be at least 1 (got {args.steps})")
-    if args.guidance < 1:
+    for flag in ("frames", "steps", "fps", "decode_chunk", "context_frames", "upscale"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            problems.append(f"--{flag.replace('_', '-')} must be at least 1 (got {value})")
+    if args.context_overlap < 0 or (args.context_frames and args.context_overlap >= args.context_frames):
+        problems.append(f"--context-overlap must be 0 or more and below --context-frames (got {args.context_overlap})")
+    if args.original_steps is not None and not 1 <= args.original_steps <= 1000:
+        problems.append(f"--original-steps must be between 1 and 1000 (got {args.original_steps})")
+    if args.clip_skip < 0:
+        problems.append(f"--clip-skip must be 0 or more (got {args.clip_skip})")
+    if not args.guidance >= 1:  # also NaN
         problems.append(f"--guidance must be at least 1 (got {args.guidance}); 1 means no guidance")
+    if not 0 < args.strength <= 1:
+        problems.append(f"--strength must be in (0, 1] (got {args.strength})")
+    if args.beta_end is not None and not 0 < args.beta_end < 1:
+        problems.append(f"--beta-end must be in (0, 1) (got {args.beta_end})")
+    for flag in ("motion_scale", "control_scale"):
+        if not math.isfinite(getattr(args, flag)):
+            problems.append(f"--{flag.replace('_', '-')} must be a finite number (got {getattr(args, flag)})")
+    problems += [f"--lora-scale must be a finite number (got {v})" for v in args.lora_scale if not math.isfinite(v)]
+    problems += [p for p in (device_problem(args.device), output_problem(args.out)) if p]
     if len(args.lora_scale) > len(args.lora):
         problems.append("more --lora-scale values than --lora files")
     for flag in ("sd15", "motion", "image", "video", "controlnet", "controlnet_lora", "control"):
@@ -190,7 +223,7 @@ def check_args(args, height: int, width: int) -> None:
     if args.image and args.video:
         problems.append("--image and --video cannot be combined")
     if problems:
-        raise ValueError("; ".join(problems))
+        raise UserError("; ".join(problems))
 
 
 if __name__ == "__main__":

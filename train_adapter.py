@@ -10,7 +10,7 @@
     #     Without --controlnet, a new ControlNet (a copy of the UNet's encoder) trains whole instead.
     python train_adapter.py --adapter controlnet --controlnet control_v11f1p_sd15_depth.pth \\
         --control-data my_depth_videos/ ... --out runs/control
-    torchrun --nproc_per_node 4 train_adapter.py ...;  --resume true continues a run.
+    torchrun --nproc_per_node 4 train_adapter.py ...;  --resume true continues a run, --overwrite true starts it over.
 
 No teacher: the target point is the clean latent noised to t_n with the *same* noise that made the
 online input at t_{n+k} (the one-sample score estimate, i.e. consistency training). The video
@@ -24,17 +24,21 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import sys
 from pathlib import Path
 
 import torch
 
+import cli
+from cli import UserError
 from data import ResumableSampler, VideoCaptionDataset, collate
 from lcm.distill import distillation_loss
 from lcm.ema import ema_update
 from lcm.schedule import NoiseSchedule
 from sd15 import load_sd15
-from training import (autocast, encode_latents, load_checkpoint, parse_settings, rng_state, save_checkpoint,
-                      set_rng_state, setup, teardown, train_loop)
+from run_folder import one_run, restoring, start_run
+from training import (autocast, check_batch, check_settings, encode_latents, parse_settings, rng_state,
+                      save_checkpoint, set_rng_state, setup, teardown, train_loop)
 from unet.adapter import ImageEncoder
 from unet.load import save_motion_module
 from unet.controlnet import controlnet_hints, controlnet_state_to_ldm
@@ -54,7 +58,8 @@ class Settings:
     data: str = ""
     control_data: str = ""         # --adapter controlnet: control videos, same names as --data
     out: str = "runs/adapter"
-    resume: bool = False
+    resume: bool = False           # continue the run in --out from its checkpoint.pt
+    overwrite: bool = False        # delete the run in --out and start again
     frames: int = 16
     stride: int = 4
     size: int = 256
@@ -80,16 +85,27 @@ class Settings:
     workers: int = 2
 
 
+# what a run exports into --out
+PRODUCTS = ("i2v_motion_module.safetensors", "controlnet_lora.safetensors", "controlnet.safetensors")
+
+
+@one_run
 def main(argv=None):
     s = parse_settings(Settings, argv, __doc__.split("\n")[0])
-    if s.adapter not in ADAPTERS:
-        raise SystemExit(f"--adapter must be one of {ADAPTERS}, not {s.adapter!r}")
+    check_settings(s, adapter=ADAPTERS)
     if s.adapter == "controlnet" and not s.control_data:
-        raise SystemExit("--adapter controlnet needs --control-data (control videos named like the --data videos)")
+        raise UserError("--adapter controlnet needs --control-data (control videos named like the --data videos)")
+    if not s.motion:
+        raise UserError("--motion (the video consistency model's motion module, from train_video.py) is required")
     rt = setup(s.seed, s.device)
     out = Path(s.out)
     if rt.main:
         print(f"settings: {dataclasses.asdict(s)}")
+    state = start_run(s, rt, PRODUCTS)  # the checkpoint to continue from (--resume true), or None
+    # clips (+ their control videos, sampled at the same frames); bad data is refused before any model loads
+    dataset = VideoCaptionDataset(s.data, frames=s.frames, stride=s.stride, size=s.size, seed=s.seed,
+                                  control_folder=s.control_data or None)
+    check_batch(dataset, s, rt)
 
     # ---- models: the frozen video consistency model + the trainable adapter (online, EMA) -----
     model = load_sd15(s.sd15, s.motion, [(s.lora, 1.0)] if s.lora else [], device=rt.device)
@@ -132,19 +148,17 @@ def main(argv=None):
         return call
 
     step = 0
-    if s.resume and (out / "checkpoint.pt").exists():
-        state = load_checkpoint(out / "checkpoint.pt")
-        online_state.load_state_dict(state["online"])
-        target_state.load_state_dict(state["target"])
-        optimizer.load_state_dict(state["optimizer"])
+    if state is not None:
+        with restoring(out / "checkpoint.pt"):
+            online_state.load_state_dict(state["online"])
+            target_state.load_state_dict(state["target"])
+            optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
         step = state["step"]
         if rt.main:
             print(f"resumed from {out / 'checkpoint.pt'} at step {step}")
 
-    # ---- data: clips (+ their control videos, sampled at the same frames) ----------------------
-    dataset = VideoCaptionDataset(s.data, frames=s.frames, stride=s.stride, size=s.size, seed=s.seed,
-                                  control_folder=s.control_data or None)
+    # ---- data: an endless, resumable stream (this rank's share of each global batch) ----------
     sampler = ResumableSampler(len(dataset), s.batch, s.seed, rt.rank, rt.world, start=step * s.grad_accum)
     batches = iter(torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
                                                num_workers=s.workers))
@@ -214,4 +228,4 @@ def samples(model, adapter, s: Settings, clip: dict, folder: Path, step: int) ->
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main))

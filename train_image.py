@@ -1,7 +1,7 @@
 """Stage 1 of AnimateLCM: image consistency distillation into a spatial LoRA (LCM-LoRA style).
 
     python train_image.py --sd15 v1-5-pruned-emaonly.safetensors --data my_images/ --out runs/stage1
-    python train_image.py ... --resume true
+    python train_image.py ... --resume true       # continue the run in --out (--overwrite true: start it over)
     torchrun --nproc_per_node 4 train_image.py ...
     python train_image.py --objective diffusion --sd15 start.safetensors ...   # train a teacher instead
 
@@ -20,17 +20,20 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import sys
 from pathlib import Path
 
 import torch
 
+import cli
 from data import ImageCaptionDataset, ResumableSampler, collate
-from lcm.distill import LOSS_WEIGHTS, denoising_loss, distillation_loss
+from lcm.distill import DENOISING_WEIGHTS, LOSS_WEIGHTS, denoising_loss, distillation_loss
 from lcm.ema import ema_update
 from lcm.schedule import NoiseSchedule
 from sd15 import load_sd15, save_sd15
-from training import (autocast, drop_captions, encode_latents, load_checkpoint, parse_settings, rng_state,
-                      require_one_of, save_checkpoint, set_rng_state, setup, teardown, train_loop, uniform)
+from run_folder import one_run, restoring, start_run
+from training import (autocast, check_batch, check_settings, drop_captions, encode_latents, parse_settings, rng_state,
+                      save_checkpoint, set_rng_state, setup, teardown, train_loop, uniform)
 from unet.lora import LoRANetwork
 
 
@@ -41,7 +44,8 @@ class Settings:
     objective: str = "consistency"  # or "diffusion": train the UNet itself (a teacher)
     caption_dropout: float = 0.1   # --objective diffusion: share of empty captions (for CFG)
     out: str = "runs/stage1"
-    resume: bool = False
+    resume: bool = False           # continue the run in --out from its checkpoint.pt
+    overwrite: bool = False        # delete the run in --out and start again
     size: int = 512
     batch: int = 4                 # per process
     grad_accum: int = 1
@@ -56,7 +60,7 @@ class Settings:
     w_max: float = 15.0
     original_steps: int = 50       # the DDIM solver grid: k = 1000 / 50 = 20
     loss: str = "huber"
-    loss_weight: str = "uniform"   # lambda_n: uniform or sqrt_snr (lcm/distill.py loss_weight)
+    loss_weight: str = "uniform"   # lambda_n: uniform or sqrt_snr (loss_weight); diffusion: uniform or v
     beta_schedule: str = "sqrt_beta_linear"  # SD1.5's own training schedule
     precision: str = "bf16"        # autocast on GPU: bf16, fp16 or fp32; CPU runs fp32
     gradient_checkpointing: bool = True
@@ -64,20 +68,28 @@ class Settings:
     log_every: int = 10
     val_every: int = 250
     val_prompt: str = "a photo of a red apple on a wooden table"
+    val_score: str = ""            # "toy": log prompt accuracy of fixed samples at each validation
     seed: int = 0
     device: str = "auto"
     workers: int = 2
 
 
+PRODUCTS = ("lora.safetensors", "model.safetensors")  # what a run exports into --out
+
+
+@one_run
 def main(argv=None):
     s = parse_settings(Settings, argv, __doc__.split("\n")[0])
-    require_one_of("--objective", s.objective, ("consistency", "diffusion"))
+    check_settings(s, objective=("consistency", "diffusion"), val_score=("", "toy"),
+                   loss_weight=LOSS_WEIGHTS if s.objective == "consistency" else DENOISING_WEIGHTS)
     distill = s.objective == "consistency"
-    require_one_of("--loss-weight", s.loss_weight, LOSS_WEIGHTS)
     rt = setup(s.seed, s.device)
     out = Path(s.out)
     if rt.main:
         print(f"settings: {dataclasses.asdict(s)}")
+    state = start_run(s, rt, PRODUCTS)  # the checkpoint to continue from (--resume true), or None
+    dataset = ImageCaptionDataset(s.data, size=s.size)  # bad data is refused before any model loads
+    check_batch(dataset, s, rt)
 
     # ---- models: online = base + LoRA; teacher = the same UNet with the LoRA detached; ----------
     # ---- target = the online model itself (no gradient), or an EMA copy of the LoRA -----------
@@ -110,18 +122,17 @@ def main(argv=None):
     optimizer = torch.optim.AdamW(trainable, lr=s.lr, weight_decay=1e-2)
 
     step = 0
-    if s.resume and (out / "checkpoint.pt").exists():
-        state = load_checkpoint(out / "checkpoint.pt")
-        online_state.load_state_dict(state["online"])
-        target_state.load_state_dict(state["target"])
-        optimizer.load_state_dict(state["optimizer"])
+    if state is not None:
+        with restoring(out / "checkpoint.pt"):
+            online_state.load_state_dict(state["online"])
+            target_state.load_state_dict(state["target"])
+            optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
         step = state["step"]
         if rt.main:
             print(f"resumed from {out / 'checkpoint.pt'} at step {step}")
 
     # ---- data: an endless, resumable stream (this rank's share of each global batch) ----------
-    dataset = ImageCaptionDataset(s.data, size=s.size)
     sampler = ResumableSampler(len(dataset), s.batch, s.seed, rt.rank, rt.world, start=step * s.grad_accum)
     batches = iter(torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
                                                num_workers=s.workers))
@@ -132,7 +143,7 @@ def main(argv=None):
         if not distill:  # a teacher: the DDPM objective, some captions dropped
             context = model.encode_prompts(drop_captions(batch["captions"], generators, s.caption_dropout))
             with autocast(rt, s.precision):
-                return denoising_loss(online, schedule, x0, context, generators)
+                return denoising_loss(online, schedule, x0, context, generators, s.loss_weight)
         context = model.encode_prompts(batch["captions"])
         uncontext = model.encode_prompts([""] * len(batch["captions"]))
         w = uniform(generators, s.w_min, s.w_max).to(rt.device)
@@ -158,6 +169,9 @@ def main(argv=None):
 
     def validate(step):
         samples(model, target, s, out / "val", step)
+        if s.val_score == "toy":  # the toy world's prompt following, by its pixel detector (toy/health.py)
+            from toy.health import validation_record
+            return validation_record(dataclasses.replace(model, unet=target), s.objective, 1, s.original_steps)
 
     train_loop(s, rt, batches, step, optimizer, trainable, loss_fn, after_step, checkpoint, validate,
                "stage 1" if distill else "teacher (diffusion)")
@@ -194,4 +208,4 @@ def samples(model, unet, s: Settings, folder: Path, step: int) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main))

@@ -3,6 +3,7 @@
     python train_video.py --sd15 v1-5-pruned-emaonly.safetensors --teacher-motion mm_sd_v15_v2.ckpt \\
         --lora runs/stage1/lora.safetensors --data my_videos/ --out runs/stage2
     python train_video.py ... --resume true                     # continue exactly where it stopped
+    python train_video.py ... --overwrite true                  # start the run in --out over
     torchrun --nproc_per_node 4 train_video.py ...              # several GPUs (gradients all-reduced)
     python train_video.py ... --direct true                     # VideoLCM-style one-stage baseline
     python train_video.py --objective diffusion --sd15 ... --data my_videos/   # train a teacher motion module
@@ -24,17 +25,21 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import sys
 from pathlib import Path
 
 import torch
 
+import cli
+from cli import UserError
 from data import ResumableSampler, VideoCaptionDataset, collate
-from lcm.distill import LOSS_WEIGHTS, denoising_loss, distillation_loss
+from lcm.distill import DENOISING_WEIGHTS, LOSS_WEIGHTS, denoising_loss, distillation_loss
 from lcm.ema import ema_update
 from lcm.schedule import NoiseSchedule
 from sd15 import StableDiffusion, load_sd15
-from training import (autocast, drop_captions, encode_latents, load_checkpoint, parse_settings, rng_state,
-                      require_one_of, save_checkpoint, set_rng_state, setup, teardown, train_loop, uniform)
+from run_folder import one_run, restoring, start_run
+from training import (autocast, check_batch, check_settings, drop_captions, encode_latents, parse_settings, rng_state,
+                      save_checkpoint, set_rng_state, setup, teardown, train_loop, uniform)
 from unet.load import add_motion_modules, save_motion_module
 from unet.lora import LoRANetwork
 
@@ -48,7 +53,8 @@ class Settings:
     objective: str = "consistency"  # or "diffusion": train a teacher motion module (AnimateDiff recipe)
     caption_dropout: float = 0.1   # --objective diffusion: share of empty captions (for CFG)
     out: str = "runs/stage2"
-    resume: bool = False
+    resume: bool = False           # continue the run in --out from its checkpoint.pt
+    overwrite: bool = False        # delete the run in --out and start again
     direct: bool = False
     init: str = "animatelcm"       # target initialisation: "animatelcm" (no LoRA) or "plain" (copy)
     frames: int = 16
@@ -67,7 +73,7 @@ class Settings:
     lora_rank: int = 64
     original_steps: int = 50       # the DDIM solver grid: k = 1000 / 50 = 20
     loss: str = "huber"
-    loss_weight: str = "uniform"   # lambda_n: uniform or sqrt_snr (lcm/distill.py loss_weight)
+    loss_weight: str = "uniform"   # lambda_n: uniform or sqrt_snr (loss_weight); diffusion: uniform or v
     beta_schedule: str = "beta_linear"
     precision: str = "bf16"        # autocast on GPU: bf16, fp16 or fp32; CPU runs fp32
     gradient_checkpointing: bool = True
@@ -75,25 +81,33 @@ class Settings:
     log_every: int = 10
     val_every: int = 250
     val_prompt: str = "a boat sailing on a calm lake"
+    val_score: str = ""            # "toy": log prompt accuracy of fixed samples at each validation
     seed: int = 0
     device: str = "auto"
     workers: int = 2
 
 
+PRODUCTS = ("motion_module.safetensors", "lora.safetensors")  # what a run exports into --out
+
+
+@one_run
 def main(argv=None):
     s = parse_settings(Settings, argv, __doc__.split("\n")[0])
-    require_one_of("--objective", s.objective, ("consistency", "diffusion"))
+    check_settings(s, objective=("consistency", "diffusion"), val_score=("", "toy"),
+                   loss_weight=LOSS_WEIGHTS if s.objective == "consistency" else DENOISING_WEIGHTS,
+                   init=("animatelcm", "plain"))
     distill = s.objective == "consistency"
-    require_one_of("--loss-weight", s.loss_weight, LOSS_WEIGHTS)
-    require_one_of("--init", s.init, ("animatelcm", "plain"))
     if distill and not s.direct and not s.lora:
-        raise SystemExit("--lora (the stage-1 spatial LoRA from train_image.py) is required, or use --direct true")
+        raise UserError("--lora (the stage-1 spatial LoRA from train_image.py) is required, or use --direct true")
     if distill and not s.teacher_motion:
-        raise SystemExit("--teacher-motion (the teacher's AnimateDiff motion module) is required for distillation")
+        raise UserError("--teacher-motion (the teacher's AnimateDiff motion module) is required for distillation")
     rt = setup(s.seed, s.device)
     out = Path(s.out)
     if rt.main:
         print(f"settings: {dataclasses.asdict(s)}")
+    state = start_run(s, rt, PRODUCTS)  # the checkpoint to continue from (--resume true), or None
+    dataset = VideoCaptionDataset(s.data, frames=s.frames, stride=s.stride, size=s.size, seed=s.seed)
+    check_batch(dataset, s, rt)  # bad data is refused before any model loads
 
     # ---- models ------------------------------------------------------------------------------
     teacher = load_sd15(s.sd15, s.teacher_motion or None, device=rt.device)
@@ -133,21 +147,20 @@ def main(argv=None):
     optimizer = torch.optim.AdamW(trainable, lr=s.lr, weight_decay=1e-2)
 
     step = 0
-    if s.resume and (out / "checkpoint.pt").exists():
-        state = load_checkpoint(out / "checkpoint.pt")
-        online.load_state_dict({**online.state_dict(), **state["online"]})
-        target.load_state_dict(state["target"])
-        if lora is not None:
-            lora.load_state_dict(state["lora"])
-            target_lora.load_state_dict(state["target_lora"])
-        optimizer.load_state_dict(state["optimizer"])
+    if state is not None:
+        with restoring(out / "checkpoint.pt"):
+            online.load_state_dict({**online.state_dict(), **state["online"]})
+            target.load_state_dict(state["target"])
+            if lora is not None:
+                lora.load_state_dict(state["lora"])
+                target_lora.load_state_dict(state["target_lora"])
+            optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
         step = state["step"]
         if rt.main:
             print(f"resumed from {out / 'checkpoint.pt'} at step {step}")
 
     # ---- data: an endless, resumable stream of clips (this rank's share of each global batch) -
-    dataset = VideoCaptionDataset(s.data, frames=s.frames, stride=s.stride, size=s.size, seed=s.seed)
     sampler = ResumableSampler(len(dataset), s.batch, s.seed, rt.rank, rt.world, start=step * s.grad_accum)
     batches = iter(torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
                                                num_workers=s.workers))
@@ -158,7 +171,7 @@ def main(argv=None):
         if not distill:  # a teacher motion module: the DDPM objective, some captions dropped
             context = teacher.encode_prompts(drop_captions(batch["captions"], generators, s.caption_dropout))
             with autocast(rt, s.precision):
-                return denoising_loss(online, schedule, x0, context, generators)
+                return denoising_loss(online, schedule, x0, context, generators, s.loss_weight)
         context = teacher.encode_prompts(batch["captions"])
         uncontext = teacher.encode_prompts([""] * len(batch["captions"]))
         w = torch.full((len(generators),), s.direct_w) if s.direct else uniform(generators, s.w_min, s.w_max)
@@ -187,6 +200,9 @@ def main(argv=None):
 
     def validate(step):
         samples(teacher, target, s, out / "val", step)
+        if s.val_score == "toy":  # the toy world's prompt following, by its pixel detector (toy/health.py)
+            from toy.health import validation_record
+            return validation_record(dataclasses.replace(teacher, unet=target), s.objective, s.frames, s.original_steps)
 
     train_loop(s, rt, batches, step, optimizer, trainable, loss_fn, after_step, checkpoint, validate,
                "stage 2" if distill else "teacher motion (diffusion)")
@@ -211,4 +227,4 @@ def samples(teacher: StableDiffusion, target, s: Settings, folder: Path, step: i
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main))

@@ -1,9 +1,11 @@
-"""What the three training scripts share: settings from the command line, device and DDP setup,
-mixed precision, resumable atomic checkpoints, stop signals, and a JSONL log.
+"""What the three training scripts share: settings from the command line and their checks, device
+and DDP setup, mixed precision, resumable atomic checkpoints, stop signals, and a JSONL log
+(`run_folder.py` guards the --out folder: lock, resume, overwrite).
 
 Nothing here knows about consistency models: each script defines its loss on one micro-batch (the
 paper's algorithm), what happens after an optimizer step (the EMA target), and what a checkpoint
-holds, and hands them to `train_loop`.
+holds, and hands them to `train_loop`. Problems the user can fix are `cli.UserError`s, raised before
+any model loads where they can be.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import dataclasses
 import json
 import math
 import os
+import pickle
 import signal
 import time
 from pathlib import Path
@@ -21,6 +24,14 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
+
+from cli import Interrupted, UserError, device_problem, os_error
+from lcm.distill import LOSSES
+from lcm.schedule import SCHEDULES
+from weights import NonFiniteError, atomic_write, check_finite
+
+BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+PRECISIONS = ("bf16", "fp16", "fp32")
 
 
 def parse_settings(cls, argv=None, description: str = ""):
@@ -31,17 +42,60 @@ def parse_settings(cls, argv=None, description: str = ""):
         kind = type(f.default) if f.default is not None else str
         flag = "--" + f.name.replace("_", "-")
         if kind is bool:
-            parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes", "on"), default=f.default,
-                                metavar="BOOL")
+            parser.add_argument(flag, type=boolean, default=f.default, metavar="BOOL")
         else:
             parser.add_argument(flag, type=kind, default=f.default)
     return cls(**vars(parser.parse_args(argv)))
 
 
-def require_one_of(flag: str, value: str, choices) -> None:
-    """A clear error for a setting outside its choices, before any model is loaded."""
-    if value not in choices:
-        raise SystemExit(f"{flag} must be {' or '.join(choices)}, not {value!r}")
+def boolean(text: str) -> bool:
+    """true/false, 1/0 or yes/no, in any case; anything else is an argparse error (not a silent false)."""
+    if text.lower() not in BOOLEANS:
+        raise argparse.ArgumentTypeError(f"expected true or false (or 1/0, yes/no), not {text!r}")
+    return BOOLEANS[text.lower()]
+
+
+def check_settings(s, **choices) -> None:
+    """Every flag checked before anything heavy runs; all problems in one UserError.
+
+    Fields a script lacks are skipped; `choices` adds the script's own (`objective=("consistency",
+    "diffusion")`). Input files and folders must exist; --sd15 and --data are required.
+    """
+    values, problems = dataclasses.asdict(s), []
+
+    def need(field, ok, what):
+        if field in values and not ok(values[field]):
+            problems.append(f"--{field.replace('_', '-')} must be {what} (got {values[field]!r})")
+
+    for field in ("steps", "batch", "grad_accum", "save_every", "log_every", "frames", "stride", "lora_rank"):
+        need(field, lambda v: v >= 1, "at least 1")
+    for field in ("warmup_steps", "val_every", "workers"):
+        need(field, lambda v: v >= 0, "0 or more")
+    for field in ("lr", "grad_clip", "lora_alpha"):
+        need(field, lambda v: math.isfinite(v) and v > 0, "a positive number")
+    for field in ("w_min", "w_max", "direct_w"):
+        need(field, lambda v: math.isfinite(v) and v >= 0, "a number, 0 or more")
+    need("motion_scale", math.isfinite, "a finite number")
+    need("ema_decay", lambda v: 0 <= v < 1, "in [0, 1)")
+    need("caption_dropout", lambda v: 0 <= v <= 1, "in [0, 1]")
+    need("size", lambda v: v >= 8 and v % 8 == 0, "a positive multiple of 8")
+    need("original_steps", lambda v: 1 <= v <= 1000, "between 1 and 1000")
+    for field, allowed in {"precision": PRECISIONS, "loss": LOSSES, "beta_schedule": SCHEDULES, **choices}.items():
+        need(field, lambda v: v in allowed, " or ".join(allowed))
+    if values.get("w_min", 0) > values.get("w_max", math.inf):
+        problems.append(f"--w-min {s.w_min} is above --w-max {s.w_max}")
+    if device_problem(s.device, allow_auto=True):
+        problems.append(device_problem(s.device, allow_auto=True))
+    for field in ("sd15", "data"):
+        if not values[field]:
+            problems.append(f"--{field} is required")
+    for field in ("sd15", "teacher_motion", "lora", "motion", "controlnet", "data", "control_data"):
+        if values.get(field) and not Path(values[field]).exists():
+            problems.append(f"--{field.replace('_', '-')} {values[field]}: no such file or folder")
+    if s.resume and s.overwrite:
+        problems.append("--resume true continues the run in --out, --overwrite true deletes it: pass one of them")
+    if problems:
+        raise UserError("; ".join(problems))
 
 
 @dataclasses.dataclass
@@ -129,7 +183,8 @@ def global_mean(value: torch.Tensor, rt: Runtime) -> float:
 
 def optimizer_step(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], grad_clip: float,
                    rt: Runtime) -> float:
-    """Average gradients over processes, clip, step, clear; returns the gradient norm before clipping.
+    """Average gradients over processes, clip, step (unless the norm is not finite), clear; returns the
+    gradient norm before clipping.
 
     Under torchrun this is DistributedDataParallel's all-reduce, done explicitly once per optimizer
     step (after gradient accumulation): the trainable LoRA and adapters are called through hooks and
@@ -140,22 +195,44 @@ def optimizer_step(optimizer: torch.optim.Optimizer, params: list[torch.Tensor],
             if p.grad is not None:
                 dist.all_reduce(p.grad)
                 p.grad /= rt.world
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    optimizer.step()
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip).item()
+    if math.isfinite(grad_norm):  # a NaN/inf gradient would make the weights NaN: no step (the loop stops)
+        optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return grad_norm.item()
+    return grad_norm
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """torch.save to a temporary file, then rename: a crash never leaves a half-written checkpoint."""
+    """torch.save to a temp file of this process, then rename: a crash or a full disk never leaves a
+    half-written checkpoint. NaN or inf anywhere in `state` is refused (NonFiniteError), never written."""
+    check_finite(state, path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A state written by `save_checkpoint` (weights_only: a pickle that would run code is refused)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UserError(f"{path}: refused to load: it holds objects other than tensors, and loading it could "
+                        "run code. These scripts did not write it; start over with --overwrite true") from e
+    except Exception as e:  # noqa: BLE001 - zip and EOF errors of a truncated file
+        raise UserError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e}); it may be cut short. "
+                        "Start over with --overwrite true, or put back a copy you kept") from e
+    if not isinstance(state, dict) or not {"step", "settings"} <= state.keys():
+        raise UserError(f"{path}: not a checkpoint of these scripts (no step and settings); "
+                        "start over with --overwrite true")
+    return state
+
+
+def check_batch(dataset, s, rt: Runtime) -> None:
+    """Refuse a global batch larger than the data (before any model loads)."""
+    if len(dataset) < s.batch * rt.world:
+        processes = f" on {rt.world} processes" if rt.distributed else ""
+        raise UserError(f"--batch {s.batch}{processes} needs at least {s.batch * rt.world} {dataset.kind}; "
+                        f"{dataset.folder} has {len(dataset)}: lower --batch or add data")
 
 
 def rng_state() -> dict:
@@ -172,23 +249,28 @@ def set_rng_state(state: dict) -> None:
 
 
 class StopSignal:
-    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint at the end of the step and exits."""
+    """While the loop runs, SIGINT/SIGTERM only record the signal; the loop saves a checkpoint at the
+    end of the step and stops. The previous handlers come back when the loop ends."""
 
-    def __init__(self):
-        self.requested = False
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._handle)
+    def __enter__(self):
+        self.signum = 0
+        self.previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
     def _handle(self, signum, frame):
-        self.requested = True
+        self.signum = signum
 
-    def agreed(self, rt: Runtime) -> bool:
-        """True on every process once any process got a signal (no rank is left waiting)."""
+    def agreed(self, rt: Runtime) -> int:
+        """The signal's number on every process once any process got one (0: none), so no rank waits."""
         if not rt.distributed:
-            return self.requested
-        flag = torch.tensor([float(self.requested)], device=rt.device)
+            return self.signum
+        flag = torch.tensor([float(self.signum)], device=rt.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+        return int(flag.item())
 
 
 class JsonlLog:
@@ -229,61 +311,89 @@ def train_loop(s, rt: Runtime, batches, step: int, optimizer: torch.optim.Optimi
     Per optimizer step: learning-rate warm-up; `grad_accum` micro-batches, each drawn from `batches`
     with one generator per sample (`sample_generators`, keyed by the global batch number, so the run
     is the same on 1 or N processes and after `--resume`), `loss_fn(batch, generators) -> (per-sample
-    loss [B], t [B])` and backward; a finite check (a non-finite loss stops the run before the step,
-    so the last checkpoint stays good); averaged gradients, clipping, the step; `after_step()` (EMA);
-    a JSONL record with the loss per timestep bucket; `checkpoint(step)` every `save_every` steps, at
-    the end, and on SIGINT/SIGTERM; `validate(step)` on rank 0 every `val_every` steps.
+    loss [B], t [B])` and backward; averaged gradients, clipping, the step; `after_step()` (EMA);
+    a JSONL record with the loss per timestep bucket; `checkpoint(step)` every `save_every` steps and
+    at the end; `validate(step)` on rank 0 every `val_every` steps (a dict it returns is logged).
+    What can go wrong: a non-finite loss or gradient stops the run before the optimizer step, and
+    NaN/inf weights are never saved, so checkpoint.pt always holds the last finite step (the message
+    says which); a save that fails (a full disk) leaves the previous one whole; SIGINT/SIGTERM finish
+    the step, save, and raise `Interrupted` (exit code 130/143 from the command line).
     `s` needs: steps, grad_accum, batch, seed, lr, warmup_steps, grad_clip, log_every, save_every,
     val_every, out.
     """
     out = Path(s.out)
-    log, stop = JsonlLog(out / "log.jsonl", rt.main), StopSignal()
+    log = JsonlLog(out / "log.jsonl", rt.main)
     bar = tqdm(total=s.steps, initial=step, disable=not rt.main, desc=desc)
-    saved = step
-    while step < s.steps:
-        set_lr(optimizer, s.lr * warmup(step, s.warmup_steps))
-        losses, timesteps = [], []
+    saved = step  # the step of the last complete save (a resumed run starts from one)
+
+    def kept() -> str:
+        return f"{out / 'checkpoint.pt'} holds step {saved} (finite weights)" if saved else "nothing was saved yet"
+
+    def save(step: int) -> None:
         try:
-            for micro in range(s.grad_accum):
-                number = step * s.grad_accum + micro  # the global batch number: data and randomness
-                per_sample, t = loss_fn(next(batches), sample_generators(s.seed, number, rt.rank * s.batch, s.batch))
-                (per_sample.mean() / s.grad_accum).backward()
-                losses.append(per_sample.detach())
-                timesteps.append(t.detach())
-        except Exception:
-            if not stop.requested:  # a signal can kill DataLoader workers mid-step: keep the last step
-                raise
-            optimizer.zero_grad(set_to_none=True)
-            break
-        per_sample, t = torch.cat(losses), torch.cat(timesteps)
-        loss = global_mean(per_sample.mean(), rt)
-        if not math.isfinite(loss):
-            raise SystemExit(f"non-finite loss at step {step}: stopped before the optimizer step; the last good "
-                             f"checkpoint is {out / 'checkpoint.pt'}. Lower --lr, or use --precision bf16 or fp32.")
-        grad_norm = optimizer_step(optimizer, params, s.grad_clip, rt)
-        after_step()
-        step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}")
-        if step % s.log_every == 0 or step == s.steps:
-            memory = {"peak_memory_gb": round(torch.cuda.max_memory_allocated(rt.device) / 2 ** 30, 3)} \
-                if rt.device.type == "cuda" else {}
-            log.write(step=step, loss=loss, grad_norm=grad_norm, lr=optimizer.param_groups[0]["lr"],
-                      **timestep_buckets(t.cpu(), per_sample.cpu()), **memory)
-        stopping = stop.agreed(rt)
-        if step % s.save_every == 0 or step == s.steps or stopping:
             checkpoint(step)
-            saved = step
-        if validate is not None and rt.main and s.val_every > 0 and (step % s.val_every == 0 or step == s.steps):
-            validate(step)
-        if stopping:
-            break
+        except NonFiniteError as e:
+            raise UserError(f"the weights became NaN or inf by step {step} ({e}); {kept()}: run again with "
+                            "--resume true and a lower --lr") from e
+        except OSError as e:
+            raise UserError(f"could not save step {step} ({os_error(e)}); the last complete save is step {saved}, "
+                            "and a failed save leaves it whole") from e
+
+    with StopSignal() as stop:
+        signum = 0
+        while step < s.steps:
+            set_lr(optimizer, s.lr * warmup(step, s.warmup_steps))
+            losses, timesteps = [], []
+            try:
+                for micro in range(s.grad_accum):
+                    number = step * s.grad_accum + micro  # the global batch number: data and randomness
+                    per_sample, t = loss_fn(next(batches), sample_generators(s.seed, number, rt.rank * s.batch,
+                                                                             s.batch))
+                    (per_sample.mean() / s.grad_accum).backward()
+                    losses.append(per_sample.detach())
+                    timesteps.append(t.detach())
+            except Exception:
+                if not stop.signum:  # a signal can kill DataLoader workers mid-step: keep the last step
+                    raise
+                optimizer.zero_grad(set_to_none=True)
+                signum = stop.signum
+                break
+            per_sample, t = torch.cat(losses), torch.cat(timesteps)
+            loss = global_mean(per_sample.mean(), rt)
+            grad_norm = optimizer_step(optimizer, params, s.grad_clip, rt) if math.isfinite(loss) else math.nan
+            if not math.isfinite(grad_norm):  # no optimizer step was taken
+                what = "loss" if not math.isfinite(loss) else "gradient"
+                precision = ", or --precision fp32" if rt.device.type == "cuda" else ""  # autocast is GPU only
+                raise UserError(f"non-finite {what} at step {step + 1}: stopped before the optimizer step; {kept()}: "
+                                f"run again with --resume true and a lower --lr{precision}")
+            after_step()
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}")
+            if step % s.log_every == 0 or step == s.steps:
+                memory = {"peak_memory_gb": round(torch.cuda.max_memory_allocated(rt.device) / 2 ** 30, 3)} \
+                    if rt.device.type == "cuda" else {}
+                log.write(step=step, loss=loss, grad_norm=grad_norm, lr=optimizer.param_groups[0]["lr"],
+                          **timestep_buckets(t.cpu(), per_sample.cpu()), **memory)
+            signum = stop.agreed(rt)
+            if step % s.save_every == 0 or step == s.steps or signum:
+                save(step)
+                saved = step
+            if validate is not None and rt.main and s.val_every > 0 and (step % s.val_every == 0 or step == s.steps):
+                record = validate(step)  # samples; a dict it returns (e.g. --val-score numbers) joins the log
+                if record:
+                    log.write(step=step, **record)
+            if signum:
+                break
     bar.close()
-    if step < s.steps:  # stopped by a signal
+    if step < s.steps and signum:
         if saved != step:
-            checkpoint(step)
-        if rt.main:
-            print(f"stopped by a signal at step {step}; the checkpoint is saved: continue with --resume true")
+            save(step)
+        if rt.distributed:
+            dist.barrier()
+        raise Interrupted(f"stopped by {signal.Signals(signum).name} at step {step} of {s.steps}; "
+                          f"{out / 'checkpoint.pt'} holds it: continue with the same command and --resume true",
+                          128 + signum)
     if rt.distributed:
         dist.barrier()
     return step

@@ -1,36 +1,89 @@
 """Reading and writing videos and images: GIF, WebP, MP4 (PyAV), or a folder of PNG frames.
 
-Frames are uint8 arrays [F, H, W, 3] at the boundary; models see float tensors in [-1, 1].
+Frames are uint8 arrays [F, H, W, 3] at the boundary; models see float tensors in [-1, 1]. A file
+that cannot be read, or an output that could not be written, is a `cli.UserError` naming it.
 """
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageSequence
 
+from cli import UserError
+
 VIDEO_SUFFIXES = (".gif", ".webp", ".mp4", ".webm", ".mov", ".mkv")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+WRITE_SUFFIXES = (".gif", ".webp", ".mp4")
+FRAME_NAME = re.compile(r"\d{4,}\.png")  # the frame files write_video puts in a folder: 0000.png, ...
+
+
+def is_frame_folder(path: str | Path) -> bool:
+    """An output path names a folder of PNG frames when it ends in a slash, is a folder already, or
+    has no file-type suffix: none, or a number (`out_0.5`)."""
+    suffix = Path(path).suffix.lower()
+    if str(path).endswith(("/", os.sep)) or not suffix or suffix[1:].isdigit():
+        return True
+    return Path(path).is_dir() and suffix not in WRITE_SUFFIXES
+
+
+def output_problem(path: str) -> str | None:
+    """Why `write_video` could not write `path`, or None: checked before any model loads."""
+    p, suffix = Path(path), Path(path).suffix.lower()
+    folder = is_frame_folder(path)
+    if not folder and suffix not in WRITE_SUFFIXES:
+        return (f"--out {path}: unknown video type {suffix!r}; use .gif, .webp or .mp4, or a folder for PNG frames "
+                f"(end the name with / for a folder whose name has a dot)")
+    if folder and p.is_file():
+        return f"--out {path} is a file; name a folder for PNG frames, or a .gif, .webp or .mp4 file"
+    if not folder and p.is_dir():
+        return f"--out {path} is a folder; name a .gif, .webp or .mp4 file, or end it with / for PNG frames"
+    if folder and p.is_dir():
+        others = sorted(q.name for q in p.iterdir() if not FRAME_NAME.fullmatch(q.name))
+        if others:
+            return (f"--out {path} holds other files ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}); "
+                    "name an empty or new folder for the PNG frames")
+    parent = next(q for q in p.parents if q.exists())
+    if not parent.is_dir():
+        return f"--out {path}: {parent} is a file, not a folder"
+    if not os.access(parent, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        return f"--out {path}: no permission to write there; choose another location"
+    return None
+
+
+def old_frames(path: str | Path) -> list[Path]:
+    """The frame files of an earlier video in an output folder ([] for anything else)."""
+    path = Path(path)
+    if not (is_frame_folder(path) and path.is_dir()):
+        return []
+    return sorted(q for q in path.iterdir() if FRAME_NAME.fullmatch(q.name))
 
 
 def write_video(frames: np.ndarray, path: str | Path, fps: int) -> Path:
-    """Write uint8 frames [F, H, W, 3] as .gif, .webp, .mp4, or PNG files in a folder (no suffix)."""
-    path = Path(path)
+    """Write uint8 frames [F, H, W, 3] as .gif, .webp, .mp4, or PNG files in a folder (`is_frame_folder`);
+    a folder's frames of an earlier, longer video are removed."""
+    problem = output_problem(str(path))
+    if problem:
+        raise UserError(problem)
+    folder, path = is_frame_folder(path), Path(path)
     suffix = path.suffix.lower()
-    if suffix and suffix not in (".gif", ".webp", ".mp4"):
-        raise ValueError(f"--out {path}: use a .gif, .webp or .mp4 file, or a folder name for PNG frames")
     path.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".mp4":
+    if folder:
+        path.mkdir(exist_ok=True)
+        stale = old_frames(path)
+        for i, frame in enumerate(frames):
+            Image.fromarray(frame).save(path / f"{i:04d}.png")
+        for old in stale[len(frames):]:
+            old.unlink()
+    elif suffix == ".mp4":
         _write_mp4(frames, path, fps)
     elif suffix in (".gif", ".webp"):
         images = [Image.fromarray(f) for f in frames]
         images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0,
                        **({"lossless": True} if suffix == ".webp" else {}))
-    else:
-        path.mkdir(exist_ok=True)
-        for i, frame in enumerate(frames):
-            Image.fromarray(frame).save(path / f"{i:04d}.png")
     return path
 
 
@@ -56,28 +109,43 @@ def read_video(path: str | Path, max_frames: int | None = None, stride: int = 1)
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        frames = [np.asarray(Image.open(p).convert("RGB")) for p in files[::stride][:max_frames]]
-    elif path.suffix.lower() in (".gif", ".webp"):
-        with Image.open(path) as im:
-            frames = [np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(im)][::stride][:max_frames]
-    else:
-        import av
-        with av.open(str(path)) as container:
-            frames = []
-            for i, frame in enumerate(container.decode(video=0)):
-                if max_frames is not None and len(frames) >= max_frames:
-                    break
-                if i % stride == 0:
-                    frames.append(frame.to_ndarray(format="rgb24"))
+    try:
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            frames = [read_image(p) for p in files[::stride][:max_frames]]
+        elif path.suffix.lower() in (".gif", ".webp"):
+            with Image.open(path) as im:
+                frames = [np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(im)][::stride][:max_frames]
+        else:
+            frames = _read_av(path, max_frames, stride)
+    except (OSError, ValueError, EOFError) as e:  # PIL's and PyAV's errors for a file they cannot decode
+        if isinstance(e, UserError):
+            raise
+        raise UserError(f"{path}: not a readable video ({type(e).__name__}: {e})") from e
     if not frames:
-        raise ValueError(f"{path}: no frames could be read")
+        raise UserError(f"{path}: no frames could be read")
     return np.stack(frames)
 
 
+def _read_av(path: Path, max_frames: int | None, stride: int) -> list[np.ndarray]:
+    import av
+    with av.open(str(path)) as container:
+        frames = []
+        for i, frame in enumerate(container.decode(video=0)):
+            if max_frames is not None and len(frames) >= max_frames:
+                break
+            if i % stride == 0:
+                frames.append(frame.to_ndarray(format="rgb24"))
+    return frames
+
+
 def read_image(path: str | Path) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("RGB"))
+    """uint8 [H, W, 3] of an image file; one that cannot be decoded is a UserError naming it."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, ValueError, EOFError) as e:
+        raise UserError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
 
 
 def resize_crop(frames: np.ndarray, height: int, width: int) -> np.ndarray:

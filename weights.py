@@ -10,6 +10,7 @@ Every loader in the project goes through these functions:
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -18,12 +19,24 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cli import UserError
+
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint file is missing, unreadable, of the wrong kind, or does not fit the model."""
+
+
+class StateDict(dict):
+    """A {name: tensor} dict that remembers the file it was read from, for messages."""
+    source = "the given state dict"
+
+
+def source_name(source) -> str:
+    """How messages name a weights source: its path, or the file a StateDict was read from."""
+    return getattr(source, "source", "the given state dict") if isinstance(source, dict) else str(source)
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -57,7 +70,7 @@ def read_component(source, component: str) -> tuple[dict[str, torch.Tensor], str
     subfolder is used: "unet", "vae", "text_encoder") or that model folder itself.
     """
     if isinstance(source, dict):
-        return source, "the given state dict", None
+        return source, source_name(source), None
     path = Path(source)
     if not path.is_dir():
         return read_state_dict(path), str(path), None
@@ -107,17 +120,30 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _read_pickle(path: Path) -> dict:
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if not head.startswith((b"PK\x03\x04", b"\x80")):  # neither torch.save's zip nor a pickle
+        first = head[:40].decode("utf-8", "replace").strip().splitlines()
+        shown = f"it begins {first[0]!r}" if first else "it is empty"
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({shown}); perhaps an error page or a partial "
+                              "download saved in its place: download the file again.")
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"{path}: refused to load. This pickle contains objects other than tensors and plain "
-            f"containers, and loading it could run arbitrary code ({str(e).splitlines()[0]}). "
+            f"containers, and loading it could run arbitrary code ({_unpickling_reason(e)}). "
             "Convert it to .safetensors with a tool you trust, or use a .safetensors release.") from e
     except Exception as e:  # noqa: BLE001 - zip/EOF errors from truncated files
         raise CheckpointError(
             f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e}). "
             "The file may be truncated or corrupt: download it again.") from e
+
+
+def _unpickling_reason(e: Exception) -> str:
+    """The line of torch's long weights_only message that says what was refused."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return next((line for line in lines if "nsupported" in line), lines[0] if lines else type(e).__name__)
 
 
 def _unwrap(state, path: Path) -> dict[str, torch.Tensor]:
@@ -129,7 +155,9 @@ def _unwrap(state, path: Path) -> dict[str, torch.Tensor]:
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise CheckpointError(f"{path}: the file holds no tensors.")
-    return tensors
+    named = StateDict(tensors)
+    named.source = str(path)
+    return named
 
 
 def strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -150,8 +178,7 @@ def load_strict(model: nn.Module, state: dict[str, torch.Tensor], what: str,
     mis_shaped = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
                   for k in state if k in expected and state[k].shape != expected[k].shape]
     if missing or unexpected or mis_shaped:
-        raise CheckpointError(f"{what} does not fit the model:\n" + _problem_report(
-            missing, unexpected, mis_shaped))
+        raise CheckpointError(f"{what} does not fit the model: " + _problem_report(missing, unexpected, mis_shaped))
     model.load_state_dict(state, strict=False)
 
 
@@ -160,20 +187,59 @@ def _problem_report(missing, unexpected, mis_shaped, show: int = 8) -> str:
     for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mis_shaped)):
         if items:
             more = f" (+{len(items) - show} more)" if len(items) > show else ""
-            lines.append(f"  {len(items)} {title}: " + ", ".join(items[:show]) + more)
-    return "\n".join(lines)
+            lines.append(f"{len(items)} {title}: " + ", ".join(items[:show]) + more)
+    return "; ".join(lines)
 
 
 def save_safetensors(state: dict[str, torch.Tensor], path: str | os.PathLike,
                      metadata: dict | None = None) -> None:
-    """Write tensors atomically (temp file + rename); `metadata` values are JSON-encoded if not str."""
+    """Write tensors atomically (a temp file of this process, then rename); non-finite values are
+    refused; `metadata` values are JSON-encoded if not str."""
     from safetensors.torch import save_file
     path = Path(path)
+    check_finite(state, path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp), metadata=meta)
+
+
+class NonFiniteError(UserError):
+    """Weights about to be written hold NaN or inf."""
+
+
+def non_finite(value, name: str = "") -> list[str]:
+    """Names of the floating tensors in `value` (a tensor, or dicts and lists of them, such as an
+    optimizer state) that hold NaN or inf."""
+    if isinstance(value, torch.Tensor):
+        return [name] if value.is_floating_point() and not torch.isfinite(value).all() else []
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return []
+    return [bad for k, v in items for bad in non_finite(v, f"{name}.{k}" if name else str(k))]
+
+
+def check_finite(state: dict, where) -> None:
+    """Refuse to write NaN or inf: NonFiniteError names the first bad tensor."""
+    bad = non_finite(state)
+    if bad:
+        raise NonFiniteError(f"{where}: not written: {len(bad)} tensor(s) hold NaN or inf "
+                             f"({bad[0]}{', ...' if len(bad) > 1 else ''})")
+
+
+@contextlib.contextmanager
+def atomic_write(path: Path):
+    """Yield a temp path unique to this process; rename it to `path` when the block succeeds, remove it
+    when it fails (a full disk leaves no half-written file and the previous version intact)."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def describe_checkpoint(keys) -> str:

@@ -70,6 +70,9 @@ def pseudo_huber(a: torch.Tensor, b: torch.Tensor, c: float = 0.001) -> torch.Te
     return (torch.sqrt((a.float() - b.float()) ** 2 + c ** 2) - c).flatten(1).mean(1)
 
 
+LOSSES = ("huber", "l2")
+
+
 def consistency_loss(online: torch.Tensor, target: torch.Tensor, kind: str = "huber", c: float = 0.001) -> torch.Tensor:
     """Per-sample d(f_theta, f_theta-) [B]: pseudo-Huber (the recipes' choice) or squared L2 (LCM paper)."""
     if kind == "huber":
@@ -130,12 +133,35 @@ def distillation_loss(online, target, teacher, schedule: NoiseSchedule, x0: torc
     return weight * consistency_loss(online_out, target_out, kind), t_start
 
 
-def denoising_loss(model, schedule: NoiseSchedule, x0: torch.Tensor, context, generator=None):
-    """The DDPM objective for training a teacher: t ~ U{0..T-1}, x_t = alpha x0 + sigma eps, ||eps_hat - eps||^2.
+DENOISING_WEIGHTS = ("uniform", "v")
+
+
+def denoising_weight(schedule: NoiseSchedule, t: torch.Tensor, kind: str = "uniform") -> torch.Tensor:
+    """Time weight of the epsilon loss per sample [B]; mean 1 over t = 0..T-1.
+
+    "uniform": DDPM's simple loss, under which an error of the predicted x0 counts SNR_t times, so almost
+    nothing at high noise, where a sample's layout and a video's motion are decided. "v": 1 / abar_t,
+    which makes ||eps_hat - eps||^2 / abar_t equal to the v-prediction loss ||v_hat - v||^2 (Salimans
+    & Ho 2022, sec. 4): x0 errors then count (1 + SNR_t) times, at least once at every noise level.
+    """
+    if kind == "uniform":
+        return torch.ones(t.shape, device=t.device)
+    if kind == "v":
+        alpha, _ = schedule.alpha_sigma(torch.arange(schedule.steps))
+        weight = 1 / alpha.square()
+        return (weight / weight.mean())[t.cpu()].to(t.device)
+    raise ValueError(f"denoising loss weight must be one of {DENOISING_WEIGHTS}, not {kind!r}")
+
+
+def denoising_loss(model, schedule: NoiseSchedule, x0: torch.Tensor, context, generator=None,
+                   weighting: str = "uniform"):
+    """The DDPM objective for training a teacher: t ~ U{0..T-1}, x_t = alpha x0 + sigma eps, ||eps_hat - eps||^2,
+    times `denoising_weight(t, weighting)`.
 
     Returns (per-sample loss [B], t [B]); `generator` as in `distillation_loss`.
     """
     t = per_sample(lambda g, b: torch.randint(0, schedule.steps, (b,), generator=g), generator, x0.shape[0])
     noise = per_sample(lambda g, b: torch.randn((b, *x0.shape[1:]), generator=g), generator, x0.shape[0]).to(x0)
     t = t.to(x0.device)
-    return diffusion_loss(model(schedule.add_noise(x0, noise, t), t, context), noise), t
+    loss = diffusion_loss(model(schedule.add_noise(x0, noise, t), t, context), noise)
+    return denoising_weight(schedule, t, weighting) * loss, t

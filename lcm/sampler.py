@@ -66,6 +66,17 @@ def sample_lcm(model: Model, x: torch.Tensor, schedule: NoiseSchedule, timesteps
     return x
 
 
+# ---- Partial strength (SDEdit; video-to-video) -------------------------------------------------
+
+def keep_last(timesteps: list[int], strength: float) -> list[int]:
+    """The last int(steps * strength) timesteps of a full schedule, as diffusers' img2img pipelines keep them.
+
+    SDEdit (Meng et al. 2022): the source is noised to the first kept timestep and denoised from there.
+    """
+    kept = min(int(len(timesteps) * strength), len(timesteps))  # diffusers' get_timesteps: int, not round
+    return timesteps[len(timesteps) - kept:]
+
+
 # ---- DDIM (eta = 0) ----------------------------------------------------------------------------
 
 def ddim_timesteps(steps: int, spacing: str = "leading", offset: int = 1, total: int = 1000) -> list[int]:
@@ -92,9 +103,13 @@ def ddim_step(schedule: NoiseSchedule, eps: torch.Tensor, t: int, x: torch.Tenso
 
 
 def sample_ddim(model: Model, x: torch.Tensor, schedule: NoiseSchedule, timesteps: list[int],
-                set_alpha_to_one: bool = True, progress: bool = True) -> torch.Tensor:
-    # diffusers steps back by total // steps whatever the spacing; kept for equality.
-    stride = schedule.steps // len(timesteps)
+                set_alpha_to_one: bool = True, progress: bool = True, full_steps: int | None = None) -> torch.Tensor:
+    """DDIM over `timesteps`: all of a schedule, or the last ones of a `full_steps`-step schedule (V2V).
+
+    Each step goes back total // full_steps, as diffusers' DDIMScheduler does whatever the spacing; with
+    strength < 1 that stays the full schedule's stride (from t = 251 of 4 steps to t = 1, not to 0).
+    """
+    stride = schedule.steps // (full_steps or len(timesteps))
     final = 1.0 if set_alpha_to_one else schedule.alphas_cumprod[0].item()
     for t in tqdm(timesteps, desc="DDIM", disable=not progress):
         x = ddim_step(schedule, model(x, torch.tensor(t, device=x.device)), t, x, t - stride, final)
@@ -141,6 +156,10 @@ def dpmpp_2m_step(x: torch.Tensor, x0: torch.Tensor, x0_prev: torch.Tensor | Non
 
 def sample_dpmpp_2m(model: Model, x: torch.Tensor, schedule: NoiseSchedule, timesteps: list[int],
                     progress: bool = True) -> torch.Tensor:
+    """DPM-Solver++ 2M over `timesteps`, each step to the next one listed and the last to sigma 0.
+
+    `timesteps` may be the last ones of a longer schedule (V2V): the steps are the same as that schedule's.
+    """
     sigmas = dpmpp_sigmas(schedule, timesteps)
     x0_prev = None
     for i, t in enumerate(tqdm(timesteps, desc="DPM-Solver++ 2M", disable=not progress)):
@@ -152,5 +171,5 @@ def sample_dpmpp_2m(model: Model, x: torch.Tensor, schedule: NoiseSchedule, time
     return x
 
 
-__all__ = ["lcm_timesteps", "lcm_step", "sample_lcm", "ddim_timesteps", "ddim_step", "sample_ddim",
+__all__ = ["lcm_timesteps", "lcm_step", "sample_lcm", "keep_last", "ddim_timesteps", "ddim_step", "sample_ddim",
            "dpmpp_timesteps", "dpmpp_sigmas", "dpmpp_2m_step", "sample_dpmpp_2m"]

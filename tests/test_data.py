@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from cli import UserError
 from data import ImageCaptionDataset, ResumableSampler, VideoCaptionDataset, collate
 from video_io import resize_crop, to_model, write_video
 
@@ -107,9 +108,10 @@ def test_corrupt_files_are_skipped_and_reported(tmp_path):
     with pytest.warns(UserWarning) as record:
         item = dataset[2]  # short.gif, truncated.mp4, (wrap around) bad.mp4 known bad, good.gif
     assert item["caption"] == "good" and item["pixels"].shape == (3, 4, 16, 16)
-    assert [str(w.message).split("/")[-1] for w in record] == [
-        "short.gif (ValueError: only 2 frames, need 4); 2 skipped so far",
+    assert [str(w.message).split(str(tmp_path) + "/")[-1] for w in record] == [
+        "short.gif (only 2 frames, need 4); 2 skipped so far",  # a short clip is not called corrupt
         "truncated.mp4 (ValueError: no video stream); 3 skipped so far"]
+    assert [str(w.message).split(" ")[1] for w in record] == ["short", "corrupt"]
     assert {p.name for p in dataset.skipped} == {"bad.mp4", "short.gif", "truncated.mp4"}
     assert dataset[7]["caption"] == "good"  # no new warning: known bad files are passed over
 
@@ -123,7 +125,7 @@ def test_corrupt_files_are_skipped_and_reported(tmp_path):
     with pytest.warns(UserWarning, match="truncated.png"):
         assert dataset[1]["caption"] == "fine"
     (images / "good.png").write_bytes(b"garbage")
-    with pytest.warns(UserWarning) as record, pytest.raises(RuntimeError, match="none of the 2 images"):
+    with pytest.warns(UserWarning) as record, pytest.raises(UserError, match="none of the 2 images"):
         ImageCaptionDataset(images, size=16)[0]
     assert len(record) == 2 and "2 skipped so far" in str(record[1].message)
 
@@ -155,9 +157,9 @@ def test_missing_captions_and_empty_or_missing_folders(tmp_path):
                                          r"\.\.\.\); give them a NAME.txt .*captions.csv.*captions.jsonl"):
         ImageCaptionDataset(tmp_path)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="no videos found"):
+    with pytest.raises(UserError, match="no videos found"):
         VideoCaptionDataset(tmp_path / "empty")
-    with pytest.raises(FileNotFoundError, match="no such folder"):
+    with pytest.raises(UserError, match="no such folder"):
         ImageCaptionDataset(tmp_path / "nowhere")
 
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from lcm.distill import (consistency_loss, ddim_grid, ddim_solver_step, diffusion_loss, distillation_loss, grid_pairs,
-                         guided, loss_weight, pseudo_huber, teacher_free_point)
+from lcm.distill import (consistency_loss, ddim_grid, ddim_solver_step, denoising_loss, denoising_weight, diffusion_loss,
+                         distillation_loss, grid_pairs, guided, loss_weight, pseudo_huber, teacher_free_point)
 from lcm.ema import ema_update
 from lcm.schedule import NoiseSchedule, boundary_scalings, consistency_output
 
@@ -117,3 +117,33 @@ def test_ema_moves_every_weight_including_frozen_ones():
     ema_update(target, online, 0.9)
     for k, v in target.state_dict().items():
         torch.testing.assert_close(v, 0.9 * before[k] + 0.1 * online.state_dict()[k])
+
+
+def test_v_weighted_epsilon_loss_is_the_v_prediction_loss():
+    """||eps_hat - eps||^2 / abar_t == ||v_hat - v||^2 with v = alpha eps - sigma x0, for the x0 that eps_hat implies."""
+    schedule = NoiseSchedule("beta_linear")
+    g = torch.Generator().manual_seed(0)
+    t = torch.tensor([0, 10, 300, 700, 999])
+    x0, eps, eps_hat = (torch.randn(5, 4, 8, 8, generator=g) for _ in range(3))
+    x_t = schedule.add_noise(x0, eps, t)
+    alpha, sigma = schedule.alpha_sigma(t, x0)
+    v, v_hat = alpha * eps - sigma * x0, alpha * eps_hat - sigma * schedule.x0_from_eps(x_t, eps_hat, t)
+    v_loss = (v_hat - v).square().flatten(1).mean(1)
+    every_t = denoising_weight(schedule, torch.arange(1000), "v")
+    assert abs(every_t.mean().item() - 1) < 1e-5 and every_t[-1] > 100 * every_t[0]  # mean 1, high noise first
+    scale = (1 / schedule.alphas_cumprod).mean()  # the weight's normalisation
+    torch.testing.assert_close(denoising_weight(schedule, t, "v") * scale * diffusion_loss(eps_hat, eps), v_loss,
+                               rtol=1e-4, atol=1e-5)
+    assert torch.equal(denoising_weight(schedule, t), torch.ones(5))
+    with pytest.raises(ValueError, match="must be one of"):
+        denoising_weight(schedule, t, "snr")
+
+
+def test_denoising_loss_applies_its_weight_per_sample():
+    schedule = NoiseSchedule("beta_linear")
+    model = lambda x, t, c: x * 0.5  # noqa: E731 - any fixed predictor
+    x0 = torch.randn(6, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    plain, t = denoising_loss(model, schedule, x0, None, torch.Generator().manual_seed(2))
+    weighted, t2 = denoising_loss(model, schedule, x0, None, torch.Generator().manual_seed(2), "v")
+    assert torch.equal(t, t2)
+    torch.testing.assert_close(weighted, plain * denoising_weight(schedule, t, "v"))

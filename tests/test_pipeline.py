@@ -1,11 +1,13 @@
-"""End to end: our text-to-video equals diffusers' AnimateDiffPipeline + LCMScheduler on the same files."""
+"""End to end: our text-to-video equals diffusers' AnimateDiffPipeline + LCMScheduler on the same files, and
+our video-to-video with --strength-convention diffusers its AnimateDiffVideoToVideoPipeline."""
 
 import pytest
 import torch
 
-from pipeline import Request, generate
+from pipeline import Request, generate, request_timesteps
 from sd15 import load_sd15
 from test_lora import random_kohya_lora
+from test_sampler import diffusers_kept
 from test_unet import PerFrameGroupNorm
 from tiny import hf_clip_tokenizer, original_motion_file_state, sd15_file_state, tiny_reference_parts
 from weights import HINTS_KEY, save_safetensors
@@ -26,17 +28,31 @@ def setup(tmp_path_factory):
     return d, (unet2d, adapter, vae, text)
 
 
-def diffusers_video(parts, folder, prompt, negative, guidance, steps, frames, seed, lora=None):
-    from diffusers import AnimateDiffPipeline, LCMScheduler
-    from diffusers.loaders.lora_pipeline import StableDiffusionLoraLoaderMixin as Loader
+def diffusers_scheduler(sampler):
+    """diffusers' scheduler for one of our samplers with our defaults (beta_linear, AnimateLCM-T2V's grid)."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, LCMScheduler
+    betas = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="linear")
+    if sampler == "lcm":
+        return LCMScheduler(**betas, original_inference_steps=100)
+    if sampler == "ddim":
+        return DDIMScheduler(**betas, clip_sample=False, steps_offset=1)
+    return DPMSolverMultistepScheduler(**betas)
+
+
+def diffusers_pipe(cls, parts, folder, scheduler):
     unet2d, adapter, vae, text = parts
-    scheduler = LCMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="linear",
-                             original_inference_steps=100)
-    pipe = AnimateDiffPipeline(vae=vae, text_encoder=text, tokenizer=hf_clip_tokenizer(folder), unet=unet2d,
-                               motion_adapter=adapter, scheduler=scheduler)
+    pipe = cls(vae=vae, text_encoder=text, tokenizer=hf_clip_tokenizer(folder), unet=unet2d, motion_adapter=adapter,
+               scheduler=scheduler)
     for m in pipe.unet.modules():  # the official per-frame motion norm (see tests/test_unet.py)
         if type(m).__name__ == "AnimateDiffTransformer3D":
             m.norm.__class__ = PerFrameGroupNorm
+    return pipe
+
+
+def diffusers_video(parts, folder, prompt, negative, guidance, steps, frames, seed, lora=None):
+    from diffusers import AnimateDiffPipeline
+    from diffusers.loaders.lora_pipeline import StableDiffusionLoraLoaderMixin as Loader
+    pipe = diffusers_pipe(AnimateDiffPipeline, parts, folder, diffusers_scheduler("lcm"))
     if lora:
         state, alphas = Loader.lora_state_dict(str(lora[0]))
         Loader.load_lora_into_unet(state, alphas, pipe.unet, adapter_name="lora")
@@ -64,6 +80,44 @@ def test_text_to_video_equals_diffusers(setup, tmp_path, guidance, lora):
     assert (other - video).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("sampler,strength,guidance", [("lcm", 0.5, 1.0), ("ddim", 0.75, 1.5), ("dpmpp_2m", 0.7, 1.0)])
+def test_video_to_video_with_diffusers_convention_equals_diffusers(setup, tmp_path, sampler, strength, guidance):
+    from diffusers import AnimateDiffVideoToVideoPipeline
+    d, parts = setup
+    ours = load_sd15(d / "sd15.safetensors", d / "motion.safetensors")
+    source = torch.rand(1, 3, 6, 64, 64, generator=torch.Generator().manual_seed(5))  # [1, 3, F, H, W] in [0, 1]
+    request = Request(prompt="a red circle moving left", negative_prompt="blurry", frames=6, height=64, width=64,
+                      steps=4, guidance=guidance, seed=3, sampler=sampler, video=source * 2 - 1, strength=strength,
+                      strength_convention="diffusers", progress=False)
+    video = generate(ours, request)
+    pipe = diffusers_pipe(AnimateDiffVideoToVideoPipeline, parts, tmp_path, diffusers_scheduler(sampler))
+    expected = pipe(video=source.transpose(1, 2), prompt=request.prompt, negative_prompt=request.negative_prompt,
+                    height=64, width=64, num_inference_steps=4, guidance_scale=guidance, strength=strength,
+                    output_type="pt", generator=torch.Generator("cpu").manual_seed(3)).frames[0].transpose(0, 1)
+    assert video.shape == expected.shape == (3, 6, 64, 64)
+    assert (video - expected).abs().max() < 1e-4
+    # our default (AnimateLCM's convention) is another video for the same seed
+    default = generate(ours, Request(**{**request.__dict__, "strength_convention": "lcm"}))
+    assert (default - expected).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("steps,strength", [(4, 0.7), (4, 0.5), (4, 0.75), (4, 0.25), (8, 0.6), (3, 0.9), (10, 0.29),
+                                            (6, 1.0)])
+@pytest.mark.parametrize("sampler", ["lcm", "ddim", "dpmpp_2m"])
+def test_kept_steps_match_diffusers(sampler, steps, strength):
+    from diffusers import LCMScheduler
+    request = Request(prompt="", steps=steps, sampler=sampler, video=torch.zeros(1), strength=strength)
+    expected = diffusers_kept(diffusers_scheduler(sampler), steps, strength).tolist()
+    assert request_timesteps(Request(**{**request.__dict__, "strength_convention": "diffusers"})) == expected
+    assert len(expected) == int(steps * strength)
+    if sampler == "lcm":  # ours by default: all steps on the truncated grid, as LCMScheduler(strength=)
+        ref = LCMScheduler(original_inference_steps=100)
+        ref.set_timesteps(steps, strength=strength)
+        assert request_timesteps(request) == ref.timesteps.tolist()
+    else:  # DDIM and DPM-Solver++ keep diffusers' steps in both conventions
+        assert request_timesteps(request) == expected
+
+
 def test_non_finite_latents_stop_with_a_message(setup):
     d, _ = setup
     ours = load_sd15(d / "sd15.safetensors", d / "motion.safetensors")
@@ -76,8 +130,12 @@ def test_non_finite_latents_stop_with_a_message(setup):
 def test_requests_are_checked_before_any_work(setup):
     d, _ = setup
     ours = load_sd15(d / "sd15.safetensors", d / "motion.safetensors")
+    video = torch.zeros(1, 3, 16, 64, 64)
     for bad, message in ((dict(height=60), "multiples of 8"), (dict(steps=0), "steps must be at least 1"),
                          (dict(guidance=0.9), "guidance must be at least 1"), (dict(frames=70), "window of 64"),
-                         (dict(image=torch.zeros(1, 3, 64, 64)), "AnimateLCM-I2V"), (dict(sampler="euler"), "sampler")):
+                         (dict(image=torch.zeros(1, 3, 64, 64)), "AnimateLCM-I2V"), (dict(sampler="euler"), "sampler"),
+                         (dict(video=video, sampler="ddim", strength=0.2),
+                          r"keeps int\(4 \* 0.2\) = 0 of the 4 ddim steps; raise --strength to at least 0.25"),
+                         (dict(video=video, strength_convention="comfy"), "strength convention")):
         with pytest.raises(ValueError, match=message):
             generate(ours, Request(**{"prompt": "x", "height": 64, "width": 64, **bad}))

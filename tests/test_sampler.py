@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from lcm.sampler import (ddim_timesteps, dpmpp_timesteps, lcm_step, lcm_timesteps, sample_ddim, sample_dpmpp_2m,
-                         sample_lcm)
+from lcm.sampler import (ddim_timesteps, dpmpp_timesteps, keep_last, lcm_step, lcm_timesteps, sample_ddim,
+                         sample_dpmpp_2m, sample_lcm)
 from lcm.schedule import ALIASES, NoiseSchedule, boundary_scalings, consistency_output
 
 DIFFUSERS_NAME = {"beta_linear": "linear", "sqrt_beta_linear": "scaled_linear"}
@@ -96,6 +96,43 @@ def test_dpmpp_2m_equals_diffusers(kind, steps):
         x_ref = ref.step(fake_model(x_ref, t), t, x_ref).prev_sample
     ours = sample_dpmpp_2m(fake_model, start(), NoiseSchedule(kind), timesteps, progress=False)
     assert (ours - x_ref).abs().max() <= 1e-6 * x_ref.abs().max()  # float32 log-SNR arithmetic
+
+
+def diffusers_kept(ref, steps, strength):
+    """The timesteps diffusers' video-to-video (and img2img) pipelines keep, by their own get_timesteps."""
+    from types import SimpleNamespace
+
+    from diffusers import AnimateDiffVideoToVideoPipeline
+    ref.set_timesteps(steps)
+    kept, _ = AnimateDiffVideoToVideoPipeline.get_timesteps(SimpleNamespace(scheduler=ref), steps, ref.timesteps,
+                                                            strength, "cpu")
+    return kept
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m"])
+@pytest.mark.parametrize("steps,strength", [(4, 0.5), (4, 0.75), (4, 0.7), (8, 0.6), (3, 0.9), (10, 0.3)])
+def test_partial_strength_equals_diffusers_on_the_same_latents(sampler, steps, strength):
+    """V2V/SDEdit: the last int(steps * strength) steps, each as in the full schedule (DDIM: its stride)."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+    if sampler == "ddim":
+        ref = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="linear", clip_sample=False,
+                            steps_offset=1)
+        timesteps = keep_last(ddim_timesteps(steps), strength)
+    else:
+        ref = DPMSolverMultistepScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="linear")
+        timesteps = keep_last(dpmpp_timesteps(steps), strength)
+    kept = diffusers_kept(ref, steps, strength)
+    assert timesteps == kept.tolist() and len(timesteps) == int(steps * strength)
+    source, noise, schedule = start(0), start(1), NoiseSchedule()
+    x_ref = ref.add_noise(source, noise, kept[:1])
+    for t in kept:
+        x_ref = ref.step(fake_model(x_ref, t), t, x_ref).prev_sample
+    x = schedule.add_noise(source, noise, timesteps[0])
+    if sampler == "ddim":
+        close(sample_ddim(fake_model, x, schedule, timesteps, full_steps=steps, progress=False), x_ref)
+    else:
+        ours = sample_dpmpp_2m(fake_model, x, schedule, timesteps, progress=False)
+        assert (ours - x_ref).abs().max() <= 1e-6 * x_ref.abs().max()
 
 
 def test_schedule_values_match_the_method_notes():

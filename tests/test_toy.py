@@ -91,6 +91,14 @@ def test_quick_pipeline_runs_every_stage_and_reports(quick_run):
     for row in results["text_to_video"]:
         assert np.isfinite(row["fvd"][0]) and 0 <= row["seen_accuracy"][0] <= 1
     assert (quick_run / "run" / "strip.gif").exists()
+    # every training stage logged its prompt following (--val-score toy) at its last step
+    for stage, key in (("teacher_image", "toy_ddim_25"), ("teacher_motion", "toy_ddim_25"), ("stage1", "toy_lcm_4"),
+                       ("stage2", "toy_lcm_1"), ("direct", "toy_lcm_4")):
+        records = [json.loads(line) for line in (quick_run / "run" / stage / "log.jsonl").read_text().splitlines()]
+        health = [r for r in records if key in r]
+        assert health and health[-1]["step"] == records[-1]["step"], stage
+        assert set(health[-1][key]) == {"colour", "shape", "direction", "all"}
+        assert all(0 <= v <= 1 for v in health[-1][key].values())
     # a second call finds every stage done and trains nothing
     code = toy_run.main(["--quick", "--out", str(quick_run / "run"), "--skip-eval"])
     assert code == 0 and json.loads((quick_run / "run" / "times.json").read_text()) == results["times_s"]
@@ -102,8 +110,12 @@ def test_quick_weights_load_and_sample_through_sample_py(quick_run, tmp_path, mo
                       ("lora", "toy_lcm_lora.safetensors"), ("settings", "toy.json")):
         monkeypatch.setitem(sample.TOY, key, weights / name)
     assert sample.main(["--out", str(tmp_path / "toy.gif"), "--prompt", "a green square moving up"]) == 0
+    assert sample.main(["--out", str(tmp_path / "native.gif"), "--prompt", "a green square moving up",
+                        "--upscale", "1"]) == 0
     from video_io import read_video
-    assert read_video(tmp_path / "toy.gif").shape == (8, 32, 32, 3)
+    native, viewable = read_video(tmp_path / "native.gif"), read_video(tmp_path / "toy.gif")
+    assert native.shape == (8, 32, 32, 3) and viewable.shape == (8, 256, 256, 3)  # toy output: 8x, nearest
+    np.testing.assert_array_equal(viewable[:, ::8, ::8], native)
     assert sample.main(["--out", str(tmp_path / "bad.gif"), "--prompt", "a purple cat"]) == 2
 
 

@@ -25,6 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import cli  # noqa: E402
 import train_adapter  # noqa: E402
 import train_image  # noqa: E402
 import train_video  # noqa: E402
@@ -44,7 +45,7 @@ TOY_TEXT = TextEncoderConfig(width=32, layers=2, heads=4, mlp_width=64)  # froze
 VAL_PROMPT = "a red circle moving left"
 # stages 1, 2 and direct: the loss weighted by lambda_n = alpha_t / sigma_t (README, toy section: why)
 DISTILL_FLAGS = ["--w-min", "2", "--w-max", "5", "--loss", "huber", "--loss-weight", "sqrt_snr",
-                 "--val-prompt", VAL_PROMPT]
+                 "--val-prompt", VAL_PROMPT, "--val-score", "toy"]
 
 
 @dataclasses.dataclass
@@ -127,7 +128,7 @@ def stages(out: Path, b: Budget, seed: int, device: str) -> dict:
         save_sd15(out / "vae" / "init.safetensors", UNet(TOY_UNET), trained.cpu(), CLIPTextEncoder(TOY_TEXT),
                   {"toy": json.dumps(stats)})
 
-    teacher_flags = ["--val-prompt", VAL_PROMPT, "--caption-dropout", "0.1"]
+    teacher_flags = ["--val-prompt", VAL_PROMPT, "--caption-dropout", "0.1", "--val-score", "toy"]
     return {
         "data": (d / "clips" / f"{b.clips - 1:05d}.gif", data),
         "vae": (out / "vae" / "init.safetensors", vae),
@@ -312,7 +313,7 @@ def ship(out: Path, folder: Path) -> None:
 
 
 def check_finished(folder: Path, product: Path) -> None:
-    """A training script returns normally when a signal stopped it (its checkpoint saved): stop here too."""
+    """A stage that returned without reaching its last step or writing its product stops the run here."""
     if (folder / "log.jsonl").exists() and (folder / "checkpoint.pt").exists():
         settings = load_checkpoint(folder / "checkpoint.pt")
         if settings["step"] < settings["settings"]["steps"]:
@@ -332,6 +333,8 @@ def main(argv=None) -> int:
     p.add_argument("--ship-to", default=str(ROOT / "toy" / "weights"))
     p.add_argument("--skip-eval", action="store_true")
     args = p.parse_args(argv)
+    if cli.device_problem(args.device):  # before hours of work, not at the first stage that uses it
+        raise cli.UserError(cli.device_problem(args.device))
     out, budget = Path(args.out), (QUICK if args.quick else Budget())
     out.mkdir(parents=True, exist_ok=True)
     times_file = out / "times.json"
@@ -344,7 +347,11 @@ def main(argv=None) -> int:
             continue
         print(f"== {name}")
         start = time.perf_counter()
-        make()
+        try:
+            make()
+        except cli.Interrupted as e:  # the stage saved its checkpoint; this command continues it
+            raise cli.Interrupted(f"the {name} stage was stopped with its checkpoint saved: run this command again "
+                                  "to continue it", e.code) from e
         check_finished(out / name, product)
         done.write_text("")
         times[name] = round(time.perf_counter() - start, 1) + times.get(name, 0)
@@ -367,4 +374,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from weights import (HINTS_KEY, CheckpointError, architecture_hints, describe_checkpoint, load_strict,
-                     read_component, save_safetensors, strip_prefix)
+                     read_component, save_safetensors, source_name, strip_prefix)
 
 from .config import MotionConfig, UNetConfig
 from .keymap import motion_from_diffusers, unet_from_ldm, unet_to_ldm
@@ -50,7 +50,7 @@ def read_motion_module(source) -> tuple[dict[str, torch.Tensor], MotionConfig]:
     state, _, _ = read_component(source, "motion_adapter")
     state = {k.removeprefix("module."): v for k, v in state.items()}
     if not any("motion_modules." in k for k in state):
-        raise CheckpointError(f"{_name(source)} is {describe_checkpoint(state)}, not a motion module. "
+        raise CheckpointError(f"{source_name(source)} is {describe_checkpoint(state)}, not a motion module. "
                               "Pass an AnimateDiff or AnimateLCM motion-module file with --motion.")
     if not any(".temporal_transformer." in k for k in state):
         state = motion_from_diffusers(state)  # diffusers MotionAdapter layout
@@ -97,9 +97,9 @@ def load_unet(sd15, motion=None, *, attention_heads: int | None = None, motion_h
     try:
         cfg = UNetConfig.from_state_dict(state, **shape_free)
     except (KeyError, ValueError) as e:
-        raise CheckpointError(f"{_name(sd15)} does not look like a complete SD1.5 UNet ({e}).") from e
+        raise CheckpointError(f"{source_name(sd15)} does not look like a complete SD1.5 UNet ({e}).") from e
     if any(k.startswith("img_encoder.") or "motion_modules." in k for k in state):
-        raise CheckpointError(f"{_name(sd15)} mixes motion-module keys into the UNet file; pass the "
+        raise CheckpointError(f"{source_name(sd15)} mixes motion-module keys into the UNet file; pass the "
                               "motion module as a separate file.")
     if motion is not None:
         motion_state, motion_cfg = read_motion_module(motion)
@@ -111,7 +111,7 @@ def load_unet(sd15, motion=None, *, attention_heads: int | None = None, motion_h
     with torch.device("meta"):
         unet = UNet(cfg)
     unet = unet.to_empty(device=device)
-    what = f"{_name(sd15)}" + (f" + {_name(motion)}" if motion is not None else "")
+    what = f"{source_name(sd15)}" + (f" + {source_name(motion)}" if motion is not None else "")
     load_strict(unet, state, what)
     return unet.to(dtype) if dtype is not None else unet
 
@@ -169,7 +169,3 @@ def unet_hints(unet: UNet) -> dict:
                      "norm_groups": cfg.norm_groups},
             "motion": {"motion_heads": cfg.motion_heads, "norm_groups": cfg.norm_groups,
                        "motion_max_frames": cfg.motion_max_frames}}
-
-
-def _name(source) -> str:
-    return "the given state dict" if isinstance(source, dict) else str(source)

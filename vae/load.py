@@ -9,11 +9,14 @@ is read from tensor shapes, every tensor is used, and a wrong file raises Checkp
 """
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 import torch
 
-from weights import CheckpointError, architecture_hints, describe_checkpoint, load_strict, read_component, strip_prefix
+from weights import (CheckpointError, architecture_hints, describe_checkpoint, load_strict, read_component, source_name,
+                     strip_prefix)
 
 from .model import AutoencoderKL, VAEConfig
 
@@ -112,7 +115,7 @@ def read_vae_state(source) -> dict[str, torch.Tensor]:
     """Our-named VAE tensors from a single file, a diffusers folder, a standalone VAE, or a state dict."""
     state, _, _ = read_component(source, "vae")
     if "SDXL" in describe_checkpoint(state):  # same VAE shapes, other latent scale
-        raise CheckpointError(f"{_name(source)} is {describe_checkpoint(state)}; its VAE uses another "
+        raise CheckpointError(f"{source_name(source)} is {describe_checkpoint(state)}; its VAE uses another "
                               "latent scaling. Pass an SD1.5 checkpoint or VAE.")
     if any(k.startswith(LDM_VAE_PREFIX) for k in state):
         state = strip_prefix(state, LDM_VAE_PREFIX)
@@ -123,10 +126,20 @@ def read_vae_state(source) -> dict[str, torch.Tensor]:
     if any(k.startswith(("encoder.down_blocks.", "decoder.up_blocks.")) for k in state):
         return normalize_diffusers(state)
     if any(k.startswith("model.diffusion_model.") for k in state):
-        raise CheckpointError(f"{_name(source)} is an SD1.5-style single file without VAE weights "
+        raise CheckpointError(f"{source_name(source)} is an SD1.5-style single file without VAE weights "
                               "(no first_stage_model.* keys). Pass a VAE file or a diffusers folder.")
-    raise CheckpointError(f"{_name(source)} is {describe_checkpoint(state)}, not a VAE. Pass an SD1.5 "
+    raise CheckpointError(f"{source_name(source)} is {describe_checkpoint(state)}, not a VAE. Pass an SD1.5 "
                           "checkpoint, a diffusers folder, or a VAE file such as vae-ft-mse-840000.")
+
+
+def diffusers_config_hints(source) -> dict:
+    """GroupNorm groups and latent scaling from a diffusers folder's vae/config.json ({} for anything else)."""
+    if not isinstance(source, (str, Path)) or not Path(source).is_dir():
+        return {}
+    folder = Path(source) / "vae" if (Path(source) / "vae").is_dir() else Path(source)
+    config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+    names = {"norm_groups": "norm_num_groups", "scaling_factor": "scaling_factor"}
+    return {ours: config[theirs] for ours, theirs in names.items() if isinstance(config.get(theirs), (int, float))}
 
 
 def load_vae(source, *, norm_groups: int | None = None, scaling_factor: float | None = None,
@@ -134,22 +147,23 @@ def load_vae(source, *, norm_groups: int | None = None, scaling_factor: float | 
     """An AutoencoderKL from `source` (file, folder or state dict), its shape read from the tensors.
 
     GroupNorm groups and the latent scaling factor cannot be read from shapes: they come from the
-    arguments, else the file's architecture hints (our own saved files carry them), else SD1.5's.
+    arguments, else a diffusers folder's config.json or the file's architecture hints (our own saved
+    files carry them), else SD1.5's.
     """
-    hints = architecture_hints(source, "vae")
+    hints = {**diffusers_config_hints(source), **architecture_hints(source, "vae")}
     norm_groups = norm_groups or hints.get("norm_groups", 32)
     scaling_factor = scaling_factor or hints.get("scaling_factor", 0.18215)
     state = read_vae_state(source)
     try:
         cfg = VAEConfig.from_state_dict(state, norm_groups=norm_groups, scaling_factor=scaling_factor)
     except CheckpointError as e:
-        raise CheckpointError(f"{_name(source)}: {e}") from e
-    with torch.device("meta"):
-        vae = AutoencoderKL(cfg)
+        raise CheckpointError(f"{source_name(source)}: {e}") from e
+    try:
+        with torch.device("meta"):
+            vae = AutoencoderKL(cfg)
+    except ValueError as e:  # GroupNorm: groups that do not divide the channels
+        raise CheckpointError(f"{source_name(source)}: no VAE with {norm_groups} GroupNorm groups fits its "
+                              f"channels {cfg.block_out_channels} ({e})") from e
     vae = vae.to_empty(device=device)
-    load_strict(vae, state, f"VAE from {_name(source)}")
+    load_strict(vae, state, f"VAE from {source_name(source)}")
     return (vae.to(dtype) if dtype is not None else vae).eval()
-
-
-def _name(source) -> str:
-    return "the given state dict" if isinstance(source, dict) else str(source)
