@@ -22,8 +22,7 @@ import cli
 import train_adapter
 import train_image
 import train_video
-from test_train import adapter_args, image_args, log_records, video_args
-from tiny import write_clips, write_training_files
+from test_train import adapter_args, image_args, log_records, video_args, world  # noqa: F401 (a fixture)
 from weights import read_metadata
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,14 +30,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 class Loaded(Exception):
     """Raised by the stand-in loader: a model was about to load."""
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    d = tmp_path_factory.mktemp("errors")
-    write_training_files(d)
-    write_clips(d, 3, 6, 32)
-    return d
 
 
 @pytest.fixture

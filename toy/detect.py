@@ -29,16 +29,14 @@ TRIANGLE_BALANCE, SQUARE_FILL = 0.6, 0.87  # upper / lower half mass below -> tr
 
 
 def colour_and_opacity(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frames [N, 3, H, W] in [-1, 1] -> (colour index [N], opacity of that colour per pixel [N, H, W])."""
+    """Frames [N, 3, H, W] in [-1, 1] -> (colour index [N], each pixel's opacity of each colour [N, 4, H, W])."""
     chroma = frames - frames.mean(1, keepdim=True)                             # [N, 3, H, W]
-    weights = torch.einsum("nchw,kc->nkhw", chroma, CHROMA) / CHROMA.square().sum(1)[None, :, None, None]
+    opacity = torch.einsum("nchw,kc->nkhw", chroma, CHROMA) / CHROMA.square().sum(1)[None, :, None, None]
     # a pixel votes for the colour it is most of, with that opacity, if it is coloured at all
-    best, which = weights.max(1)                                                # [N, H, W]
+    best, which = opacity.max(1)                                                # [N, H, W]
     votes = torch.zeros(len(frames), len(CHROMA)).scatter_add_(
         1, which.flatten(1), (best * (best > VOTE)).flatten(1))
-    colour = votes.argmax(1)
-    opacity = weights[torch.arange(len(frames)), colour]                         # [N, H, W]
-    return torch.where(votes.sum(1) > 0, colour, -1), opacity
+    return torch.where(votes.sum(1) > 0, votes.argmax(1), -1), opacity
 
 
 def centroid(mask: torch.Tensor) -> torch.Tensor:
@@ -93,11 +91,9 @@ def detect(videos: torch.Tensor) -> dict[str, torch.Tensor]:
     motion, first to last frame) and trail (the majority of the frames' trail sides)."""
     n, _, f, h, w = videos.shape
     frames = videos.float().clamp(-1, 1).transpose(1, 2).reshape(n * f, 3, h, w)
-    colours, _ = colour_and_opacity(frames)
-    colour = majority(colours.view(n, f))
-    chosen = colour.clamp(min=0).repeat_interleave(f)
-    chroma = frames - frames.mean(1, keepdim=True)
-    opacity = torch.einsum("nchw,nc->nhw", chroma, CHROMA[chosen]) / CHROMA[chosen].square().sum(1)[:, None, None]
+    colours, opacities = colour_and_opacity(frames)
+    colour = majority(colours.view(n, f))                    # the video's colour: most frames' vote
+    opacity = opacities[torch.arange(n * f), colour.clamp(min=0).repeat_interleave(f)]  # [N*F, H, W]
     core = (opacity >= CORE).view(n, f, h, w)
     centres = centroid(core.flatten(0, 1)).view(n, f, 2)
     shapes = shape_of(core.flatten(0, 1)).view(n, f)
