@@ -2,7 +2,8 @@
 continues it or --overwrite true starts it over), locked while the run lasts, and on resume checked
 against the checkpoint's settings.
 
-    state = start_run(s, rt, PRODUCTS)   # before any model loads; None or the checkpoint to continue
+    state = start_run(s, rt, PRODUCTS)   # None or the checkpoint to continue; after the flag and data checks
+                                         # (a refused command deletes nothing) and before any model loads
 """
 from __future__ import annotations
 

@@ -124,7 +124,7 @@ def generate_video(argv=None) -> int:
     check_args(args, height, width)
 
     from lcm.schedule import NoiseSchedule
-    from pipeline import Request, generate
+    from pipeline import Request, generate, request_timesteps
     from sd15 import load_sd15
     from video_io import old_frames, read_image, read_video, resize_crop, to_model, to_uint8, write_video
 
@@ -173,11 +173,14 @@ def generate_video(argv=None) -> int:
         video = generate(model, request, timings)
     except (ValueError, FloatingPointError) as e:  # the request's checks against the loaded model
         raise UserError(str(e)) from e
+    ran = len(request_timesteps(request))  # fewer than --steps where --strength keeps only the last ones
     earlier = old_frames(args.out)
     frames = to_uint8(video).repeat(args.upscale, axis=1).repeat(args.upscale, axis=2)  # nearest-neighbour
     out = write_video(frames, args.out, args.fps)
     size = f"{width}x{height}" + (f", written at {width * args.upscale}x{height * args.upscale}" if args.upscale > 1 else "")
-    print(f"wrote {out} ({args.frames} frames, {size}, {args.fps} fps, {args.steps} {args.sampler} steps)"
+    steps = f"{ran} {args.sampler} steps" if ran == args.steps else \
+        f"{ran} of {args.steps} {args.sampler} steps, the last ones (--strength {args.strength})"
+    print(f"wrote {out} ({args.frames} frames, {size}, {args.fps} fps, {steps})"
           + (f"; replaced the {len(earlier)} frames of an earlier video there" if earlier else ""))
     print("time: " + ", ".join(f"{k} {v:.2f} s" for k, v in {"load": load_time, **timings}.items()))
     return 0
@@ -192,6 +195,8 @@ def check_args(args, height: int, width: int) -> None:
         value = getattr(args, flag)
         if value is not None and value < 1:
             problems.append(f"--{flag.replace('_', '-')} must be at least 1 (got {value})")
+    if args.steps > 1000:
+        problems.append(f"--steps must be at most 1000, the noise schedule's length (got {args.steps})")
     if args.context_overlap < 0 or (args.context_frames and args.context_overlap >= args.context_frames):
         problems.append(f"--context-overlap must be 0 or more and below --context-frames (got {args.context_overlap})")
     if args.original_steps is not None and not 1 <= args.original_steps <= 1000:
@@ -222,8 +227,28 @@ def check_args(args, height: int, width: int) -> None:
         problems.append("--controlnet-lora needs --controlnet")
     if args.image and args.video:
         problems.append("--image and --video cannot be combined")
+    if args.control and args.context_frames:
+        problems.append("--control and --context-frames cannot be combined yet")
+    if 1 <= args.steps <= 1000 and 0 < args.strength <= 1 and 1 <= (args.original_steps or 100) <= 1000:
+        problems += [p for p in [steps_problem(args)] if p]
     if problems:
         raise UserError("; ".join(problems))
+
+
+def steps_problem(args) -> str | None:
+    """Why the sampler's timesteps cannot be picked (--strength keeps none of the --steps, or the LCM
+    grid has fewer points than --steps), or None. Without --original-steps the grid is the model's
+    (100 points, AnimateLCM-I2V's 200), known once it loads: this checks with 200, so it refuses only
+    what fails with either; the pipeline checks again against the loaded model."""
+    from pipeline import Request, request_timesteps
+    request = Request(prompt="", steps=args.steps, sampler=args.sampler, original_steps=args.original_steps or 200,
+                      strength=args.strength, strength_convention=args.strength_convention,
+                      video=torch.zeros(0) if args.video else None)  # only whether there is a video matters
+    try:
+        request_timesteps(request)
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 if __name__ == "__main__":

@@ -101,11 +101,11 @@ def main(argv=None):
     out = Path(s.out)
     if rt.main:
         print(f"settings: {dataclasses.asdict(s)}")
-    state = start_run(s, rt, PRODUCTS)  # the checkpoint to continue from (--resume true), or None
     # clips (+ their control videos, sampled at the same frames); bad data is refused before any model loads
     dataset = VideoCaptionDataset(s.data, frames=s.frames, stride=s.stride, size=s.size, seed=s.seed,
                                   control_folder=s.control_data or None)
     check_batch(dataset, s, rt)
+    state = start_run(s, rt, PRODUCTS)  # the checkpoint to continue from (--resume true), or None
 
     # ---- models: the frozen video consistency model + the trainable adapter (online, EMA) -----
     model = load_sd15(s.sd15, s.motion, [(s.lora, 1.0)] if s.lora else [], device=rt.device)

@@ -87,9 +87,9 @@ def main(argv=None):
     out = Path(s.out)
     if rt.main:
         print(f"settings: {dataclasses.asdict(s)}")
-    state = start_run(s, rt, PRODUCTS)  # the checkpoint to continue from (--resume true), or None
     dataset = ImageCaptionDataset(s.data, size=s.size)  # bad data is refused before any model loads
     check_batch(dataset, s, rt)
+    state = start_run(s, rt, PRODUCTS)  # the checkpoint to continue from (--resume true), or None
 
     # ---- models: online = base + LoRA; teacher = the same UNet with the LoRA detached; ----------
     # ---- target = the online model itself (no gradient), or an EMA copy of the LoRA -----------

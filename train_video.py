@@ -105,9 +105,9 @@ def main(argv=None):
     out = Path(s.out)
     if rt.main:
         print(f"settings: {dataclasses.asdict(s)}")
-    state = start_run(s, rt, PRODUCTS)  # the checkpoint to continue from (--resume true), or None
     dataset = VideoCaptionDataset(s.data, frames=s.frames, stride=s.stride, size=s.size, seed=s.seed)
     check_batch(dataset, s, rt)  # bad data is refused before any model loads
+    state = start_run(s, rt, PRODUCTS)  # the checkpoint to continue from (--resume true), or None
 
     # ---- models ------------------------------------------------------------------------------
     teacher = load_sd15(s.sd15, s.teacher_motion or None, device=rt.device)

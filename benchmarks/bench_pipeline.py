@@ -22,6 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 
+import cli  # noqa: E402
 from bench_unet import PeakMemory, timed  # noqa: E402
 from pipeline import Request, generate  # noqa: E402
 from sd15 import load_sd15  # noqa: E402
@@ -44,7 +45,7 @@ def sd15_reference_parts():
     return unet2d.eval(), adapter, vae.eval(), text.eval()
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--size", type=int, default=128, help="video height = width in pixels")
@@ -54,7 +55,9 @@ def main():
     p.add_argument("--model", choices=["tiny", "sd15"], default="tiny")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32", help="all models, both pipelines")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    if cli.device_problem(args.device):
+        raise cli.UserError(cli.device_problem(args.device))
     from diffusers import AnimateDiffPipeline, LCMScheduler
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
 
@@ -102,4 +105,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main))

@@ -25,6 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+import cli  # noqa: E402
 from tiny import write_clips, write_training_files  # noqa: E402
 
 
@@ -35,7 +36,7 @@ def step_times(log: Path) -> tuple[float, float | None]:
     return statistics.median(times.tolist()), peak
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--size", choices=["tiny", "sd15"], default="tiny")
     p.add_argument("--stages", default="image,video,adapter")
@@ -46,7 +47,7 @@ def main():
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", default="bf16")
     p.add_argument("--gradient-checkpointing", default="true")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     folder = Path(tempfile.mkdtemp())
     write_training_files(folder, args.size)
     write_clips(folder, 4, args.frames, args.resolution)
@@ -79,4 +80,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main))

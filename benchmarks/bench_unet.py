@@ -21,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import cli  # noqa: E402
 from unet.load import load_unet  # noqa: E402
 
 SIZES = {  # diffusers UNet2DConditionModel / MotionAdapter widths
@@ -93,7 +94,7 @@ def timed(fn, device) -> float:
     return time.perf_counter() - start
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--size", choices=SIZES, default="small")
     p.add_argument("--frames", type=int, default=8)
@@ -103,7 +104,9 @@ def main():
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    if cli.device_problem(args.device):
+        raise cli.UserError(cli.device_problem(args.device))
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
@@ -145,4 +148,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main))

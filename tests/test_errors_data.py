@@ -62,6 +62,16 @@ def test_a_bad_manifest_names_its_file_and_line(world, tmp_path, capsys, no_load
     assert f"{folder / name}" in err and message in err
 
 
+def test_overwrite_deletes_nothing_when_the_data_is_refused(world, tmp_path, capsys, no_loading):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "lora.safetensors").write_bytes(b"an earlier run's LoRA")
+    (tmp_path / "empty").mkdir()
+    err = refused(train_image.main, image_args(world, out, "--overwrite", "true", "--data", str(tmp_path / "empty")),
+                  capsys)
+    assert "no images found" in err and (out / "lora.safetensors").read_bytes() == b"an earlier run's LoRA"
+
+
 def test_a_batch_larger_than_the_data(world, tmp_path, capsys, no_loading):
     err = refused(train_image.main, image_args(world, tmp_path / "out", "--batch", "8"), capsys)
     assert f"--batch 8 needs at least 8 images; {world / 'images'} has 3: lower --batch or add data" in err

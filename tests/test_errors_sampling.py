@@ -65,9 +65,18 @@ def refused(files, capsys, *extra) -> str:
     (["--context-frames", "4", "--context-overlap", "4"], "--context-overlap must be 0 or more and below"),
     (["--original-steps", "0"], "--original-steps must be between 1 and 1000"),
     (["--device", "gpu"], "--device 'gpu' is not a device: use cpu, cuda or cuda:N"),
+    (["--steps", "2000", "--sampler", "ddim"], "--steps must be at most 1000, the noise schedule's length (got 2000)"),
+    (["--steps", "300"], "300 steps need a grid of at least that many points; the LCM grid has 200"),
+    (["--video", "{files}/short.gif", "--sampler", "ddim", "--strength", "0.2"],
+     "strength 0.2 keeps int(4 * 0.2) = 0 of the 4 ddim steps; raise --strength to at least 0.25 or use more --steps"),
+    (["--video", "{files}/short.gif", "--strength-convention", "diffusers", "--strength", "0.2"],
+     "keeps int(4 * 0.2) = 0 of the 4 lcm steps"),
+    (["--controlnet", "{files}/motion.safetensors", "--control", "{files}/short.gif", "--context-frames", "4"],
+     "--control and --context-frames cannot be combined yet"),
 ])
 def test_bad_numbers_and_devices(files, capsys, extra, message):
-    assert message in refused(files, capsys, *extra)
+    """Also the steps --strength keeps and the flags the pipeline cannot combine: refused up front."""
+    assert message in refused(files, capsys, *[arg.format(files=files) for arg in extra])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")

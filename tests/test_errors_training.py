@@ -197,6 +197,7 @@ def test_a_full_disk_keeps_the_last_complete_save(world, tmp_path, capsys, monke
     save = torch.save
 
     def fill_the_disk(state, path, *args, **kwargs):
+        assert Path(path).name == f"checkpoint.pt.{os.getpid()}.tmp"  # this process's own: no two runs share one
         if state["step"] == 2:
             Path(path).write_bytes(b"half a checkp")
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
@@ -249,3 +250,31 @@ def test_toy_run_stops_non_zero_when_a_stage_is_interrupted(tmp_path, capsys, mo
     assert "the stage1 stage was stopped with its checkpoint saved: run this command again" in capsys.readouterr().err
     assert cli.run(toy_run.main, ["--out", str(tmp_path / "gpu"), "--device", "gpu"]) == 2
     assert "--device 'gpu' is not a device" in capsys.readouterr().err and not (tmp_path / "gpu").exists()
+
+
+def test_the_toy_scripts_and_benchmarks_report_problems_in_one_line(tmp_path):
+    """The sweeps (which run the training scripts), toy/health.py and a benchmark: exit code 2, one line,
+    no traceback; the sweeps check --device and --weights before writing any data."""
+    commands = {"toy/sweep_stage1.py": (["--variant", "a=", "--weights", str(tmp_path), "--out", str(tmp_path / "s1"),
+                                         "--device", "gpu"], "--device 'gpu' is not a device"),
+                "toy/sweep_stage2.py": (["--weights", str(tmp_path), "--out", str(tmp_path / "s2")],
+                                        f"--weights {tmp_path} lacks toy_sd15.safetensors, "),
+                "toy/health.py": (["--sd15", str(tmp_path / "missing.safetensors")],
+                                  f"{tmp_path / 'missing.safetensors'}: no such file"),
+                "benchmarks/bench_unet.py": (["--device", "gpu"], "--device 'gpu' is not a device")}
+    for script, (args, message) in commands.items():
+        run_ = subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True, text=True, timeout=300)
+        assert run_.returncode == 2 and "Traceback" not in run_.stderr, (script, run_.stderr[-2000:])
+        assert run_.stderr.count("\n") == 1 and message in run_.stderr, (script, run_.stderr)
+    assert not (tmp_path / "s1").exists() and not (tmp_path / "s2").exists()
+
+
+def test_a_sweep_stopped_by_a_signal_says_to_run_the_sweep_again():
+    from toy.compare import sweep_train
+
+    def stopped(argv):
+        raise cli.Interrupted("stopped by SIGTERM at step 2 of 4; ... continue with --resume true", 143)
+    with pytest.raises(cli.Interrupted, match="^base's stage 1 was stopped with its checkpoint saved: run this "
+                                              "command again to continue it$") as e:
+        sweep_train(stopped, [], "base's stage 1")
+    assert e.value.code == 143

@@ -61,12 +61,16 @@ def test_image_to_video(weights, tmp_path):
     assert read_video(tmp_path / "i2v").shape == (5, 32, 48, 3)
 
 
-def test_video_to_video_and_long_video(weights, tmp_path):
+def test_video_to_video_and_long_video(weights, tmp_path, capsys):
     source = (np.random.default_rng(0).random((6, 32, 48, 3)) * 255).astype(np.uint8)
     write_video(source, tmp_path / "source.gif", fps=8)
     assert run(weights, tmp_path, "--out", str(tmp_path / "v2v"), "--video", str(tmp_path / "source.gif"),
                "--strength", "0.5") == 0
     assert read_video(tmp_path / "v2v").shape == (5, 32, 48, 3)
+    assert "2 lcm steps)" in capsys.readouterr().out  # the LCM convention: every step, on a shorter grid
+    assert run(weights, tmp_path, "--out", str(tmp_path / "v2v_ddim"), "--video", str(tmp_path / "source.gif"),
+               "--strength", "0.5", "--sampler", "ddim") == 0
+    assert "1 of 2 ddim steps, the last ones (--strength 0.5))" in capsys.readouterr().out  # the steps that ran
     assert run(weights, tmp_path, "--out", str(tmp_path / "long"), "--frames", "30", "--context-frames", "8") == 0
     assert read_video(tmp_path / "long").shape == (30, 32, 48, 3)
 

@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import sample  # noqa: E402
+from cli import UserError  # noqa: E402
 from toy import run as toy_run  # noqa: E402
 from toy.classifier import attribute_accuracy, frechet_distance, judge, prompt_accuracy, real_reference  # noqa: E402
 from toy.evaluate import generate_batch, prompts  # noqa: E402
@@ -166,7 +167,7 @@ def test_stage2_sweep_measures_one_run_as_it_trains(quick_run, tmp_path):
     log = [json.loads(line) for line in (tmp_path / "sweep" / "base" / "log.jsonl").read_text().splitlines()]
     # one run, continued: not retrained from the start (validation records, --val-score, carry no loss)
     assert [r["step"] for r in log if "loss" in r] == [1, 2]
-    with pytest.raises(SystemExit, match="trained past 1 steps"):
+    with pytest.raises(UserError, match="trained past 1 steps"):  # one line and exit code 2 from the command line
         sweep_stage2.main([*flags, "--steps", "1"])
 
 

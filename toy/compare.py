@@ -19,6 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import cli  # noqa: E402
 from sd15 import load_sd15  # noqa: E402
 from toy.classifier import frechet_distance, judge, real_reference, to_model  # noqa: E402
 from toy.evaluate import generate_batch, mean_std, prompts  # noqa: E402
@@ -83,14 +84,36 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", default=None, help="also write the numbers here (after every row)")
 
 
+SWEEP_WEIGHTS = ("toy_sd15.safetensors", "toy_teacher_motion.safetensors", "toy_lcm_lora.safetensors",
+                 "toy_motion.safetensors", "toy_classifier.safetensors")  # what both sweeps read from --weights
+
+
 def sweep_setup(args) -> tuple:
-    """A sweep's data folder (written once, as toy/run.py writes it), judge, reference and prompt sets."""
+    """A sweep's data folder (written once, as toy/run.py writes it), judge, reference and prompt sets;
+    --device and --weights are checked first, before minutes of data writing."""
     weights, out = Path(args.weights), Path(args.out)
+    problems = [p for p in [cli.device_problem(args.device)] if p]
+    missing = [name for name in SWEEP_WEIGHTS if not (weights / name).exists()]
+    if missing:
+        problems.append(f"--weights {weights} lacks {', '.join(missing)}: pass the folder of the shipped toy "
+                        "weights (toy/weights, or toy/run.py --ship-to's)")
+    if problems:
+        raise cli.UserError("; ".join(problems))
     if not (out / "data" / "clips" / f"{args.clips - 1:05d}.gif").exists():
         write_dataset(out / "data", args.clips, FRAMES, RESOLUTION, 0)
     classifier = load_classifier(weights / "toy_classifier.safetensors")
     reference = real_reference(classifier, 512, seed=321)
     return weights, out, classifier, reference, seen_prompt_sets(args.count, args.sets)
+
+
+def sweep_train(main, argv: list[str], name: str) -> None:
+    """A training script's main as a sweep runs it: stopped by a signal (its checkpoint saved), the sweep
+    stops too, with the signal's exit code; the same sweep command continues it (its flags resume)."""
+    try:
+        main(argv)
+    except cli.Interrupted as e:
+        raise cli.Interrupted(f"{name} was stopped with its checkpoint saved: run this command again to continue it",
+                              e.code) from e
 
 
 def main(argv=None) -> int:
@@ -128,4 +151,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import cli  # noqa: E402
 from toy.classifier import ATTRIBUTES, labels  # noqa: E402
 from toy.detect import detect, detect_stills  # noqa: E402
 from toy.world import HELD_OUT, SEEN, caption  # noqa: E402
@@ -84,4 +85,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

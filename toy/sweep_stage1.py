@@ -23,10 +23,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import cli  # noqa: E402
 import train_image  # noqa: E402
 import train_video  # noqa: E402
 from sd15 import load_sd15  # noqa: E402
-from toy.compare import add_sweep_arguments, measure, report, row_name, sweep_setup  # noqa: E402
+from toy.compare import add_sweep_arguments, measure, report, row_name, sweep_setup, sweep_train  # noqa: E402
 from toy.run import TEACHER_GUIDANCE, Budget, stage1_args, stage2_args  # noqa: E402
 
 
@@ -62,15 +63,16 @@ def main(argv=None) -> int:
         name, _, flags = variant.partition("=")
         folder = "".join(c if c.isalnum() else "_" for c in name)
         start = time.perf_counter()
-        train_image.main([*stage1_args(out, folder, sd, Budget(), 0, args.device), "--precision", "fp32",
-                          *shlex.split(flags)])
+        sweep_train(train_image.main, [*stage1_args(out, folder, sd, Budget(), 0, args.device), "--precision", "fp32",
+                                       *shlex.split(flags)], f"{name}'s stage 1")
         print(f"{name}: stage 1 in {time.perf_counter() - start:.0f} s", flush=True)
         lora = out / folder / "lora.safetensors"
         model = load_sd15(sd, teacher_motion, [(lora, 1.0)], device=args.device)
         for steps in (1, 4):
             row(f"{name}: image-only LCM", model, "lcm", 1.0, steps)
-        train_video.main([*stage2_args(out, f"{folder}_stage2", sd, teacher_motion, lora, Budget(), args.stage2_steps,
-                                       0, args.device), "--precision", "fp32"])
+        sweep_train(train_video.main, [*stage2_args(out, f"{folder}_stage2", sd, teacher_motion, lora, Budget(),
+                                                    args.stage2_steps, 0, args.device), "--precision", "fp32"],
+                    f"{name}'s stage 2")
         model = load_sd15(sd, out / f"{folder}_stage2" / "motion_module.safetensors", [(lora, 1.0)], device=args.device)
         for steps in (1, 4):
             row(f"{name}: AnimateLCM", model, "lcm", 1.0, steps)
@@ -78,4 +80,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

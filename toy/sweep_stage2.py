@@ -26,9 +26,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import cli  # noqa: E402
 import train_video  # noqa: E402
 from sd15 import load_sd15  # noqa: E402
-from toy.compare import add_sweep_arguments, measure, report, row_name, sweep_setup  # noqa: E402
+from toy.compare import add_sweep_arguments, measure, report, row_name, sweep_setup, sweep_train  # noqa: E402
 from toy.run import ORIGINAL_STEPS, TEACHER_GUIDANCE, Budget, stage2_args  # noqa: E402
 from training import load_checkpoint  # noqa: E402
 
@@ -75,13 +76,13 @@ def main(argv=None) -> int:
         checkpoint = out / folder / "checkpoint.pt"  # the counts are trained in order, so only the first can be passed
         trained = load_checkpoint(checkpoint)["step"] if checkpoint.exists() else 0
         if trained > min(args.steps):
-            raise SystemExit(f"{out / folder} has trained past {min(args.steps)} steps: delete it to measure "
-                             "fewer steps")
+            raise cli.UserError(f"{out / folder} has trained past {min(args.steps)} steps: delete it to measure "
+                                "fewer steps")
         for train_steps in sorted(args.steps):
             start = time.perf_counter()
-            train_video.main([  # toy/run.py's stage 2, in fp32 on a GPU too, then the variant's flags
+            sweep_train(train_video.main, [  # toy/run.py's stage 2, in fp32 on a GPU too, then the variant's flags
                 *stage2_args(out, folder, sd, teacher_motion, lora_file, Budget(), train_steps, 0, args.device),
-                "--precision", "fp32", *extra])
+                "--precision", "fp32", *extra], name)
             print(f"{name}: trained to step {train_steps} in {time.perf_counter() - start:.0f} s", flush=True)
             model = load_sd15(sd, out / folder / "motion_module.safetensors", lora, device=args.device)
             label = name if len(args.steps) == 1 else f"{name} ({train_steps} training steps)"
@@ -91,4 +92,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

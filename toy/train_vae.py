@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import cli  # noqa: E402
 from toy.world import SEEN, sample_videos  # noqa: E402
 from vae import AutoencoderKL, VAEConfig  # noqa: E402
 
@@ -79,4 +80,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main))
