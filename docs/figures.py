@@ -1,4 +1,4 @@
-"""Every figure of docs/consistency-distillation.md, drawn from the shipped toy model.
+"""Every figure of docs/consistency-distillation.md and docs/toy-world.md, drawn from the shipped toy model.
 
     python docs/figures.py                          # all figures into docs/figures/
     python docs/figures.py --only sampler_steps     # one figure (names: --help)
@@ -6,8 +6,9 @@
     python docs/figures.py --weights runs/toy_ship  # another toy run's shipped folder (toy/run.py --ship-to)
 
 Everything comes from the weight files in --weights and their metadata (noise schedule, solver grid,
-guidance range, loss, EMA rate and step count of each stage) and toy.json (the teacher's guidance):
-after the toy world is retrained, run this again. No result is written in here.
+guidance range, loss, EMA rate and step count of each stage), toy.json (the teacher's guidance) and
+results.json (the toy run's evaluation, which `toy/run.py --ship` copies there): after the toy world
+is retrained, run this again. No result is written in here.
 Plots need matplotlib (requirements-dev.txt); nothing outside docs/ imports it.
 """
 from __future__ import annotations
@@ -514,10 +515,46 @@ def fig_teacher_free(ctx: Context) -> None:
     ctx.save(fig, "teacher_free_gap")
 
 
+# ---- the toy world's results (docs/toy-world.md, README) -----------------------------------------
+
+def fig_toy_results(ctx: Context) -> None:
+    """Toy FVD and seen-prompt accuracy against steps, from results.json (mean and seed-to-seed std)."""
+    results = json.loads((ctx.weights / "results.json").read_text())
+    rows = results["text_to_video"]
+    many = max(r["steps"] for r in rows)  # the teacher's many-step reference row
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    for i, method in enumerate(dict.fromkeys(r["method"] for r in rows)):
+        few = sorted((r for r in rows if r["method"] == method and r["steps"] < many), key=lambda r: r["steps"])
+        ref = [r for r in rows if r["method"] == method and r["steps"] == many]
+        for ax, metric in zip(axes, ("fvd", "seen_accuracy")):
+            ax.errorbar([r["steps"] for r in few], [r[metric][0] for r in few], [r[metric][1] for r in few],
+                        fmt="o-", ms=4, capsize=3, color=f"C{i}", label=method)
+            for r in ref:
+                ax.axhline(r[metric][0], color=f"C{i}", ls=":", label=f"{method}, {many} steps")
+    seeds, count = results["eval_seeds"], results["eval_count"]
+    axes[0].set(yscale="log", ylabel="toy FVD (lower is better)")
+    axes[0].yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    axes[0].yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    axes[0].set_yticks([t for t in (50, 100, 200, 400, 800)
+                        if min(r["fvd"][0] for r in rows) / 1.5 < t < 1.5 * max(r["fvd"][0] for r in rows)])
+    axes[1].set(ylabel="seen-prompt accuracy (chance 0.02)", ylim=(0, None))
+    for ax in axes:
+        ax.set(xscale="log", xlabel="sampling steps")
+        steps = sorted({r["steps"] for r in rows if r["steps"] < many})
+        ax.set_xticks(steps, [str(n) for n in steps])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"the shipped toy models, results.json: mean ± std over {seeds} seeds of {count} videos",
+                 fontsize=10)
+    fig.tight_layout()
+    ctx.save(fig, "toy_results")
+
+
 FIGURES = {"schedule": fig_schedule, "forward_process": fig_forward_process, "boundary": fig_boundary,
            "solver_grid": fig_solver_grid, "teacher_step": fig_teacher_step, "loss_weighting": fig_loss_weighting,
            "sampler_steps": fig_sampler_steps, "videos": fig_videos, "ema_drift": fig_ema_drift,
-           "init_target": fig_init_target, "teacher_free": fig_teacher_free}
+           "init_target": fig_init_target, "teacher_free": fig_teacher_free, "toy_results": fig_toy_results}
 
 
 def main(argv=None) -> int:

@@ -192,10 +192,10 @@ def test_stage1_sweep_trains_each_variant_and_a_stage2_on_it(quick_run, tmp_path
 # ---- the shipped toy model (toy/weights/, made by `python toy/run.py --ship`) ----------------------
 
 # What the shipped AnimateLCM gets right at 4 steps on 48 seen prompts (chance in brackets); measured
-# values (0.27, 1.00 and 0.71) are in the README's toy section; these bounds sit below them and above chance.
+# values (0.27, 1.00 and 0.71) are in docs/toy-world.md; these bounds sit below them and above chance.
 PROMPT_THRESHOLD = 0.08   # colour, shape and direction all right (1/48 = 0.02)
 COLOUR_THRESHOLD = 0.9    # (0.25)
-SHAPE_THRESHOLD = 0.4     # (0.33); the uniform-loss-weight model shipped before got 0.54, an earlier one 0.38
+SHAPE_THRESHOLD = 0.4     # (0.33)
 TEACHER_SHAPE_THRESHOLD = 0.5  # the teacher's shapes at 8 DDIM steps (0.33); measured 0.73
 
 
@@ -217,7 +217,7 @@ def test_shipped_model_follows_prompts_and_beats_ddim_at_one_and_four_steps(ship
     Measured: 4 steps 56.4 against DDIM's 67.3, 1 step 129.5 against 453.4. On toy/compare.py's larger
     sets the 4-step margin is smaller (46.9 against 51.2, lower in all four sets), and it belongs to this
     stage-1 run: with stage-1 seeds 1 and 2 the same recipe is behind 4-step DDIM there (63.0, 52.6;
-    README, toy section)."""
+    docs/toy-world.md)."""
     caps, clips = prompts(48, 123, SEEN)
     reference = real_reference(shipped["classifier"], 256, seed=321)
     guidance = shipped["settings"]["guidance_teacher"]

@@ -105,7 +105,7 @@ def vae_to_ldm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def normalize_diffusers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename old diffusers attention names (query/key/value/proj_attn) to today's."""
+    """Rename the legacy diffusers attention names (query/key/value/proj_attn) to the current ones."""
     def rename(m: re.Match) -> str:
         return m.group(1) + OLD_DIFFUSERS_ATTENTION[m.group(2)] + "."
     return {OLD_ATTENTION_NAME.sub(rename, k): v for k, v in state.items()}
