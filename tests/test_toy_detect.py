@@ -63,3 +63,40 @@ def test_linear_probe_reads_a_linear_label_and_not_noise():
     label = features[:, :4].argmax(1)
     assert linear_probe(features, label, 300, 4) >= 0.85  # argmax of 4 features: a linear rule (0.90 measured)
     assert linear_probe(features, torch.randint(0, 4, (400,), generator=g), 300, 4) <= 0.45
+
+
+def test_decide_reads_the_clip_back_at_low_noise():
+    """toy/decide.py's instrument on the shipped teacher: at t = 300 a clip's motion is plain in x_t, so
+    the x0 prediction and a DDIM run from there move the way the clip does, whichever caption is given
+    (a wrong noise level, latent scale or frame order would put this at chance, 0.25)."""
+    from sd15 import load_sd15
+    from toy.decide import follows_clip, real_latents
+    from toy.world import SEEN
+    weights = ROOT / "toy" / "weights"
+    model = load_sd15(weights / "toy_sd15.safetensors", weights / "toy_teacher_motion.safetensors")
+    model.unet.eval()
+    combos = SEEN[::6]
+    latents = real_latents(model, combos)
+    for opposite in (False, True):
+        x0_share, solved_share = follows_clip(model, latents, combos, 300, opposite, solver_stride=100)
+        assert x0_share >= 0.85 and solved_share >= 0.85, (opposite, x0_share, solved_share)
+
+
+def test_health_separates_the_trail_from_the_motion(monkeypatch):
+    """prompt_following's video record: real clips have the trail on the prompted side and move away
+    from it; played backwards they keep the trail and move towards it."""
+    import toy.evaluate
+    from toy.health import fixed_prompts, prompt_following
+    from toy.world import SEEN, Clip, parse_caption, render
+
+    def real_clips(model, captions, *args, **kwargs):
+        clips = [Clip(*parse_caption(c), size=11.0, start=(0.5, 0.5), speed=1.5, background=(110, 110, 110),
+                      texture=0) for c in captions]
+        videos = to_model(np.stack([render(c)[0] for c in clips]))
+        return videos.flip(2) if model == "backwards" else videos
+
+    monkeypatch.setattr(toy.evaluate, "generate_batch", real_clips)
+    forwards = prompt_following("forwards", 4, "ddim", 4.5, frames=8)
+    assert forwards["trail"] >= 0.95 and forwards["motion_follows_trail"] >= 0.95 and forwards["direction"] >= 0.95
+    backwards = prompt_following("backwards", 4, "ddim", 4.5, frames=8)
+    assert backwards["trail"] >= 0.95 and backwards["motion_follows_trail"] == 0 and backwards["direction"] == 0

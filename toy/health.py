@@ -43,12 +43,18 @@ def scores(preds: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> d
 def prompt_following(model, steps: int, sampler: str, guidance: float, frames: int = 8, resolution: int = 32,
                      combos=SEEN, repeats: int = 1, seed: int = 0, original_steps: int = 50) -> dict[str, float]:
     """Per-attribute accuracy of samples of every combination (frames=1: stills of an image model,
-    whose direction is read from the trail; otherwise videos, whose direction is their motion)."""
+    whose direction is read from the trail; otherwise videos, whose direction is their motion, with
+    the trail's side and whether the motion agrees with it)."""
     from toy.evaluate import generate_batch
     captions, target = fixed_prompts(combos, repeats)
     videos = generate_batch(model, captions, steps, sampler, guidance, seed, frames, resolution, original_steps)
-    preds = detect_stills(videos[:, :, 0]) if frames == 1 else detect(videos)
-    return scores(preds, target)
+    if frames == 1:
+        return scores(detect_stills(videos[:, :, 0]), target)
+    preds = detect(videos)
+    # the two halves of a video's direction: the image layers draw the trail on the prompted side in
+    # each frame ("trail"), the text-blind motion modules move the shape away from it ("motion_follows_trail")
+    return {**scores(preds, target), "trail": round(float((preds["trail"] == target["direction"]).float().mean()), 3),
+            "motion_follows_trail": round(float((preds["direction"] == preds["trail"]).float().mean()), 3)}
 
 
 def validation_record(model, objective: str, frames: int, original_steps: int = 50) -> dict:
