@@ -73,7 +73,7 @@ class Settings:
     lora_rank: int = 64
     original_steps: int = 50       # the DDIM solver grid: k = 1000 / 50 = 20
     loss: str = "huber"
-    loss_weight: str = "uniform"   # lambda_n: uniform or sqrt_snr (loss_weight); diffusion: uniform or v
+    loss_weight: str = "uniform"   # lambda_n: uniform or sqrt_snr (loss_weight); diffusion: uniform, sqrt_v or v
     beta_schedule: str = "beta_linear"
     precision: str = "bf16"        # autocast on GPU: bf16, fp16 or fp32; CPU runs fp32
     gradient_checkpointing: bool = True

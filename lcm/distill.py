@@ -133,7 +133,7 @@ def distillation_loss(online, target, teacher, schedule: NoiseSchedule, x0: torc
     return weight * consistency_loss(online_out, target_out, kind), t_start
 
 
-DENOISING_WEIGHTS = ("uniform", "v")
+DENOISING_WEIGHTS = ("uniform", "sqrt_v", "v")
 
 
 def denoising_weight(schedule: NoiseSchedule, t: torch.Tensor, kind: str = "uniform") -> torch.Tensor:
@@ -142,13 +142,15 @@ def denoising_weight(schedule: NoiseSchedule, t: torch.Tensor, kind: str = "unif
     "uniform": DDPM's simple loss, under which an error of the predicted x0 counts SNR_t times, so almost
     nothing at high noise, where a sample's layout and a video's motion are decided. "v": 1 / abar_t,
     which makes ||eps_hat - eps||^2 / abar_t equal to the v-prediction loss ||v_hat - v||^2 (Salimans
-    & Ho 2022, sec. 4): x0 errors then count (1 + SNR_t) times, at least once at every noise level.
+    & Ho 2022, sec. 4): x0 errors then count (1 + SNR_t) times, at least once at every noise level. "sqrt_v": 1 / alpha_t,
+    halfway (on a log scale) between the two: it raises the noise levels at which a video's motion is
+    decided (t ~ 650-900 on SD's schedule) without letting the last ones (alpha_t < 0.1) dominate.
     """
     if kind == "uniform":
         return torch.ones(t.shape, device=t.device)
-    if kind == "v":
+    if kind in ("v", "sqrt_v"):
         alpha, _ = schedule.alpha_sigma(torch.arange(schedule.steps))
-        weight = 1 / alpha.square()
+        weight = 1 / alpha.square() if kind == "v" else 1 / alpha
         return (weight / weight.mean())[t.cpu()].to(t.device)
     raise ValueError(f"denoising loss weight must be one of {DENOISING_WEIGHTS}, not {kind!r}")
 

@@ -135,6 +135,10 @@ def test_v_weighted_epsilon_loss_is_the_v_prediction_loss():
     torch.testing.assert_close(denoising_weight(schedule, t, "v") * scale * diffusion_loss(eps_hat, eps), v_loss,
                                rtol=1e-4, atol=1e-5)
     assert torch.equal(denoising_weight(schedule, t), torch.ones(5))
+    # sqrt_v: the geometric mean of the two, each normalised to mean 1 over t
+    half = denoising_weight(schedule, torch.arange(1000), "sqrt_v")
+    assert abs(half.mean().item() - 1) < 1e-5
+    torch.testing.assert_close(half / half[0], (every_t / every_t[0]).sqrt())
     with pytest.raises(ValueError, match="must be one of"):
         denoising_weight(schedule, t, "snr")
 
