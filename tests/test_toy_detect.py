@@ -96,7 +96,10 @@ def test_health_separates_the_trail_from_the_motion(monkeypatch):
         return videos.flip(2) if model == "backwards" else videos
 
     monkeypatch.setattr(toy.evaluate, "generate_batch", real_clips)
-    forwards = prompt_following("forwards", 4, "ddim", 4.5, frames=8)
+    from toy.run import load_classifier
+    judge = load_classifier(ROOT / "toy" / "weights" / "toy_classifier.safetensors")
+    forwards = prompt_following("forwards", 4, "ddim", 4.5, frames=8, judge=judge)
     assert forwards["trail"] >= 0.95 and forwards["motion_follows_trail"] >= 0.95 and forwards["direction"] >= 0.95
+    assert min(forwards["judge"].values()) >= 0.9  # the judge, on the same videos, agrees
     backwards = prompt_following("backwards", 4, "ddim", 4.5, frames=8)
     assert backwards["trail"] >= 0.95 and backwards["motion_follows_trail"] == 0 and backwards["direction"] == 0

@@ -2,7 +2,8 @@
 pixel detector (cheap, no learned weights), at a few and at many steps.
 
     python toy/health.py --sd15 runs/toy/teacher_image/model.safetensors                  # image teacher: stills
-    python toy/health.py --sd15 ... --motion runs/toy/teacher_motion/motion_module.safetensors
+    python toy/health.py --sd15 ... --motion runs/toy/teacher_motion/motion_module.safetensors \\
+        --judge toy/weights/toy_classifier.safetensors      # and the judge's reading of the same videos
     python toy/health.py --sd15 ... --motion runs/toy/stage2/motion_module.safetensors \\
         --lora runs/toy/stage1/lora.safetensors --sampler lcm --guidance 1
 
@@ -41,10 +42,12 @@ def scores(preds: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> d
 
 @torch.no_grad()
 def prompt_following(model, steps: int, sampler: str, guidance: float, frames: int = 8, resolution: int = 32,
-                     combos=SEEN, repeats: int = 1, seed: int = 0, original_steps: int = 50) -> dict[str, float]:
+                     combos=SEEN, repeats: int = 1, seed: int = 0, original_steps: int = 50,
+                     judge=None) -> dict:
     """Per-attribute accuracy of samples of every combination (frames=1: stills of an image model,
     whose direction is read from the trail; otherwise videos, whose direction is their motion, with
-    the trail's side and whether the motion agrees with it)."""
+    the trail's side and whether the motion agrees with it). With `judge` (a toy/classifier.py model),
+    videos are also scored by it, under "judge": the second, independent reading."""
     from toy.evaluate import generate_batch
     captions, target = fixed_prompts(combos, repeats)
     videos = generate_batch(model, captions, steps, sampler, guidance, seed, frames, resolution, original_steps)
@@ -53,8 +56,12 @@ def prompt_following(model, steps: int, sampler: str, guidance: float, frames: i
     preds = detect(videos)
     # the two halves of a video's direction: the image layers draw the trail on the prompted side in
     # each frame ("trail"), the text-blind motion modules move the shape away from it ("motion_follows_trail")
-    return {**scores(preds, target), "trail": round(float((preds["trail"] == target["direction"]).float().mean()), 3),
-            "motion_follows_trail": round(float((preds["direction"] == preds["trail"]).float().mean()), 3)}
+    record = {**scores(preds, target), "trail": round(float((preds["trail"] == target["direction"]).float().mean()), 3),
+              "motion_follows_trail": round(float((preds["direction"] == preds["trail"]).float().mean()), 3)}
+    if judge is not None:
+        from toy.classifier import judge as judge_videos
+        record["judge"] = scores(judge_videos(judge, videos)[1], target)
+    return record
 
 
 def validation_record(model, objective: str, frames: int, original_steps: int = 50) -> dict:
@@ -78,15 +85,27 @@ def main(argv=None) -> int:
     p.add_argument("--guidance", type=float, default=4.5)
     p.add_argument("--steps", type=int, nargs="+", default=[4, 50])
     p.add_argument("--repeats", type=int, default=2, help="samples per combination")
+    p.add_argument("--judge", help="also score videos with this toy judge (toy/weights/toy_classifier.safetensors)")
     args = p.parse_args(argv)
+    for path in (args.sd15, args.motion, args.lora, args.judge):
+        if path and not Path(path).exists():
+            raise cli.UserError(f"{path} does not exist")
     from sd15 import load_sd15
     model = load_sd15(args.sd15, args.motion, [(args.lora, 1.0)] if args.lora else [])
     frames = 8 if args.motion else 1
+    judge = None
+    if args.judge and frames > 1:
+        from toy.run import load_classifier
+        judge = load_classifier(Path(args.judge))
     for name, combos in (("seen", SEEN), ("held-out", HELD_OUT)):
         for steps in args.steps:
             r = prompt_following(model, steps, args.sampler, args.guidance, frames, combos=combos,
-                                 repeats=args.repeats)
+                                 repeats=args.repeats, judge=judge)
+            by_judge = r.pop("judge", None)
             print(f"{name:>8} {steps:>2} {args.sampler} steps: " + "  ".join(f"{k} {v:.2f}" for k, v in r.items()))
+            if by_judge:
+                print(f"{'':>8} {'':>2} judge:{'':>{len(args.sampler) + 1}} "
+                      + "  ".join(f"{k} {v:.2f}" for k, v in by_judge.items()))
     return 0
 
 
