@@ -323,7 +323,7 @@ def test_diffusion_objective_trains_teachers(world, tmp_path):
     with pytest.raises(UserError, match="--teacher-motion"):
         train_video.main(video_args_[:-len(SMALL) - len(VIDEO)] + ["--objective", "consistency", "--lora",
                                                                     str(world / "lora.safetensors"), *SMALL, *VIDEO])
-    with pytest.raises(UserError, match="--loss-weight must be uniform or v "):  # a teacher's weights
+    with pytest.raises(UserError, match="--loss-weight must be uniform or sqrt_v or v "):  # a teacher's weights
         train_video.main(video_args_ + ["--loss-weight", "sqrt_snr"])
     with pytest.raises(UserError, match="--loss-weight must be uniform or sqrt_snr"):  # a distillation's
         train_video.main(video_args_[:-len(SMALL) - len(VIDEO)] + ["--objective", "consistency", "--lora",

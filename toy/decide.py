@@ -71,9 +71,6 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if any(not 0 < t < 1000 for t in args.t):
         raise cli.UserError(f"--t must lie in 1..999, not {args.t}")
-    for path in (args.sd15, args.motion, args.lora):
-        if path and not Path(path).exists():
-            raise cli.UserError(f"{path} does not exist")
     from sd15 import load_sd15
     model = load_sd15(args.sd15, args.motion, [(args.lora, 1.0)] if args.lora else [])
     model.unet.eval()

@@ -87,9 +87,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=2, help="samples per combination")
     p.add_argument("--judge", help="also score videos with this toy judge (toy/weights/toy_classifier.safetensors)")
     args = p.parse_args(argv)
-    for path in (args.sd15, args.motion, args.lora, args.judge):
-        if path and not Path(path).exists():
-            raise cli.UserError(f"{path} does not exist")
+    if args.judge and not Path(args.judge).exists():  # the models' paths are checked by their loaders
+        raise cli.UserError(f"{args.judge}: no such file (--judge)")
     from sd15 import load_sd15
     model = load_sd15(args.sd15, args.motion, [(args.lora, 1.0)] if args.lora else [])
     frames = 8 if args.motion else 1
