@@ -38,7 +38,7 @@ from lcm.ema import ema_update  # noqa: E402
 from lcm.sampler import (ddim_step, ddim_timesteps, dpmpp_timesteps, lcm_step, lcm_timesteps, sample_ddim,  # noqa: E402
                          sample_lcm)
 from lcm.schedule import NoiseSchedule, boundary_scalings, consistency_output  # noqa: E402
-from pipeline import guided as cfg_model  # noqa: E402
+from pipeline import guided as cfg_model, vae_scale  # noqa: E402
 from sd15 import load_sd15  # noqa: E402
 from toy.classifier import to_model  # noqa: E402
 from toy.evaluate import generate_batch  # noqa: E402
@@ -344,7 +344,7 @@ def fig_loss_weighting(ctx: Context) -> None:
 def fig_sampler_steps(ctx: Context) -> None:
     toy, s = ctx.toy, ctx.toy.schedule
     lcm_model, teacher = ctx.animatelcm, ctx.teacher
-    f = 2 ** (len(teacher.vae.cfg.block_out_channels) - 1)
+    f = vae_scale(teacher.vae)
     x_T = torch.randn(1, teacher.unet.cfg.in_channels, toy.frames, toy.size // f, toy.size // f,
                       generator=torch.Generator().manual_seed(ctx.seed))
     context, uncontext = teacher.encode_prompts(PROMPTS[:1]), teacher.encode_prompts([""])

@@ -14,7 +14,7 @@ import torch
 
 from lcm.sampler import ddim_timesteps, dpmpp_timesteps, lcm_timesteps, sample_ddim, sample_dpmpp_2m, sample_lcm
 from lcm.schedule import NoiseSchedule
-from pipeline import guided
+from pipeline import guided, vae_scale
 from toy.classifier import frechet_distance, judge, labels, prompt_accuracy, real_reference, to_model
 from toy.world import COLOURS, HELD_OUT, SEEN, sample_videos
 
@@ -38,7 +38,7 @@ def generate_batch(model, captions: list[str], steps: int, sampler: str, guidanc
     timesteps = {"lcm": lambda: lcm_timesteps(steps, original_steps), "ddim": lambda: ddim_timesteps(steps),
                  "dpmpp_2m": lambda: dpmpp_timesteps(steps)}[sampler]()
     sample = {"lcm": sample_lcm, "ddim": sample_ddim, "dpmpp_2m": sample_dpmpp_2m}[sampler]
-    f = 2 ** (len(vae.cfg.block_out_channels) - 1)
+    f = vae_scale(vae)
     device = next(unet.parameters()).device
     out = []
     for start in range(0, len(captions), batch):
