@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cli  # noqa: E402
-from toy.classifier import ATTRIBUTES, labels  # noqa: E402
+from toy.classifier import ATTRIBUTES  # noqa: E402
 from toy.detect import detect, detect_stills  # noqa: E402
 from toy.world import HELD_OUT, SEEN, caption  # noqa: E402
 
@@ -32,12 +32,15 @@ def fixed_prompts(combos=SEEN, repeats: int = 1) -> tuple[list[str], dict[str, t
     return [caption(*(c[k] for k in ATTRIBUTES)) for c in clips], target
 
 
+def share(right: torch.Tensor) -> float:
+    """The share of True in a boolean tensor, to three decimals."""
+    return round(float(right.float().mean()), 3)
+
+
 def scores(preds: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, float]:
     """Share of samples right on each attribute, and on all three together."""
     right = {k: preds[k] == target[k] for k in ATTRIBUTES}
-    out = {k: round(float(v.float().mean()), 3) for k, v in right.items()}
-    out["all"] = round(float(torch.stack(list(right.values())).all(0).float().mean()), 3)
-    return out
+    return {**{k: share(v) for k, v in right.items()}, "all": share(torch.stack(list(right.values())).all(0))}
 
 
 @torch.no_grad()
@@ -56,8 +59,8 @@ def prompt_following(model, steps: int, sampler: str, guidance: float, frames: i
     preds = detect(videos)
     # the two halves of a video's direction: the image layers draw the trail on the prompted side in
     # each frame ("trail"), the text-blind motion modules move the shape away from it ("motion_follows_trail")
-    record = {**scores(preds, target), "trail": round(float((preds["trail"] == target["direction"]).float().mean()), 3),
-              "motion_follows_trail": round(float((preds["direction"] == preds["trail"]).float().mean()), 3)}
+    record = {**scores(preds, target), "trail": share(preds["trail"] == target["direction"]),
+              "motion_follows_trail": share(preds["direction"] == preds["trail"])}
     if judge is not None:
         from toy.classifier import judge as judge_videos
         record["judge"] = scores(judge_videos(judge, videos)[1], target)
