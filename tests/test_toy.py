@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT))
 import sample  # noqa: E402
 from cli import UserError  # noqa: E402
 from toy import run as toy_run  # noqa: E402
-from toy.classifier import attribute_accuracy, frechet_distance, judge, prompt_accuracy, real_reference  # noqa: E402
+from toy.classifier import frechet_distance, judge, real_reference  # noqa: E402
 from toy.evaluate import generate_batch, prompts  # noqa: E402
 from toy.world import (ALL, COLOURS, HELD_OUT, SEEN, caption, clip_from_seed, parse_caption, render,  # noqa: E402
                        write_dataset)
@@ -192,12 +192,19 @@ def test_stage1_sweep_trains_each_variant_and_a_stage2_on_it(quick_run, tmp_path
 
 # ---- the shipped toy model (toy/weights/, made by `python toy/run.py --ship`) ----------------------
 
-# What the shipped AnimateLCM gets right at 4 steps on 48 seen prompts (chance in brackets); measured
-# values (0.27, 1.00 and 0.71) are in docs/toy-world.md; these bounds sit below them and above chance.
-PROMPT_THRESHOLD = 0.08   # colour, shape and direction all right (1/48 = 0.02)
-COLOUR_THRESHOLD = 0.9    # (0.25)
-SHAPE_THRESHOLD = 0.4     # (0.33)
-TEACHER_SHAPE_THRESHOLD = 0.5  # the teacher's shapes at 8 DDIM steps (0.33); measured 0.73
+# Per-attribute accuracy of the shipped models on every seen combination, by the two independent
+# readings (the pixel detector and the judge), from fresh samples at fixed seeds. MEASURED holds what
+# `python -m pytest tests/test_toy.py -k shipped -s` printed for the shipped weights (docs/toy-world.md,
+# section 4); each bound sits MARGIN below its measurement (and above chance: 0.25 colour and direction,
+# 0.33 shape, 0.02 all three).
+MARGIN = 0.1
+MEASURED = {
+    "image teacher stills, DDIM 25": {"detector": {"colour": 1.0, "shape": 0.786, "direction": 0.976, "all": 0.762}},
+    "teacher video, DDIM 25": {"detector": {"colour": 1.0, "shape": 0.833, "direction": 1.0, "all": 0.833},
+                               "judge": {"colour": 1.0, "shape": 1.0, "direction": 1.0, "all": 1.0}},
+    "AnimateLCM, 4 steps": {"detector": {"colour": 1.0, "shape": 0.738, "direction": 1.0, "all": 0.738},
+                            "judge": {"colour": 1.0, "shape": 0.976, "direction": 1.0, "all": 0.976}},
+}
 
 
 @pytest.fixture(scope="module")
@@ -208,39 +215,65 @@ def shipped():
     lora = [(WEIGHTS / "toy_lcm_lora.safetensors", 1.0)]
     return {"animatelcm": load_sd15(sd15, WEIGHTS / "toy_motion.safetensors", lora),
             "teacher": load_sd15(sd15, WEIGHTS / "toy_teacher_motion.safetensors"),
+            "image": load_sd15(sd15),
             "classifier": toy_run.load_classifier(WEIGHTS / "toy_classifier.safetensors"),
             "settings": json.loads((WEIGHTS / "toy.json").read_text())}
 
 
-def test_shipped_model_follows_prompts_and_beats_ddim_at_one_and_four_steps(shipped):
-    """Fixed seeds, fresh samples: nothing stored is compared. The shipped AnimateLCM against the
-    teacher's DDIM at the same step counts (the paper's Table 1 in miniature), and what it gets right.
-    Measured: 4 steps 56.4 against DDIM's 67.3, 1 step 129.5 against 453.4. On toy/compare.py's larger
-    sets the 4-step margin is smaller (46.9 against 51.2, lower in all four sets), and it belongs to this
-    stage-1 run: with stage-1 seeds 1 and 2 the same recipe is behind 4-step DDIM there (63.0, 52.6;
-    docs/toy-world.md)."""
-    caps, clips = prompts(48, 123, SEEN)
+def test_shipped_models_follow_every_attribute_of_the_prompt(shipped):
+    """The teacher draws what the prompt says (colour, shape, and direction: the trail in a still, the
+    motion in a video) and AnimateLCM keeps it at 4 steps; two readings, fresh samples, fixed seeds."""
+    from toy.health import prompt_following
+    guidance = shipped["settings"]["guidance_teacher"]
+    measured = {
+        "image teacher stills, DDIM 25": {"detector": prompt_following(shipped["image"], 25, "ddim", guidance,
+                                                                       frames=1, seed=5)},
+        "teacher video, DDIM 25": prompt_following(shipped["teacher"], 25, "ddim", guidance, seed=5,
+                                                   judge=shipped["classifier"]),
+        "AnimateLCM, 4 steps": prompt_following(shipped["animatelcm"], 4, "lcm", 1.0, seed=5,
+                                                judge=shipped["classifier"]),
+    }
+    for record in measured.values():
+        if "judge" in record:
+            record["detector"] = {k: v for k, v in record.items() if k not in ("judge", "detector")}
+    print({model: {reading: record[reading] for reading in ("detector", "judge") if reading in record}
+           for model, record in measured.items()})
+    for model, readings in MEASURED.items():
+        for reading, expected in readings.items():
+            for attribute, value in expected.items():
+                got = measured[model][reading][attribute]
+                assert got >= value - MARGIN, (model, reading, attribute, got, value)
+
+
+def test_shipped_animatelcm_beats_ddim_at_one_and_four_steps(shipped):
+    """Fixed seeds, fresh samples: the shipped AnimateLCM against the teacher's DDIM at the same step
+    counts by the toy FVD (the paper's Table 1 in miniature). Measured: 1 step 86.2 against 453.9, 4 steps
+    32.1 against 39.5 (48 seen prompts, 256 real clips)."""
+    caps, _ = prompts(48, 123, SEEN)
     reference = real_reference(shipped["classifier"], 256, seed=321)
     guidance = shipped["settings"]["guidance_teacher"]
-    ours_4 = generate_batch(shipped["animatelcm"], caps, 4, "lcm", 1.0, seed=11)
-    predictions = judge(shipped["classifier"], ours_4)[1]
-    accuracy = attribute_accuracy(predictions, clips)
-    whole_prompt = prompt_accuracy(predictions, clips)
     fvd = {name: frechet_distance(judge(shipped["classifier"], videos)[0], reference) for name, videos in (
         ("ours, 1 step", generate_batch(shipped["animatelcm"], caps, 1, "lcm", 1.0, seed=11)),
         ("DDIM, 1 step", generate_batch(shipped["teacher"], caps, 1, "ddim", guidance, seed=11)),
-        ("ours, 4 steps", ours_4),
+        ("ours, 4 steps", generate_batch(shipped["animatelcm"], caps, 4, "lcm", 1.0, seed=11)),
         ("DDIM, 4 steps", generate_batch(shipped["teacher"], caps, 4, "ddim", guidance, seed=11)))}
-    teacher_8 = generate_batch(shipped["teacher"], caps, 8, "ddim", guidance, seed=11)
-    teacher_accuracy = attribute_accuracy(judge(shipped["classifier"], teacher_8)[1], clips)
-    print(f"AnimateLCM 4 steps: prompt accuracy {whole_prompt:.3f}, per attribute {accuracy}; toy FVD {fvd}; "
-          f"teacher DDIM 8 steps per attribute {teacher_accuracy}")
-    assert teacher_accuracy["shape"] > TEACHER_SHAPE_THRESHOLD
-    assert whole_prompt > PROMPT_THRESHOLD
-    assert accuracy["colour"] > COLOUR_THRESHOLD
-    assert accuracy["shape"] > SHAPE_THRESHOLD
+    print(f"toy FVD {fvd}")
     assert fvd["ours, 1 step"] < fvd["DDIM, 1 step"]
     assert fvd["ours, 4 steps"] < fvd["DDIM, 4 steps"]
+
+
+def test_sample_py_draws_the_prompted_motion(tmp_path):
+    """The README's example: "a yellow square moving down" moves down (the pixel detector, native size)."""
+    from toy.classifier import ATTRIBUTES
+    from toy.detect import detect
+    from video_io import read_video
+    prompt, out = "a yellow square moving down", tmp_path / "down.gif"
+    assert sample.main(["--out", str(out), "--prompt", prompt, "--upscale", "1"]) == 0
+    video = torch.from_numpy(read_video(out)).float().permute(3, 0, 1, 2)[None] / 127.5 - 1  # [1, 3, F, H, W]
+    labels = {k: ATTRIBUTES[k][int(v[0])] if int(v[0]) >= 0 else None for k, v in detect(video).items()
+              if k in ATTRIBUTES}
+    colour, _, direction = parse_caption(prompt)
+    assert labels["colour"] == colour and labels["direction"] == direction, labels
 
 
 def test_python_sample_py_with_no_arguments_makes_a_toy_gif(tmp_path):
