@@ -40,6 +40,13 @@ def not_shipped(tokens: list[str]) -> list[str]:
     return [value for flag, value in zip(tokens, tokens[1:]) if flag in INPUTS and not (ROOT / value).exists()]
 
 
+def loads_unshipped(tokens: list[str]) -> bool:
+    """A `python -c` command whose code loads a file that is not shipped (another command's output)."""
+    if tokens[:2] != ["python", "-c"]:
+        return False
+    return any(not (ROOT / path).exists() for path in re.findall(r"load_\w+\('([^']+)'", tokens[2]))
+
+
 def figures(tokens: list[str]) -> set[str]:
     """The figures a docs/figures.py command draws (all without --only)."""
     if "--only" not in tokens:
@@ -56,8 +63,9 @@ RULES = [
     ("skip", lambda t: t[0] == "torchrun", "trains on several processes"),
     ("skip", lambda t: "..." in t, "an elided command line: `...` stands for flags given above it"),
     ("skip", lambda t: script(t) in TRAINS, "trains models (minutes to an hour; the toy tests train tiny ones)"),
-    ("skip", lambda t: bool(not_shipped(t)), "needs files that are not shipped: your weights or data, "
-                                             "or another command's output"),
+    ("skip", lambda t: bool(not_shipped(t)) or loads_unshipped(t), "needs files that are not shipped: your weights "
+                                                                    "or data, or another command's output"),
+    ("skip", lambda t: t[0] == "git", "reads an earlier commit from git history (the test's copy has none)"),
     ("skip", lambda t: "cuda" in t and not torch.cuda.is_available(), "needs a GPU"),
     ("slow", lambda t: script(t) in MEASURES, "measures the toy models on many samples (minutes)"),
     ("slow", lambda t: script(t).startswith("benchmarks/"), "a benchmark (minutes)"),
