@@ -114,12 +114,7 @@ def resolve(args, model_args) -> Protocol:
     if model_args.sd15 is None:  # the bundled toy model, as sample.py picks it
         if not sample.TOY["sd15"].exists():
             raise UserError("no --sd15 given and no bundled toy model (toy/weights/): pass the weights to evaluate")
-        toy = json.loads(sample.TOY["settings"].read_text())
-        model_args.sd15, model_args.motion = str(sample.TOY["sd15"]), model_args.motion or str(sample.TOY["motion"])
-        if not model_args.lora:
-            model_args.lora = [str(sample.TOY["lora"])]
-            model_args.lora_scale = model_args.lora_scale or [toy["lora_scale"]]
-        model_args.original_steps = model_args.original_steps or toy["original_steps"]
+        sample.use_toy_model(model_args)
     toy_model = Path(model_args.sd15).resolve() == sample.TOY["sd15"].resolve()
     preset = PROTOCOLS[args.protocol or ("toy" if toy_model else "ucf101")]
     flags = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(Protocol)}
@@ -222,22 +217,19 @@ def evaluate(argv=None) -> int:
 def generate_all(model_args, protocol: Protocol, todo: list, path: dict, prompts: list[str], batch: int,
                  total: int) -> None:
     """Load the model as sample.py does and write every missing video, `batch` of one sampler/steps at a time."""
-    from lcm.schedule import NoiseSchedule
     from pipeline import Request, check_request
     from sd15 import load_sd15
-    dtype = sample.DTYPES[model_args.dtype or ("fp16" if model_args.device.startswith("cuda") else "fp32")]
-    scales = model_args.lora_scale + [0.8] * (len(model_args.lora) - len(model_args.lora_scale))
-    model = load_sd15(model_args.sd15, model_args.motion, list(zip(model_args.lora, scales)), device=model_args.device,
-                      dtype=dtype, vae_dtype=sample.DTYPES[model_args.vae_dtype])
-    i2v = model.unet.img_encoder is not None  # AnimateLCM-I2V: its own schedule and grid, as in sample.py
-    schedule = NoiseSchedule(model_args.beta_schedule, beta_end=model_args.beta_end or (0.014 if i2v else 0.012))
+    model = load_sd15(model_args.sd15, model_args.motion, list(zip(model_args.lora, sample.lora_scales(model_args))),
+                      device=model_args.device, dtype=sample.DTYPES[sample.dtype_name(model_args)],
+                      vae_dtype=sample.DTYPES[model_args.vae_dtype])
+    schedule, original_steps = sample.schedule_and_grid(model_args, model)  # as sample.py
     bar = tqdm(total=total, initial=total - len(todo), desc="videos", unit="video")
     for cell in dict.fromkeys(key[0] for key in todo):
         sampler, steps = cell
         request = Request(prompt="", negative_prompt=model_args.negative_prompt, frames=protocol.frames,
                           height=protocol.height, width=protocol.width, steps=steps, guidance=model_args.guidance,
-                          sampler=sampler, schedule=schedule, original_steps=model_args.original_steps or (
-                              200 if i2v else 100), clip_skip=model_args.clip_skip,
+                          sampler=sampler, schedule=schedule, original_steps=original_steps,
+                          clip_skip=model_args.clip_skip,
                           context_frames=model_args.context_frames, context_overlap=model_args.context_overlap,
                           decode_chunk=model_args.decode_chunk, progress=False)
         try:
@@ -380,14 +372,14 @@ def sha256(path: str | Path) -> dict[str, str]:
 def method_settings(model_args, protocol: Protocol, prompts_sha: str) -> dict:
     """Everything that decides a method's videos besides sampler, steps, prompt index and seed."""
     files = {"sd15": model_args.sd15, "motion": model_args.motion, "lora": model_args.lora}
-    scales = model_args.lora_scale + [0.8] * (len(model_args.lora) - len(model_args.lora_scale))
     return {"files": files, "sha256": {k: v for f in [model_args.sd15, model_args.motion, *model_args.lora] if f
                                        for k, v in sha256(f).items()},
-            "lora_scale": scales, "guidance": model_args.guidance, "negative_prompt": model_args.negative_prompt,
+            "lora_scale": sample.lora_scales(model_args), "guidance": model_args.guidance,
+            "negative_prompt": model_args.negative_prompt,
             "beta_schedule": model_args.beta_schedule, "beta_end": model_args.beta_end,
             "original_steps": model_args.original_steps, "clip_skip": model_args.clip_skip,
             "frames": protocol.frames, "height": protocol.height, "width": protocol.width,
-            "dtype": model_args.dtype or ("fp16" if model_args.device.startswith("cuda") else "fp32"),
+            "dtype": sample.dtype_name(model_args),
             "vae_dtype": model_args.vae_dtype, "context_frames": model_args.context_frames,
             "context_overlap": model_args.context_overlap, "prompts_sha256": prompts_sha}
 

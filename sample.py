@@ -102,14 +102,8 @@ def generate_video(argv=None) -> int:
         if not TOY["sd15"].exists():
             print(NO_WEIGHTS)
             return 0
-        import json
-        toy = json.loads(TOY["settings"].read_text())
+        toy = use_toy_model(args)
         defaults = {k: toy[k] for k in DEFAULTS}
-        args.sd15 = str(TOY["sd15"])
-        args.motion = args.motion or str(TOY["motion"])
-        if not args.lora:
-            args.lora, args.lora_scale = [str(TOY["lora"])], args.lora_scale or [toy["lora_scale"]]
-        args.original_steps = args.original_steps or toy["original_steps"]
         defaults["upscale"] = 8
         if args.image is None and args.video is None:  # the toy world speaks one language: check the prompt
             from toy.world import parse_caption
@@ -123,7 +117,6 @@ def generate_video(argv=None) -> int:
     height, width = args.height, args.width
     check_args(args, height, width)
 
-    from lcm.schedule import NoiseSchedule
     from pipeline import Request, generate, request_timesteps
     from sd15 import load_sd15
     from video_io import old_frames, read_image, read_video, resize_crop, to_model, to_uint8, write_video
@@ -141,9 +134,8 @@ def generate_video(argv=None) -> int:
             raise UserError(f"--control {args.control} has {len(control)} frames, fewer than --frames {args.frames}")
 
     start = time.perf_counter()
-    dtype = DTYPES[args.dtype or ("fp16" if args.device.startswith("cuda") else "fp32")]
-    scales = args.lora_scale + [0.8] * (len(args.lora) - len(args.lora_scale))
-    model = load_sd15(args.sd15, args.motion, list(zip(args.lora, scales)),
+    dtype = DTYPES[dtype_name(args)]
+    model = load_sd15(args.sd15, args.motion, list(zip(args.lora, lora_scales(args))),
                       device=args.device, dtype=dtype, vae_dtype=DTYPES[args.vae_dtype])
     if args.controlnet:
         from unet.controlnet import load_controlnet
@@ -153,12 +145,11 @@ def generate_video(argv=None) -> int:
             LoRANetwork.load(model.controlnet, args.controlnet_lora).merge()
     load_time = time.perf_counter() - start
 
-    i2v = model.unet.img_encoder is not None  # AnimateLCM-I2V: its own schedule and grid by default
-    schedule = NoiseSchedule(args.beta_schedule, beta_end=args.beta_end or (0.014 if i2v else 0.012))
+    schedule, original_steps = schedule_and_grid(args, model)
     request = Request(prompt=args.prompt, negative_prompt=args.negative_prompt, frames=args.frames,
                       height=height, width=width, steps=args.steps, guidance=args.guidance, seed=args.seed,
                       sampler=args.sampler, schedule=schedule,
-                      original_steps=args.original_steps or (200 if i2v else 100), clip_skip=args.clip_skip,
+                      original_steps=original_steps, clip_skip=args.clip_skip,
                       motion_scale=args.motion_scale, strength=args.strength,
                       strength_convention=args.strength_convention,
                       context_frames=args.context_frames, context_overlap=args.context_overlap,
@@ -184,6 +175,37 @@ def generate_video(argv=None) -> int:
           + (f"; replaced the {len(earlier)} frames of an earlier video there" if earlier else ""))
     print("time: " + ", ".join(f"{k} {v:.2f} s" for k, v in {"load": load_time, **timings}.items()))
     return 0
+
+
+def use_toy_model(args) -> dict:
+    """Point unset model flags at the bundled toy model (toy/weights/); returns its settings (toy.json)."""
+    import json
+    toy = json.loads(TOY["settings"].read_text())
+    args.sd15 = str(TOY["sd15"])
+    args.motion = args.motion or str(TOY["motion"])
+    if not args.lora:
+        args.lora, args.lora_scale = [str(TOY["lora"])], args.lora_scale or [toy["lora_scale"]]
+    args.original_steps = args.original_steps or toy["original_steps"]
+    return toy
+
+
+def dtype_name(args) -> str:
+    """--dtype, or fp16 on CUDA and fp32 elsewhere."""
+    return args.dtype or ("fp16" if args.device.startswith("cuda") else "fp32")
+
+
+def lora_scales(args) -> list[float]:
+    """A scale per --lora: those given, then 0.8 for the rest."""
+    return args.lora_scale + [0.8] * (len(args.lora) - len(args.lora_scale))
+
+
+def schedule_and_grid(args, model):
+    """(noise schedule, original_steps) of the flags; AnimateLCM-I2V has its own defaults (beta_end 0.014,
+    a 200-point grid; otherwise 0.012 and 100)."""
+    from lcm.schedule import NoiseSchedule
+    i2v = model.unet.img_encoder is not None
+    schedule = NoiseSchedule(args.beta_schedule, beta_end=args.beta_end or (0.014 if i2v else 0.012))
+    return schedule, args.original_steps or (200 if i2v else 100)
 
 
 def check_args(args, height: int, width: int) -> None:

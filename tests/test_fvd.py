@@ -70,7 +70,7 @@ def test_statistics_are_float64_with_unbiased_covariance():
 
 
 def test_agrees_with_the_toy_worlds_own_frechet_distance():
-    """toy/classifier.py computes the toy FVD its own way; both are the same number."""
+    """The toy FVD (toy/classifier.py, toy/evaluate.py, toy/compare.py) is this Frechet distance."""
     from toy.classifier import frechet_distance as toy_frechet
     rng = np.random.default_rng(5)
     a, b = torch.tensor(rng.standard_normal((200, 16))), torch.tensor(rng.standard_normal((150, 16)) * 1.3 + 0.2)
