@@ -14,10 +14,21 @@ Anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
+import argparse
 import errno
 import sys
 
 import torch
+
+
+BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def boolean(text: str) -> bool:
+    """true/false, 1/0 or yes/no, in any case; anything else is an argparse error (not a silent false)."""
+    if text.lower() not in BOOLEANS:
+        raise argparse.ArgumentTypeError(f"expected true or false (or 1/0, yes/no), not {text!r}")
+    return BOOLEANS[text.lower()]
 
 
 class UserError(ValueError):

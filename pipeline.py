@@ -22,6 +22,7 @@ from typing import Callable
 
 import torch
 
+from colour import match_colours
 from lcm.context import blend_windows
 from lcm.sampler import (ddim_timesteps, dpmpp_timesteps, keep_last, lcm_timesteps, sample_ddim,
                          sample_dpmpp_2m, sample_lcm)
@@ -48,6 +49,7 @@ class Request:
     clip_skip: int = 0
     image: torch.Tensor | None = None  # I2V: [1, 3, H, W] in [-1, 1]
     motion_scale: float = 0.8
+    match_colours: bool = True  # I2V: each frame's HSV means moved onto the image's, as AnimateLCM-I2V (colour.py)
     video: torch.Tensor | None = None  # V2V: [1, 3, F, H, W] in [-1, 1]
     strength: float = 0.6
     strength_convention: str = "lcm"  # V2V: "lcm" (AnimateLCM's) or "diffusers" (see the module docstring)
@@ -190,6 +192,8 @@ def generate(model: StableDiffusion, r: Request, timings: dict | None = None) ->
     video = (video.float() / 2 + 0.5).clamp(0, 1)
     if not torch.isfinite(video).all():
         raise FloatingPointError("the VAE decoded non-finite frames; decode in fp32 (--vae-dtype fp32)")
+    if r.image is not None and r.match_colours:
+        video = match_colours(video, (r.image[0].to(video) / 2 + 0.5).clamp(0, 1))
     timings["decode"] = time.perf_counter() - start
     return video
 

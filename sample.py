@@ -71,6 +71,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--clip-skip", type=int, default=0)
     p.add_argument("--image", help="image-to-video: the first frame (needs the AnimateLCM-I2V motion module)")
     p.add_argument("--motion-scale", type=float, default=0.8, help="I2V: 0 = still, larger = more motion")
+    p.add_argument("--match-colours", type=cli.boolean, default=True,
+                   help="I2V: move each frame's mean saturation and brightness onto the image's, as AnimateLCM-I2V "
+                        "does (true/false)")
     p.add_argument("--video", help="video-to-video: source video file or folder of frames")
     p.add_argument("--strength", type=float, default=0.6, help="V2V: how much of the source is replaced")
     p.add_argument("--strength-convention", default="lcm", choices=["lcm", "diffusers"],
@@ -150,7 +153,7 @@ def generate_video(argv=None) -> int:
                       height=height, width=width, steps=args.steps, guidance=args.guidance, seed=args.seed,
                       sampler=args.sampler, schedule=schedule,
                       original_steps=original_steps, clip_skip=args.clip_skip,
-                      motion_scale=args.motion_scale, strength=args.strength,
+                      motion_scale=args.motion_scale, match_colours=args.match_colours, strength=args.strength,
                       strength_convention=args.strength_convention,
                       context_frames=args.context_frames, context_overlap=args.context_overlap,
                       decode_chunk=args.decode_chunk)

@@ -25,12 +25,11 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from cli import Interrupted, UserError, device_problem, os_error
+from cli import Interrupted, UserError, boolean, device_problem, os_error
 from lcm.distill import LOSSES
 from lcm.schedule import SCHEDULES
 from weights import NonFiniteError, atomic_write, check_finite
 
-BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 PRECISIONS = ("bf16", "fp16", "fp32")
 
 
@@ -46,13 +45,6 @@ def parse_settings(cls, argv=None, description: str = ""):
         else:
             parser.add_argument(flag, type=kind, default=f.default)
     return cls(**vars(parser.parse_args(argv)))
-
-
-def boolean(text: str) -> bool:
-    """true/false, 1/0 or yes/no, in any case; anything else is an argparse error (not a silent false)."""
-    if text.lower() not in BOOLEANS:
-        raise argparse.ArgumentTypeError(f"expected true or false (or 1/0, yes/no), not {text!r}")
-    return BOOLEANS[text.lower()]
 
 
 def check_settings(s, **choices) -> None:

@@ -59,6 +59,11 @@ def test_image_to_video(weights, tmp_path):
     assert run(weights, tmp_path, "--out", str(tmp_path / "i2v"), "--image", str(tmp_path / "first.png"),
                motion="i2v") == 0
     assert read_video(tmp_path / "i2v").shape == (5, 32, 48, 3)
+    # AnimateLCM-I2V's colour matching (on by default) brings each frame's mean brightness to the image's
+    assert run(weights, tmp_path, "--out", str(tmp_path / "raw"), "--image", str(tmp_path / "first.png"),
+               "--match-colours", "false", motion="i2v") == 0
+    matched, raw = (read_video(tmp_path / name).max(-1).mean((1, 2)) for name in ("i2v", "raw"))  # HSV value
+    assert np.abs(matched - 200).max() < 5 and np.abs(raw - 200).min() > 20, (matched, raw)  # (a few pixels clip)
 
 
 def test_video_to_video_and_long_video(weights, tmp_path, capsys):

@@ -121,6 +121,33 @@ def test_quick_weights_load_and_sample_through_sample_py(quick_run, tmp_path, mo
     assert sample.main(["--out", str(tmp_path / "bad.gif"), "--prompt", "a purple cat"]) == 2
 
 
+def test_seeds_retrains_the_distillations_and_counts_claims_per_seed(quick_run):
+    from safetensors.torch import load_file
+    from toy import seeds
+    run = quick_run / "run"
+    assert seeds.main(["--run", str(run), "--seeds", "1", "--quick", "--device", "cpu"]) == 0
+    for stage in seeds.DISTILLATIONS:
+        assert (run / "seeds" / "1" / stage / "DONE").exists(), stage
+    teacher = run / "seeds" / "1" / "teacher_image"  # the teacher is the run's, not trained again
+    assert teacher.is_symlink() and teacher.resolve() == (run / "teacher_image").resolve()
+    seed0, seed1 = (load_file(f / "stage1" / "lora.safetensors") for f in (run, run / "seeds" / "1"))
+    assert seed0.keys() == seed1.keys() and any(not torch.equal(seed0[k], seed1[k]) for k in seed0)
+    results = json.loads((run / "seeds" / "results.json").read_text())
+    assert results["seeds"] == [0, 1]
+    ours = [r for r in results["table"] if r["method"] == "AnimateLCM (decoupled)"]
+    assert [r["steps"] for r in ours] == list(toy_run.QUICK.eval_steps) and all(r["seeds"] == 2 for r in ours)
+    per_seed = [results["per_seed"][s] for s in ("0", "1")]
+    for r in ours:  # the table's cell is the mean of the two seeds' means
+        values = [next(x for x in rows if x["method"] == r["method"] and x["steps"] == r["steps"])["fvd"][0]
+                  for rows in per_seed]
+        assert r["fvd"]["mean"] == pytest.approx(np.mean(values))
+    assert results["claims"] and all(len(v) == 2 for v in results["claims"].values())
+    assert "holds in" in (run / "seeds" / "results.md").read_text()
+    # a second call trains and measures nothing: the same results
+    assert seeds.main(["--run", str(run), "--seeds", "1", "--quick", "--device", "cpu"]) == 0
+    assert json.loads((run / "seeds" / "results.json").read_text()) == results
+
+
 def test_compare_measures_a_run_and_the_real_clip_floor(quick_run, tmp_path):
     from toy import compare
     out = tmp_path / "compare.json"

@@ -12,10 +12,13 @@ import statistics
 import numpy as np
 import torch
 
+from colour import match_colours
 from lcm.sampler import ddim_timesteps, dpmpp_timesteps, lcm_timesteps, sample_ddim, sample_dpmpp_2m, sample_lcm
 from lcm.schedule import NoiseSchedule
 from pipeline import guided, vae_scale
-from toy.classifier import frechet_distance, judge, labels, prompt_accuracy, real_reference, to_model
+from toy.classifier import (ATTRIBUTES, attribute_accuracy, frechet_distance, judge, labels, prompt_accuracy,
+                             real_reference, to_model)
+from toy.detect import detect
 from toy.world import COLOURS, HELD_OUT, SEEN, sample_videos
 
 
@@ -71,25 +74,34 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 def evaluate_text_to_video(methods: list[Method], steps_list, classifier, count: int, seeds: int,
                            reference_count: int = 512, progress=print) -> list[dict]:
-    """Per (method, steps): toy FVD against real seen-prompt clips, prompt accuracy on seen and held-out
-    prompts; each a (mean, std) over `seeds` sets of `count` videos."""
+    """Per (method, steps): toy FVD against real seen-prompt clips, prompt accuracy (all three attributes)
+    on seen and held-out prompts, and on seen prompts each attribute's accuracy by the judge
+    ("seen_attributes") and by the pixel detector ("seen_attributes_detector"); each a (mean, std) over
+    `seeds` sets of `count` videos."""
     reference = real_reference(classifier, reference_count, seed=50_000)
     rows = []
     for method in methods:
         for steps in steps_list:
             fvd, seen_acc, held_acc = [], [], []
+            by_judge, by_detector = {k: [] for k in ATTRIBUTES}, {k: [] for k in ATTRIBUTES}
             for s in range(seeds):
                 caps, clips = prompts(count, 60_000 + s, SEEN)
                 videos = generate_batch(method.model, caps, steps, method.sampler, method.guidance, seed=s)
                 feats, preds = judge(classifier, videos)
                 fvd.append(frechet_distance(feats, reference))
                 seen_acc.append(prompt_accuracy(preds, clips))
+                for k, v in attribute_accuracy(preds, clips).items():
+                    by_judge[k].append(v)
+                for k, v in attribute_accuracy(detect(videos), clips).items():
+                    by_detector[k].append(v)
                 caps, clips = prompts(max(count // 2, 6), 70_000 + s, HELD_OUT)
                 _, preds = judge(classifier, generate_batch(method.model, caps, steps, method.sampler,
                                                             method.guidance, seed=1000 + s))
                 held_acc.append(prompt_accuracy(preds, clips))
             row = {"method": method.name, "steps": steps, "fvd": mean_std(fvd), "seen_accuracy": mean_std(seen_acc),
-                   "held_out_accuracy": mean_std(held_acc)}
+                   "held_out_accuracy": mean_std(held_acc),
+                   "seen_attributes": {k: mean_std(v) for k, v in by_judge.items()},
+                   "seen_attributes_detector": {k: mean_std(v) for k, v in by_detector.items()}}
             progress(f"  {method.name:<28} {steps:>2} steps  FVD {row['fvd'][0]:8.1f} ± {row['fvd'][1]:6.1f}  "
                      f"accuracy seen {row['seen_accuracy'][0]:.2f} ± {row['seen_accuracy'][1]:.2f}  "
                      f"held-out {row['held_out_accuracy'][0]:.2f} ± {row['held_out_accuracy'][1]:.2f}")
@@ -98,22 +110,27 @@ def evaluate_text_to_video(methods: list[Method], steps_list, classifier, count:
 
 
 def evaluate_image_to_video(model, steps_list, classifier, count: int, seeds: int, progress=print) -> list[dict]:
-    """I2V: PSNR of the generated first frame against the condition image, and motion accuracy (the
+    """I2V: PSNR of the generated first frame against the condition image, as the model makes it and after
+    AnimateLCM-I2V's colour matching (colour.py, what sample.py writes), and motion accuracy (the
     classifier's direction matches the prompt's) on real first frames of seen combinations."""
     real = [sample_videos(count, 80_000 + s, SEEN) for s in range(seeds)]  # the same clips at every step count
     rows = []
     for steps in steps_list:
-        psnr, motion = [], []
+        psnr, matched_psnr, motion = [], [], []
         for s, (videos, _, clips) in enumerate(real):
             first = to_model(videos[:, :1])[:, :, 0]
             generated = generate_batch(model, [c.caption for c in clips], steps, "lcm", 1.0, seed=s, image=first)
-            mse = (generated[:, :, 0] - first).square().mean((1, 2, 3))
-            psnr.append(float((10 * torch.log10(4 / mse)).mean()))
+            matched = match_colours(generated / 2 + 0.5, first / 2 + 0.5) * 2 - 1
+            for values, video in ((psnr, generated), (matched_psnr, matched)):
+                mse = (video[:, :, 0] - first).square().mean((1, 2, 3))
+                values.append(float((10 * torch.log10(4 / mse)).mean()))
             _, preds = judge(classifier, generated)
             motion.append(float((preds["direction"] == labels(clips)["direction"]).float().mean()))
-        row = {"steps": steps, "first_frame_psnr": mean_std(psnr), "motion_accuracy": mean_std(motion)}
+        row = {"steps": steps, "first_frame_psnr": mean_std(psnr), "first_frame_psnr_matched": mean_std(matched_psnr),
+               "motion_accuracy": mean_std(motion)}
         progress(f"  I2V {steps:>2} steps  first-frame PSNR {row['first_frame_psnr'][0]:.1f} ± "
-                 f"{row['first_frame_psnr'][1]:.1f} dB  motion accuracy {row['motion_accuracy'][0]:.2f} ± "
+                 f"{row['first_frame_psnr'][1]:.1f} dB (colour-matched {row['first_frame_psnr_matched'][0]:.1f} ± "
+                 f"{row['first_frame_psnr_matched'][1]:.1f})  motion accuracy {row['motion_accuracy'][0]:.2f} ± "
                  f"{row['motion_accuracy'][1]:.2f}")
         rows.append(row)
     return rows

@@ -284,10 +284,12 @@ def markdown(results: dict) -> str:
         lines.append(f"| {m} | " + " | ".join(f"{cell(by_steps[s]['fvd'], 1)} / {cell(by_steps[s]['seen_accuracy'], 2)}"
                                               for s in a_steps) + " |")
     lines += ["", "**image-to-video and layout control (stage 3)**", "",
-              "| steps | I2V first-frame PSNR (dB) | I2V motion accuracy | layout mask IoU | layout prompt accuracy |",
-              "|---|---|---|---|---|"]
+              "| steps | I2V first-frame PSNR (dB) | colour-matched (dB) | I2V motion accuracy | layout mask IoU | "
+              "layout prompt accuracy |", "|---|---|---|---|---|---|"]
     for i2v, layout in zip(results["image_to_video"], results["layout"]):
-        lines.append(f"| {i2v['steps']} | {cell(i2v['first_frame_psnr'], 1)} | {cell(i2v['motion_accuracy'], 2)} | "
+        lines.append(f"| {i2v['steps']} | {cell(i2v['first_frame_psnr'], 1)} | "
+                     f"{cell(i2v['first_frame_psnr_matched'], 1)} | "
+                     f"{cell(i2v['motion_accuracy'], 2)} | "
                      f"{cell(layout['mask_iou'], 2)} | {cell(layout['accuracy'], 2)} |")
     if results["layout"]:
         lines += ["", f"(layout mask IoU of the real clips by the same measure: "
@@ -339,6 +341,30 @@ def check_finished(folder: Path, product: Path) -> None:
         raise SystemExit(f"{folder.name} finished without writing {product}")
 
 
+def run_stages(out: Path, todo: dict, times: dict) -> dict:
+    """Run each stage of `todo` (name -> (product, make)) that has not finished, in order, adding its
+    time in seconds to `times` and to out/times.json; a finished stage (its DONE file) is skipped."""
+    times_file = out / "times.json"
+    for name, (product, make) in todo.items():
+        done = out / name / "DONE"  # written only when the stage ran to its last step
+        if done.exists():
+            print(f"== {name}: done ({product.relative_to(out)})")
+            continue
+        print(f"== {name}")
+        start = time.perf_counter()
+        try:
+            make()
+        except cli.Interrupted as e:  # the stage saved its checkpoint; this command continues it
+            raise cli.Interrupted(f"the {name} stage was stopped with its checkpoint saved: run this command again "
+                                  "to continue it", e.code) from e
+        check_finished(out / name, product)
+        done.write_text("")
+        times[name] = round(time.perf_counter() - start, 1) + times.get(name, 0)
+        times_file.write_text(json.dumps(times, indent=1) + "\n")
+        print(f"== {name}: {times[name]:.0f} s")
+    return times
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default=str(ROOT / "runs" / "toy"))
@@ -356,23 +382,7 @@ def main(argv=None) -> int:
     times_file = out / "times.json"
     times = json.loads(times_file.read_text()) if times_file.exists() else {}
     torch.manual_seed(args.seed)
-    for name, (product, make) in stages(out, budget, args.seed, args.device).items():
-        done = out / name / "DONE"  # written only when the stage ran to its last step
-        if done.exists():
-            print(f"== {name}: done ({product.relative_to(out)})")
-            continue
-        print(f"== {name}")
-        start = time.perf_counter()
-        try:
-            make()
-        except cli.Interrupted as e:  # the stage saved its checkpoint; this command continues it
-            raise cli.Interrupted(f"the {name} stage was stopped with its checkpoint saved: run this command again "
-                                  "to continue it", e.code) from e
-        check_finished(out / name, product)
-        done.write_text("")
-        times[name] = round(time.perf_counter() - start, 1) + times.get(name, 0)
-        times_file.write_text(json.dumps(times, indent=1) + "\n")
-        print(f"== {name}: {times[name]:.0f} s")
+    times = run_stages(out, stages(out, budget, args.seed, args.device), times)
     if not args.skip_eval:
         start = time.perf_counter()
         results = evaluate(out, budget, args.device)

@@ -1,0 +1,234 @@
+"""The toy world's distillations over several training seeds: which of the paper's claims hold, in how many.
+
+    python toy/seeds.py                     # seeds 1 and 2 beside runs/toy's own seed 0, then the table
+    python toy/seeds.py --seeds 1 2 3 --run runs/toy --device cuda
+
+The teacher (data, VAE, image model, motion module) and the judge are the run's, trained once. Each
+extra seed retrains the four distillations of toy/run.py (stage 1, stage 2, stage 2 with the plain
+initialisation, the one-stage direct baseline) with that seed, with toy/run.py's flags, into
+<run>/seeds/<seed>/; seed 0 is the run itself. Every seed is then measured the same way as toy/run.py
+measures (the same prompts and sampling seeds), and the teacher once. In the table each cell is the
+mean +- std over training seeds of a seed's mean over the sampling sets; the sampling spread (the
+std over sampling sets, averaged over training seeds) is given apart. Each claim is counted as
+holding in k of n training seeds. Outputs: <run>/seeds/results.json and results.md. As in
+toy/run.py, a finished stage or measurement is kept: an interrupted command continues.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import cli  # noqa: E402
+from toy.evaluate import Method, evaluate_text_to_video, mean_std  # noqa: E402
+from toy.run import QUICK, TEACHER_GUIDANCE, Budget, load_classifier, run_stages, stages  # noqa: E402
+
+DISTILLATIONS = ("stage1", "stage2", "stage2_plain_init", "direct")
+SHARED = ("data", "teacher_image", "teacher_motion")  # what every seed's distillations read from the run
+
+
+def seed_folder(run: Path, seed: int) -> Path:
+    return run if seed == 0 else run / "seeds" / str(seed)
+
+
+def train_seed(run: Path, seed: int, budget: Budget, device: str) -> dict:
+    """The four distillations with `seed`, on the run's teacher; returns the time of each stage (s)."""
+    out = seed_folder(run, seed)
+    for name in (*SHARED, "classifier"):
+        if not (run / name / "DONE").exists():
+            raise cli.UserError(f"{run / name} has not finished: run python toy/run.py --out {run} first")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in SHARED:  # the stages' command lines read the teacher from their own folder
+        link = out / name
+        if not link.exists():
+            link.symlink_to((run / name).resolve(), target_is_directory=True)
+    times_file = out / "times.json"
+    times = json.loads(times_file.read_text()) if times_file.exists() else {}
+    torch.manual_seed(seed)
+    todo = {name: made for name, made in stages(out, budget, seed, device).items() if name in DISTILLATIONS}
+    return run_stages(out, todo, times)
+
+
+def seed_methods(folder: Path, device: str) -> list[Method]:
+    """The distilled models of one seed's folder, each sampled with the LCM sampler and no guidance."""
+    from sd15 import load_sd15
+    teacher, teacher_motion = folder / "teacher_image" / "model.safetensors", \
+        folder / "teacher_motion" / "motion_module.safetensors"
+    lora = [(folder / "stage1" / "lora.safetensors", 1.0)]
+    made = {"image-only LCM": (teacher_motion, lora),
+            "AnimateLCM (decoupled)": (folder / "stage2" / "motion_module.safetensors", lora),
+            "AnimateLCM, plain init": (folder / "stage2_plain_init" / "motion_module.safetensors", lora),
+            "direct (VideoLCM-style)": (folder / "direct" / "motion_module.safetensors",
+                                        [(folder / "direct" / "lora.safetensors", 1.0)])}
+    methods = [Method(name, load_sd15(teacher, motion, loras, device=device)) for name, (motion, loras) in made.items()]
+    for m in methods:
+        m.model.unet.eval()
+    return methods
+
+
+def measured(path: Path, measure) -> list[dict]:
+    """The rows in `path`, measured (and written there) unless an earlier command did."""
+    if path.exists():
+        return json.loads(path.read_text())
+    rows = measure()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rows, indent=1) + "\n")
+    return rows
+
+
+def by_cell(rows: list[dict]) -> dict:
+    return {(r["method"], r["steps"]): r for r in rows}
+
+
+def claims(teacher: dict, ours: dict, reference_steps: int = 50) -> dict[str, bool]:
+    """The paper's claims, each true or false for one training seed (rows by (method, steps)); a claim
+    whose cells were not measured is left out. Comparisons are of means over the same sampling sets
+    (the same prompts and noise for every model)."""
+    rows = {**teacher, **ours}
+    ref = ("teacher DDIM", reference_steps)
+
+    def fvd(method, steps):
+        return rows[(method, steps)]["fvd"][0]
+
+    def acc(method, steps):
+        return rows[(method, steps)]["seen_accuracy"][0]
+
+    ours_name, ddim = "AnimateLCM (decoupled)", "teacher DDIM"
+    tests = {
+        f"4 steps: every attribute within 0.05 of the teacher's DDIM {reference_steps} (judge)": lambda: all(
+            rows[(ours_name, 4)]["seen_attributes"][k][0] >= rows[ref]["seen_attributes"][k][0] - 0.05
+            for k in rows[ref]["seen_attributes"]),
+        f"4 steps: toy FVD within 1.2x the teacher's DDIM {reference_steps}":
+            lambda: fvd(ours_name, 4) <= 1.2 * rows[ref]["fvd"][0],
+        **{f"{n} step{'s' * (n > 1)}: far ahead of DDIM at {n} (lower FVD, accuracy +0.3)":
+           (lambda n=n: fvd(ours_name, n) < fvd(ddim, n) and acc(ours_name, n) >= acc(ddim, n) + 0.3) for n in (1, 2)},
+        "4 steps: lower toy FVD than DDIM 4 steps": lambda: fvd(ours_name, 4) < fvd(ddim, 4),
+        **{f"decoupled beats direct at {n} step{'s' * (n > 1)} (toy FVD)":
+           (lambda n=n: fvd(ours_name, n) < fvd("direct (VideoLCM-style)", n)) for n in (1, 4)},
+        "AnimateLCM init beats plain init at 4 steps (toy FVD)":
+            lambda: fvd(ours_name, 4) < fvd("AnimateLCM, plain init", 4),
+        "stage 2 beats image-only LCM at 4 steps (toy FVD)": lambda: fvd(ours_name, 4) < fvd("image-only LCM", 4),
+    }
+    held = {}
+    for claim, test in tests.items():
+        try:
+            held[claim] = bool(test())
+        except KeyError:  # a cell this evaluation did not measure (e.g. --quick's step counts)
+            continue
+    return held
+
+
+def across_seeds(per_seed: dict[int, list[dict]]) -> list[dict]:
+    """Per (method, steps): each metric's mean and std over training seeds of the seeds' means, and the
+    sampling spread (the seeds' std over sampling sets, averaged)."""
+    cells = by_cell(next(iter(per_seed.values())))
+    table = []
+    for key in cells:
+        rows = [by_cell(r)[key] for r in per_seed.values()]
+        metrics = {"fvd": [r["fvd"] for r in rows], "seen_accuracy": [r["seen_accuracy"] for r in rows],
+                   "held_out_accuracy": [r["held_out_accuracy"] for r in rows],
+                   **{k: [r["seen_attributes"][k] for r in rows] for k in rows[0]["seen_attributes"]},
+                   **{f"detector_{k}": [r["seen_attributes_detector"][k] for r in rows]
+                      for k in rows[0]["seen_attributes_detector"]}}
+        table.append({"method": key[0], "steps": key[1], "seeds": len(rows),
+                      **{m: {"mean": mean_std([v[0] for v in values])[0], "std": mean_std([v[0] for v in values])[1],
+                             "sampling_std": statistics.mean(v[1] for v in values)} for m, values in metrics.items()}})
+    return table
+
+
+def markdown(table: list[dict], held: dict[str, list[bool]], times: dict[int, dict]) -> str:
+    def cell(r, metric, digits):
+        return f"{r[metric]['mean']:.{digits}f} ± {r[metric]['std']:.{digits}f}"
+    n = max(r["seeds"] for r in table)
+    lines = [f"**Over {n} training seeds** (each cell: mean ± std over training seeds; sampling spread, the std over "
+             "3 sampling sets, in the last column; accuracy on seen prompts by the judge unless marked)", "",
+             "| method | steps | toy FVD | all three | colour | shape | direction | held-out (all three) | "
+             "direction (detector) | FVD sampling std |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in table:
+        lines.append(f"| {r['method']} | {r['steps']} | {cell(r, 'fvd', 1)} | {cell(r, 'seen_accuracy', 2)} | "
+                     f"{cell(r, 'colour', 2)} | {cell(r, 'shape', 2)} | {cell(r, 'direction', 2)} | "
+                     f"{cell(r, 'held_out_accuracy', 2)} | {cell(r, 'detector_direction', 2)} | "
+                     f"{r['fvd']['sampling_std']:.1f} |")
+    lines += ["", "**The paper's claims, per training seed**", "", "| claim | holds in | seeds |", "|---|---|---|"]
+    for claim, per_seed in held.items():
+        lines.append(f"| {claim} | {sum(per_seed)} of {len(per_seed)} | "
+                     + ", ".join(f"{s}: {'yes' if h else 'no'}" for s, h in zip(times, per_seed)) + " |")
+    lines += ["", "training time per seed (s): " + "; ".join(
+        f"seed {s}: stage 1 + stage 2 {t.get('stage1', 0) + t.get('stage2', 0):.0f}, direct {t.get('direct', 0):.0f}"
+        for s, t in times.items())]
+    return "\n".join(lines) + "\n"
+
+
+def evaluate(run: Path, seeds: list[int], budget: Budget, device: str) -> dict:
+    """Every seed's rows (cached per seed), the teacher's once, the table and the claims, written to
+    <run>/seeds/results.json and results.md."""
+    classifier = load_classifier(run / "classifier" / "classifier.safetensors")
+    folder = run / "seeds"
+    b = budget
+
+    def teacher_rows():
+        from sd15 import load_sd15
+        teacher = load_sd15(run / "teacher_image" / "model.safetensors",
+                            run / "teacher_motion" / "motion_module.safetensors", device=device)
+        teacher.unet.eval()
+        ddim = Method("teacher DDIM", teacher, "ddim", TEACHER_GUIDANCE)
+        return (evaluate_text_to_video([ddim], (*b.eval_steps, b.reference_steps), classifier, b.eval_count,
+                                       b.eval_seeds, b.reference_count) +
+                evaluate_text_to_video([Method("teacher DPM-Solver++", teacher, "dpmpp_2m", TEACHER_GUIDANCE)],
+                                       b.eval_steps, classifier, b.eval_count, b.eval_seeds, b.reference_count))
+
+    print("== the teacher")
+    teacher = measured(folder / "teacher.json", teacher_rows)
+    per_seed, held, times = {}, {}, {}
+    for seed in seeds:
+        print(f"== seed {seed}")
+        per_seed[seed] = measured(folder / f"seed{seed}.json", lambda: evaluate_text_to_video(
+            seed_methods(seed_folder(run, seed), device), b.eval_steps, classifier, b.eval_count, b.eval_seeds,
+            b.reference_count))
+        for claim, holds in claims(by_cell(teacher), by_cell(per_seed[seed]), b.reference_steps).items():
+            held.setdefault(claim, []).append(holds)
+        times_file = seed_folder(run, seed) / "times.json"
+        times[seed] = json.loads(times_file.read_text()) if times_file.exists() else {}
+    table = [*across_seeds({0: teacher}), *across_seeds(per_seed)]
+    results = {"seeds": seeds, "table": table, "claims": held, "times_s": times, "teacher": teacher,
+               "per_seed": per_seed}
+    (folder / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (folder / "results.md").write_text(markdown(table, held, times))
+    return results
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--run", default=str(ROOT / "runs" / "toy"), help="a finished toy/run.py folder (its seed 0)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="training seeds besides the run's 0")
+    p.add_argument("--quick", action="store_true", help="toy/run.py --quick's budget (for a --quick run)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--skip-eval", action="store_true", help="train only")
+    args = p.parse_args(argv)
+    if cli.device_problem(args.device):
+        raise cli.UserError(cli.device_problem(args.device))
+    run, budget = Path(args.run), (QUICK if args.quick else Budget())
+    if not run.is_dir():
+        raise cli.UserError(f"{run}: no such run folder (train it with python toy/run.py --out {run})")
+    seeds = [s for s in args.seeds if s != 0]
+    for seed in seeds:
+        start = time.perf_counter()
+        train_seed(run, seed, budget, args.device)
+        print(f"== seed {seed}: trained in {time.perf_counter() - start:.0f} s", flush=True)
+    if not args.skip_eval:
+        results = evaluate(run, [0, *seeds], budget, args.device)
+        print((run / "seeds" / "results.md").read_text())
+        print(f"written: {run / 'seeds' / 'results.json'}, results.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))
