@@ -176,23 +176,28 @@ def _classifier(out: Path, b: Budget, seed: int) -> None:
     save_file(train_classifier(b.classifier_steps, seed=seed).state_dict(), out / "classifier" / "classifier.safetensors")
 
 
+def load_distilled(out: Path, device: str = "cpu") -> dict:
+    """The run's four text-to-video distillations (image_lcm, animatelcm, plain_init, direct), each on
+    the teacher's image weights with its spatial LoRA."""
+    teacher = out / "teacher_image" / "model.safetensors"
+    lora = [(out / "stage1" / "lora.safetensors", 1.0)]
+    return {"image_lcm": load_sd15(teacher, out / "teacher_motion" / "motion_module.safetensors", lora, device=device),
+            "animatelcm": load_sd15(teacher, out / "stage2" / "motion_module.safetensors", lora, device=device),
+            "plain_init": load_sd15(teacher, out / "stage2_plain_init" / "motion_module.safetensors", lora,
+                                    device=device),
+            "direct": load_sd15(teacher, out / "direct" / "motion_module.safetensors",
+                                [(out / "direct" / "lora.safetensors", 1.0)], device=device)}
+
+
 def load_run(out: Path, device: str = "cpu") -> dict:
     """The run's models for evaluation: name -> StableDiffusion (sharing nothing, so LoRAs stay apart)."""
     import dataclasses as dc
     from unet.controlnet import load_controlnet
     teacher = out / "teacher_image" / "model.safetensors"
     lora = out / "stage1" / "lora.safetensors"
-    models = {
-        "teacher": load_sd15(teacher, out / "teacher_motion" / "motion_module.safetensors", device=device),
-        "image_lcm": load_sd15(teacher, out / "teacher_motion" / "motion_module.safetensors", [(lora, 1.0)],
-                               device=device),
-        "animatelcm": load_sd15(teacher, out / "stage2" / "motion_module.safetensors", [(lora, 1.0)], device=device),
-        "plain_init": load_sd15(teacher, out / "stage2_plain_init" / "motion_module.safetensors", [(lora, 1.0)],
-                                device=device),
-        "direct": load_sd15(teacher, out / "direct" / "motion_module.safetensors",
-                            [(out / "direct" / "lora.safetensors", 1.0)], device=device),
-        "i2v": load_sd15(teacher, out / "i2v" / "i2v_motion_module.safetensors", [(lora, 1.0)], device=device),
-    }
+    models = {"teacher": load_sd15(teacher, out / "teacher_motion" / "motion_module.safetensors", device=device),
+              **load_distilled(out, device),
+              "i2v": load_sd15(teacher, out / "i2v" / "i2v_motion_module.safetensors", [(lora, 1.0)], device=device)}
     layout = dc.replace(models["animatelcm"])
     layout.controlnet = load_controlnet(out / "layout" / "controlnet.safetensors", device=device).eval()
     models["layout"] = layout
@@ -341,10 +346,16 @@ def check_finished(folder: Path, product: Path) -> None:
         raise SystemExit(f"{folder.name} finished without writing {product}")
 
 
-def run_stages(out: Path, todo: dict, times: dict) -> dict:
-    """Run each stage of `todo` (name -> (product, make)) that has not finished, in order, adding its
-    time in seconds to `times` and to out/times.json; a finished stage (its DONE file) is skipped."""
+def read_times(out: Path) -> dict:
+    """Seconds per stage of the run in `out` so far (its times.json)."""
     times_file = out / "times.json"
+    return json.loads(times_file.read_text()) if times_file.exists() else {}
+
+
+def run_stages(out: Path, todo: dict) -> dict:
+    """Run each stage of `todo` (name -> (product, make)) that has not finished, in order, adding its
+    time in seconds to out/times.json; a finished stage (its DONE file) is skipped. Returns the times."""
+    times_file, times = out / "times.json", read_times(out)
     for name, (product, make) in todo.items():
         done = out / name / "DONE"  # written only when the stage ran to its last step
         if done.exists():
@@ -379,10 +390,9 @@ def main(argv=None) -> int:
         raise cli.UserError(cli.device_problem(args.device))
     out, budget = Path(args.out), (QUICK if args.quick else Budget())
     out.mkdir(parents=True, exist_ok=True)
-    times_file = out / "times.json"
-    times = json.loads(times_file.read_text()) if times_file.exists() else {}
     torch.manual_seed(args.seed)
-    times = run_stages(out, stages(out, budget, args.seed, args.device), times)
+    times = run_stages(out, stages(out, budget, args.seed, args.device))
+    times_file = out / "times.json"
     if not args.skip_eval:
         start = time.perf_counter()
         results = evaluate(out, budget, args.device)

@@ -29,7 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 import cli  # noqa: E402
 from toy.evaluate import Method, evaluate_text_to_video, mean_std  # noqa: E402
-from toy.run import QUICK, TEACHER_GUIDANCE, Budget, load_classifier, run_stages, stages  # noqa: E402
+from toy.run import (QUICK, TEACHER_GUIDANCE, Budget, load_classifier, load_distilled, read_times,  # noqa: E402
+                     run_stages, stages)
 
 DISTILLATIONS = ("stage1", "stage2", "stage2_plain_init", "direct")
 SHARED = ("data", "teacher_image", "teacher_motion")  # what every seed's distillations read from the run
@@ -50,28 +51,22 @@ def train_seed(run: Path, seed: int, budget: Budget, device: str) -> dict:
         link = out / name
         if not link.exists():
             link.symlink_to((run / name).resolve(), target_is_directory=True)
-    times_file = out / "times.json"
-    times = json.loads(times_file.read_text()) if times_file.exists() else {}
     torch.manual_seed(seed)
     todo = {name: made for name, made in stages(out, budget, seed, device).items() if name in DISTILLATIONS}
-    return run_stages(out, todo, times)
+    return run_stages(out, todo)
+
+
+# toy/run.py:load_distilled's models -> their rows' names
+METHOD_NAMES = {"image_lcm": "image-only LCM", "animatelcm": "AnimateLCM (decoupled)",
+                "plain_init": "AnimateLCM, plain init", "direct": "direct (VideoLCM-style)"}
 
 
 def seed_methods(folder: Path, device: str) -> list[Method]:
     """The distilled models of one seed's folder, each sampled with the LCM sampler and no guidance."""
-    from sd15 import load_sd15
-    teacher, teacher_motion = folder / "teacher_image" / "model.safetensors", \
-        folder / "teacher_motion" / "motion_module.safetensors"
-    lora = [(folder / "stage1" / "lora.safetensors", 1.0)]
-    made = {"image-only LCM": (teacher_motion, lora),
-            "AnimateLCM (decoupled)": (folder / "stage2" / "motion_module.safetensors", lora),
-            "AnimateLCM, plain init": (folder / "stage2_plain_init" / "motion_module.safetensors", lora),
-            "direct (VideoLCM-style)": (folder / "direct" / "motion_module.safetensors",
-                                        [(folder / "direct" / "lora.safetensors", 1.0)])}
-    methods = [Method(name, load_sd15(teacher, motion, loras, device=device)) for name, (motion, loras) in made.items()]
-    for m in methods:
-        m.model.unet.eval()
-    return methods
+    models = load_distilled(folder, device)
+    for model in models.values():
+        model.unet.eval()
+    return [Method(name, models[key]) for key, name in METHOD_NAMES.items()]
 
 
 def measured(path: Path, measure) -> list[dict]:
@@ -129,17 +124,17 @@ def claims(teacher: dict, ours: dict, reference_steps: int = 50) -> dict[str, bo
 def across_seeds(per_seed: dict[int, list[dict]]) -> list[dict]:
     """Per (method, steps): each metric's mean and std over training seeds of the seeds' means, and the
     sampling spread (the seeds' std over sampling sets, averaged)."""
-    cells = by_cell(next(iter(per_seed.values())))
+    seeds = [by_cell(rows) for rows in per_seed.values()]
     table = []
-    for key in cells:
-        rows = [by_cell(r)[key] for r in per_seed.values()]
+    for key in seeds[0]:
+        rows = [cells[key] for cells in seeds]
         metrics = {"fvd": [r["fvd"] for r in rows], "seen_accuracy": [r["seen_accuracy"] for r in rows],
                    "held_out_accuracy": [r["held_out_accuracy"] for r in rows],
                    **{k: [r["seen_attributes"][k] for r in rows] for k in rows[0]["seen_attributes"]},
                    **{f"detector_{k}": [r["seen_attributes_detector"][k] for r in rows]
                       for k in rows[0]["seen_attributes_detector"]}}
         table.append({"method": key[0], "steps": key[1], "seeds": len(rows),
-                      **{m: {"mean": mean_std([v[0] for v in values])[0], "std": mean_std([v[0] for v in values])[1],
+                      **{m: {**dict(zip(("mean", "std"), mean_std([v[0] for v in values]))),
                              "sampling_std": statistics.mean(v[1] for v in values)} for m, values in metrics.items()}})
     return table
 
@@ -195,8 +190,7 @@ def evaluate(run: Path, seeds: list[int], budget: Budget, device: str) -> dict:
             b.reference_count))
         for claim, holds in claims(by_cell(teacher), by_cell(per_seed[seed]), b.reference_steps).items():
             held.setdefault(claim, []).append(holds)
-        times_file = seed_folder(run, seed) / "times.json"
-        times[seed] = json.loads(times_file.read_text()) if times_file.exists() else {}
+        times[seed] = read_times(seed_folder(run, seed))
     table = [*across_seeds({0: teacher}), *across_seeds(per_seed)]
     results = {"seeds": seeds, "table": table, "claims": held, "times_s": times, "teacher": teacher,
                "per_seed": per_seed}
@@ -224,7 +218,7 @@ def main(argv=None) -> int:
         train_seed(run, seed, budget, args.device)
         print(f"== seed {seed}: trained in {time.perf_counter() - start:.0f} s", flush=True)
     if not args.skip_eval:
-        results = evaluate(run, [0, *seeds], budget, args.device)
+        evaluate(run, [0, *seeds], budget, args.device)
         print((run / "seeds" / "results.md").read_text())
         print(f"written: {run / 'seeds' / 'results.json'}, results.md")
     return 0
