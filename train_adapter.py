@@ -10,12 +10,20 @@
     #     Without --controlnet, a new ControlNet (a copy of the UNet's encoder) trains whole instead.
     python train_adapter.py --adapter controlnet --controlnet control_v11f1p_sd15_depth.pth \\
         --control-data my_depth_videos/ ... --out runs/control
+    # (c) --objective diffusion: a new adapter trained for the *diffusion* model (SD1.5 + a teacher motion
+    #     module, no LCM LoRA) with the DDPM loss, as off-the-shelf ControlNets are trained; then plug it
+    #     into the consistency model as it is, or adapt it with (b)
+    python train_adapter.py --objective diffusion --adapter controlnet --sd15 v1-5.safetensors \\
+        --motion animatediff_v2.ckpt --data my_videos/ --control-data my_depth_videos/ --out runs/control_ddpm
     torchrun --nproc_per_node 4 train_adapter.py ...;  --resume true continues a run, --overwrite true starts it over.
 
-No teacher: the target point is the clean latent noised to t_n with the *same* noise that made the
-online input at t_{n+k} (the one-sample score estimate, i.e. consistency training). The video
-consistency model (SD1.5 + stage-1 LoRA merged + stage-2 motion modules) stays frozen; only the
-adapter (image encoder, the ControlNet's LoRA, or a new ControlNet) trains, and the target is its EMA.
+No teacher (the default, `--objective consistency`): the target point is the clean latent noised to
+t_n with the *same* noise that made the online input at t_{n+k} (the one-sample score estimate, i.e.
+consistency training). The video consistency model (SD1.5 + stage-1 LoRA merged + stage-2 motion
+modules) stays frozen; only the adapter (image encoder, the ControlNet's LoRA, or a new ControlNet)
+trains, and the target is its EMA. With `--objective diffusion` the frozen model is a diffusion model
+and the adapter learns to predict its noise: no bootstrapping from a target, every noise level
+supervised directly.
 Outputs: i2v_motion_module.safetensors (motion modules + img_encoder, the AnimateLCM-I2V layout),
 controlnet_lora.safetensors (kohya names, for `sample.py --controlnet-lora`) or controlnet.safetensors
 (ControlNet-1.1 layout); checkpoint.pt; log.jsonl; val/ GIFs.
@@ -32,7 +40,7 @@ import torch
 import cli
 from cli import UserError
 from data import ResumableSampler, VideoCaptionDataset, collate
-from lcm.distill import distillation_loss
+from lcm.distill import denoising_loss, distillation_loss
 from lcm.ema import ema_update
 from lcm.schedule import NoiseSchedule
 from sd15 import load_sd15
@@ -51,6 +59,7 @@ ADAPTERS = ("image_encoder", "controlnet")
 @dataclasses.dataclass
 class Settings:
     adapter: str = "image_encoder"  # "image_encoder" (I2V) or "controlnet"
+    objective: str = "consistency"  # teacher-free consistency training, or "diffusion": the DDPM loss
     sd15: str = ""
     motion: str = ""               # the stage-2 (or released AnimateLCM) motion module
     lora: str = ""                 # the stage-1 spatial LoRA, merged into the frozen UNet
@@ -92,7 +101,7 @@ PRODUCTS = ("i2v_motion_module.safetensors", "controlnet_lora.safetensors", "con
 @one_run
 def main(argv=None):
     s = parse_settings(Settings, argv, __doc__.split("\n")[0])
-    check_settings(s, adapter=ADAPTERS)
+    check_settings(s, adapter=ADAPTERS, objective=("consistency", "diffusion"))
     if s.adapter == "controlnet" and not s.control_data:
         raise UserError("--adapter controlnet needs --control-data (control videos named like the --data videos)")
     if not s.motion:
@@ -170,6 +179,8 @@ def main(argv=None):
         # I2V: the first frame's latent; ControlNet: the per-frame control images in [0, 1]
         condition = x0[:, :, 0] if s.adapter == "image_encoder" else batch["control"].to(rt.device)
         with autocast(rt, s.precision):
+            if s.objective == "diffusion":  # the frozen model is a diffusion model: predict the noise
+                return denoising_loss(steered(online_net, condition), schedule, x0, context, generators)
             return distillation_loss(steered(online_net, condition), steered(target_net, condition), None,
                                      schedule, x0, context, None, None, s.original_steps, s.loss, generators)
 
@@ -206,7 +217,8 @@ def main(argv=None):
 
 @torch.no_grad()
 def samples(model, adapter, s: Settings, clip: dict, folder: Path, step: int) -> None:
-    """Fixed-seed 1, 2 and 4-step videos steered by the EMA adapter, as GIFs."""
+    """Fixed-seed videos steered by the EMA adapter, as GIFs: 1, 2 and 4 LCM steps, or 25 DDIM steps for
+    an adapter of a diffusion model (--objective diffusion)."""
     from pipeline import Request, generate
     from video_io import to_uint8, write_video
     unet = model.unet
@@ -218,9 +230,11 @@ def samples(model, adapter, s: Settings, clip: dict, folder: Path, step: int) ->
     else:
         model = dataclasses.replace(model, controlnet=adapter)
         condition = {"control": clip["control"][None]}
-    for steps in (1, 2, 4):
+    diffusion = s.objective == "diffusion"
+    for steps in (25,) if diffusion else (1, 2, 4):
         video = generate(model, Request(prompt=clip["caption"], frames=s.frames, height=s.size, width=s.size,
                                         steps=steps, seed=0, original_steps=s.original_steps,
+                                        sampler="ddim" if diffusion else "lcm",
                                         schedule=NoiseSchedule(s.beta_schedule), progress=False, **condition))
         write_video(to_uint8(video), folder / f"step{step:06d}_{steps}steps.gif", fps=8)
     unet.img_encoder = online_encoder

@@ -518,25 +518,27 @@ def fig_teacher_free(ctx: Context) -> None:
 # ---- the toy world's results (docs/toy-world.md, README) -----------------------------------------
 
 def fig_toy_results(ctx: Context) -> None:
-    """Toy FVD and seen-prompt accuracy against steps, from results.json (mean and seed-to-seed std)."""
-    results = json.loads((ctx.weights / "results.json").read_text())
-    rows = results["text_to_video"]
+    """Toy FVD and seen-prompt accuracy against steps, from seeds.json (toy/seeds.py --ship): each distilled
+    method's mean and std over its training seeds; the teacher is trained once, so its bars are the
+    sampling spread."""
+    results = json.loads((ctx.weights / "seeds.json").read_text())
+    rows = results["table"]
     many = max(r["steps"] for r in rows)  # the teacher's many-step reference row
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
     for i, method in enumerate(dict.fromkeys(r["method"] for r in rows)):
         few = sorted((r for r in rows if r["method"] == method and r["steps"] < many), key=lambda r: r["steps"])
         ref = [r for r in rows if r["method"] == method and r["steps"] == many]
+        spread = "std" if few[0]["seeds"] > 1 else "sampling_std"
         for ax, metric in zip(axes, ("fvd", "seen_accuracy")):
-            ax.errorbar([r["steps"] for r in few], [r[metric][0] for r in few], [r[metric][1] for r in few],
-                        fmt="o-", ms=4, capsize=3, color=f"C{i}", label=method)
+            ax.errorbar([r["steps"] for r in few], [r[metric]["mean"] for r in few],
+                        [r[metric][spread] for r in few], fmt="o-", ms=4, capsize=3, color=f"C{i}", label=method)
             for r in ref:
-                ax.axhline(r[metric][0], color=f"C{i}", ls=":", label=f"{method}, {many} steps")
-    seeds, count = results["eval_seeds"], results["eval_count"]
+                ax.axhline(r[metric]["mean"], color=f"C{i}", ls=":", label=f"{method}, {many} steps")
     axes[0].set(yscale="log", ylabel="toy FVD (lower is better)")
     axes[0].yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     axes[0].yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    axes[0].set_yticks([t for t in (50, 100, 200, 400, 800)
-                        if min(r["fvd"][0] for r in rows) / 1.5 < t < 1.5 * max(r["fvd"][0] for r in rows)])
+    fvds = [r["fvd"]["mean"] for r in rows]
+    axes[0].set_yticks([t for t in (50, 100, 200, 400, 800) if min(fvds) / 1.5 < t < 1.5 * max(fvds)])
     axes[1].set(ylabel="seen-prompt accuracy (chance 0.02)", ylim=(0, None))
     for ax in axes:
         ax.set(xscale="log", xlabel="sampling steps")
@@ -545,7 +547,8 @@ def fig_toy_results(ctx: Context) -> None:
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"the shipped toy models, results.json: mean ± std over {seeds} seeds of {count} videos",
+    fig.suptitle(f"the toy models, seeds.json: mean ± std over {len(results['seeds'])} training seeds "
+                 f"(teacher: over {results['eval_seeds']} sampling sets of {results['eval_count']} videos)",
                  fontsize=10)
     fig.tight_layout()
     ctx.save(fig, "toy_results")

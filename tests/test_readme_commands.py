@@ -24,8 +24,9 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^[ \t]*```(?:bash|sh|shell)[ \t]*\n(.*?)^[ \t]*```", re.S | re.M)  # also indented
 
 TRAINS = {"train_image.py", "train_video.py", "train_adapter.py", "toy/run.py", "toy/train_vae.py",
-          "toy/sweep_stage1.py", "toy/sweep_stage2.py"}
-MEASURES = {"toy/compare.py", "toy/health.py", "toy/probe.py", "toy/decide.py", "evaluate.py"}  # hundreds of videos
+          "toy/sweep_stage1.py", "toy/sweep_stage2.py", "toy/seeds.py"}
+MEASURES = {"toy/compare.py", "toy/health.py", "toy/probe.py", "toy/decide.py", "evaluate.py",
+            "toy/diagnose_stage3.py"}  # hundreds of videos
 INPUTS = {"--sd15", "--motion", "--lora", "--teacher-motion", "--data", "--image", "--video", "--controlnet",
           "--control", "--control-data", "--controlnet-lora", "--run", "--weights"}
 CHEAP_FIGURES = {"schedule", "boundary", "solver_grid", "toy_results"}  # drawn without sampling a model

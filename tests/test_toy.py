@@ -85,7 +85,8 @@ def test_quick_pipeline_runs_every_stage_and_reports(quick_run):
     results = json.loads((quick_run / "run" / "results.json").read_text())
     stages = set(results["times_s"])
     assert {"data", "vae", "teacher_image", "teacher_motion", "stage1", "stage2", "stage2_plain_init", "direct",
-            "i2v", "layout", "classifier", "evaluate"} <= stages
+            "i2v", "layout_diffusion", "layout", "classifier", "evaluate"} <= stages
+    assert [r["steps"] for r in results["layout_plugged_in"]] == [r["steps"] for r in results["layout"]] == [1, 2, 4]
     methods = {r["method"] for r in results["text_to_video"]}
     assert {"teacher DDIM", "teacher DPM-Solver++", "image-only LCM", "AnimateLCM (decoupled)",
             "direct (VideoLCM-style)"} <= methods
@@ -146,6 +147,23 @@ def test_seeds_retrains_the_distillations_and_counts_claims_per_seed(quick_run):
     # a second call trains and measures nothing: the same results
     assert seeds.main(["--run", str(run), "--seeds", "1", "--quick", "--device", "cpu"]) == 0
     assert json.loads((run / "seeds" / "results.json").read_text()) == results
+
+
+def test_diagnose_stage3_breaks_down_a_runs_adapters(quick_run):
+    """toy/diagnose_stage3.py on the --quick run: PSNR per texture (background and shape apart) and the
+    ControlNet's masks against a zero control; its centroid and PSNR helpers checked on known inputs."""
+    from toy import diagnose_stage3
+    masks = torch.zeros(2, 8, 8, dtype=torch.bool)
+    masks[0, 2:4, 5:7] = True
+    masks[1, 6, 1] = True
+    assert diagnose_stage3.centroids(masks).tolist() == [[2.5, 5.5], [6.0, 1.0]]
+    assert diagnose_stage3.psnr(torch.tensor(0.04)) == pytest.approx(20.0)
+    report = diagnose_stage3.main(["--run", str(quick_run / "run"), "--count", "4", "--seeds", "1"])
+    textures = report["image_to_video"]["textures"]
+    assert sum(row["frames"] for row in textures.values()) == 4
+    assert all(np.isfinite(v) for row in textures.values() for v in row.values())
+    assert set(report["layout"]) == {"real masks", "zero control"}
+    assert all(0 <= row["iou"] <= 1 for row in report["layout"].values())
 
 
 def test_compare_measures_a_run_and_the_real_clip_floor(quick_run, tmp_path):
@@ -287,6 +305,33 @@ def test_shipped_animatelcm_beats_ddim_at_one_and_four_steps(shipped):
     print(f"toy FVD {fvd}")
     assert fvd["ours, 1 step"] < fvd["DDIM, 1 step"]
     assert fvd["ours, 4 steps"] < fvd["DDIM, 4 steps"]
+
+
+# Stage 3 of the shipped run at 4 steps, on the first set of the evaluation's real clips (24 first frames,
+# 24 mask videos): what `python -m pytest tests/test_toy.py -k stage3 -s` printed for the shipped weights.
+# (The issue's targets: I2V 25 dB, met neither here nor in toy-world.md; layout 0.75 of the real clips' IoU.)
+STAGE3_MEASURED = {"first_frame_psnr_matched": 23.09, "motion_accuracy": 1.0, "mask_iou": 0.753, "accuracy": 0.958}
+STAGE3_MARGIN = {"first_frame_psnr_matched": 1.0, "motion_accuracy": 0.1, "mask_iou": 0.05, "accuracy": 0.1}
+
+
+def test_shipped_stage3_follows_the_image_and_the_masks(shipped):
+    """I2V reproduces the given first frame (PSNR after AnimateLCM-I2V's colour matching, what sample.py
+    writes) and moves as prompted; layout control draws the shape on the masks and keeps the prompt."""
+    import dataclasses
+    from sd15 import load_sd15
+    from toy.evaluate import evaluate_image_to_video, evaluate_layout
+    from unet.controlnet import load_controlnet
+    from unet.lora import LoRANetwork
+    i2v = load_sd15(WEIGHTS / "toy_sd15.safetensors", WEIGHTS / "toy_i2v_motion.safetensors",
+                    [(WEIGHTS / "toy_lcm_lora.safetensors", 1.0)])
+    layout = dataclasses.replace(shipped["animatelcm"])
+    layout.controlnet = load_controlnet(WEIGHTS / "toy_layout_controlnet.safetensors").eval()
+    LoRANetwork.load(layout.controlnet, WEIGHTS / "toy_layout_controlnet_lora.safetensors").merge()
+    i2v.unet.eval(), layout.unet.eval()
+    rows = {**evaluate_image_to_video(i2v, (4,), shipped["classifier"], 24, 1, progress=print)[0],
+            **evaluate_layout(layout, (4,), shipped["classifier"], 24, 1, progress=print)[0]}
+    for key, value in STAGE3_MEASURED.items():
+        assert rows[key][0] >= value - STAGE3_MARGIN[key], (key, rows[key][0], value)
 
 
 def test_sample_py_draws_the_prompted_motion(tmp_path):

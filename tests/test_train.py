@@ -207,6 +207,32 @@ def test_stage3_controlnet_new_then_adapted_with_lora(world, tmp_path):
         train_adapter.main(adapter_args(world, tmp_path / "x", "--adapter", "controlnet"))
 
 
+def test_stage3_diffusion_objective_trains_an_adapter_for_the_diffusion_model(world, tmp_path, monkeypatch):
+    """--objective diffusion: the new ControlNet learns the DDPM loss on the frozen model (no consistency
+    target is ever built), validates with DDIM, and loads like any ControlNet."""
+    monkeypatch.setattr(train_adapter, "distillation_loss", lambda *a, **k: pytest.fail("consistency loss used"))
+    calls = []
+    real_denoising_loss = train_adapter.denoising_loss
+
+    def denoising_loss(*args, **kwargs):
+        calls.append(args[2].shape)  # x0 of the micro-batch
+        return real_denoising_loss(*args, **kwargs)
+    monkeypatch.setattr(train_adapter, "denoising_loss", denoising_loss)
+    control = ["--adapter", "controlnet", "--control-data", str(world / "controls"), "--lr", "1e-3"]
+    result = train_adapter.main(adapter_args(world, tmp_path / "ddpm", *control, "--objective", "diffusion",
+                                             "--steps", "3", "--val-every", "3"))
+    assert len(calls) == 3 and calls[0][2] == 4  # one loss per step, on video latents of 4 frames
+    video = load_sd15(world / "sd15.safetensors", world / "motion.safetensors")
+    for k, v in video.unet.state_dict().items():
+        assert torch.equal(v, result["unet"].state_dict()[k]), f"frozen {k} changed"
+    assert result["online"].controlnet_down_blocks[0].weight.abs().sum() > 0
+    from unet.controlnet import load_controlnet
+    load_controlnet(tmp_path / "ddpm" / "controlnet.safetensors")
+    assert [p.name for p in (tmp_path / "ddpm" / "val").iterdir()] == ["step000003_25steps.gif"]
+    with pytest.raises(UserError, match="--objective must be consistency or diffusion"):
+        train_adapter.main(adapter_args(world, tmp_path / "x", *control, "--objective", "ddpm"))
+
+
 def test_resume_continues_exactly(world, tmp_path):
     straight = train_video.main(video_args(world, tmp_path / "a", "--steps", "4", "--lr", "1e-3"))
     train_video.main(video_args(world, tmp_path / "b", "--steps", "2", "--lr", "1e-3"))

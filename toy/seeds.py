@@ -2,6 +2,7 @@
 
     python toy/seeds.py                     # seeds 1 and 2 beside runs/toy's own seed 0, then the table
     python toy/seeds.py --seeds 1 2 3 --run runs/toy --device cuda
+    python toy/seeds.py --ship              # also copy the table and claims to toy/weights/seeds.json (the README's)
 
 The teacher (data, VAE, image model, motion module) and the judge are the run's, trained once. Each
 extra seed retrains the four distillations of toy/run.py (stage 1, stage 2, stage 2 with the plain
@@ -206,6 +207,8 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="toy/run.py --quick's budget (for a --quick run)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--skip-eval", action="store_true", help="train only")
+    p.add_argument("--ship", action="store_true", help="copy the table and the claims to --ship-to")
+    p.add_argument("--ship-to", default=str(ROOT / "toy" / "weights" / "seeds.json"))
     args = p.parse_args(argv)
     if cli.device_problem(args.device):
         raise cli.UserError(cli.device_problem(args.device))
@@ -218,9 +221,14 @@ def main(argv=None) -> int:
         train_seed(run, seed, budget, args.device)
         print(f"== seed {seed}: trained in {time.perf_counter() - start:.0f} s", flush=True)
     if not args.skip_eval:
-        evaluate(run, [0, *seeds], budget, args.device)
+        results = evaluate(run, [0, *seeds], budget, args.device)
         print((run / "seeds" / "results.md").read_text())
         print(f"written: {run / 'seeds' / 'results.json'}, results.md")
+        if args.ship:  # what the README's table and docs/figures.py read; the per-seed rows stay in the run
+            shipped = {k: results[k] for k in ("seeds", "table", "claims", "times_s")}
+            Path(args.ship_to).write_text(json.dumps({**shipped, "eval_count": budget.eval_count,
+                                                      "eval_seeds": budget.eval_seeds}, indent=1) + "\n")
+            print(f"shipped: {args.ship_to}")
     return 0
 
 

@@ -1,0 +1,127 @@
+"""Where stage 3's error is made (docs/toy-world.md 7.5): the breakdowns behind its prose.
+
+    python toy/diagnose_stage3.py                       # the run's I2V encoder and ControlNet, 4 steps
+    python toy/diagnose_stage3.py --i2v runs/s3/x/i2v_motion_module.safetensors --controlnet ""
+
+Image-to-video: the generated first frame against the given image, per background texture, as made
+and after AnimateLCM-I2V's colour matching, split into background and shape pixels, and the error of its
+mean colour. Layout control: the shape drawn in the prompt's colour against the control masks, with the
+real masks and with a zero control video (a ControlNet that steers makes them differ), as mask IoU,
+distance between centroids and area ratio. The same real clips as toy/evaluate.py's stage-3 rows.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from colour import match_colours  # noqa: E402
+from toy.classifier import to_model  # noqa: E402
+from toy.evaluate import coloured, generate_batch, mask_iou  # noqa: E402
+from toy.world import SEEN, sample_videos  # noqa: E402
+
+
+def psnr(error: torch.Tensor) -> float:
+    """PSNR of a mean squared error on the [-1, 1] scale (peak-to-peak 2)."""
+    return float(10 * torch.log10(4 / error.clamp(min=1e-12)))
+
+
+@torch.no_grad()
+def image_to_video(model, steps: int, count: int, seeds: int) -> dict:
+    """{texture: {"frames", "psnr", "matched", "background", "shape"}} averaged over frames (dB), and
+    "mean_colour_error": the mean over frames of |mean RGB of the generated first frame - the image's|."""
+    per_texture, colour_error = {}, []
+    for s in range(seeds):
+        videos, masks, clips = sample_videos(count, 80_000 + s, SEEN)
+        first = to_model(videos[:, :1])[:, :, 0]  # [N, 3, H, W] in [-1, 1]
+        generated = generate_batch(model, [c.caption for c in clips], steps, "lcm", 1.0, seed=s, image=first)
+        matched = match_colours(generated / 2 + 0.5, first / 2 + 0.5) * 2 - 1
+        colour_error.append((generated[:, :, 0].mean((2, 3)) - first.mean((2, 3))).abs())
+        for i, clip in enumerate(clips):
+            shape = torch.from_numpy(masks[i, 0] > 127)
+            raw = (generated[i, :, 0] - first[i]).square().mean(0)  # [H, W]
+            fixed = (matched[i, :, 0] - first[i]).square().mean(0)
+            row = per_texture.setdefault(clip.texture, {"psnr": [], "matched": [], "background": [], "shape": []})
+            row["psnr"].append(psnr(raw.mean()))
+            row["matched"].append(psnr(fixed.mean()))
+            row["background"].append(psnr(fixed[~shape].mean()))
+            if shape.any():  # a shape can start partly outside the frame
+                row["shape"].append(psnr(fixed[shape].mean()))
+    result = {texture: {"frames": len(row["psnr"]), **{k: statistics.mean(v) for k, v in row.items()}}
+              for texture, row in sorted(per_texture.items())}
+    return {"textures": result, "mean_colour_error": float(torch.cat(colour_error).mean())}
+
+
+def centroids(masks: torch.Tensor) -> torch.Tensor:
+    """[..., H, W] bool -> [..., 2] (row, column) centre of each mask."""
+    ys, xs = torch.meshgrid(torch.arange(masks.shape[-2]), torch.arange(masks.shape[-1]), indexing="ij")
+    weight = masks.float().sum((-2, -1)).clamp(min=1)
+    return torch.stack([(masks * ys).sum((-2, -1)) / weight, (masks * xs).sum((-2, -1)) / weight], -1)
+
+
+@torch.no_grad()
+def layout(model, steps: int, count: int, seed: int = 0) -> dict:
+    """{"real masks" | "zero control": {"iou", "centroid_px" (median), "area_ratio"}} on one set of clips."""
+    videos, masks, clips = sample_videos(count, 90_000 + seed, SEEN)
+    truth = torch.from_numpy(masks) > 127
+    control = torch.from_numpy(masks).float().div(255)[:, None].expand(-1, 3, -1, -1, -1)
+    result = {}
+    for name, given in (("real masks", control), ("zero control", torch.zeros_like(control))):
+        drawn = coloured(generate_batch(model, [c.caption for c in clips], steps, "lcm", 1.0, seed=seed,
+                                        control=given), clips)
+        result[name] = {"iou": mask_iou(drawn, truth),
+                        "centroid_px": float((centroids(drawn) - centroids(truth)).norm(dim=-1).median()),
+                        "area_ratio": float(drawn.float().sum() / truth.float().sum().clamp(min=1))}
+    return result
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--run", default="runs/toy", help="a toy/run.py folder: its teacher, stage-1 LoRA, stage-2 module")
+    p.add_argument("--i2v", default=None, help="an I2V motion module (default: the run's); empty: skip")
+    p.add_argument("--controlnet", default=None, help="a ControlNet (default: the run's); empty: skip")
+    p.add_argument("--controlnet-lora", default=None, help="its stage-3 LoRA (default: the run's); empty: none")
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--count", type=int, default=24)
+    p.add_argument("--seeds", type=int, default=3, help="sets of clips for the I2V breakdown")
+    args = p.parse_args(argv)
+    from sd15 import load_sd15
+    from unet.controlnet import load_controlnet
+    from unet.lora import LoRANetwork
+    run = Path(args.run)
+    teacher, lora = run / "teacher_image" / "model.safetensors", run / "stage1" / "lora.safetensors"
+    i2v = run / "i2v" / "i2v_motion_module.safetensors" if args.i2v is None else args.i2v
+    controlnet = run / "layout_diffusion" / "controlnet.safetensors" if args.controlnet is None else args.controlnet
+    controlnet_lora = run / "layout" / "controlnet_lora.safetensors" if args.controlnet_lora is None \
+        else args.controlnet_lora
+    report = {}
+    if i2v:
+        model = load_sd15(teacher, i2v, [(lora, 1.0)])
+        model.unet.eval()
+        report["image_to_video"] = found = image_to_video(model, args.steps, args.count, args.seeds)
+        print(f"image-to-video, {args.steps} steps, first frame against the image (dB):")
+        for texture, row in found["textures"].items():
+            print(f"  texture {texture} ({row['frames']} videos): {row['psnr']:.1f}, "
+                  f"colour-matched {row['matched']:.1f} (background {row['background']:.1f}, shape {row['shape']:.1f})")
+        print(f"  mean colour error per channel ([-1, 1] scale): {found['mean_colour_error']:.3f}")
+    if controlnet:
+        model = load_sd15(teacher, run / "stage2" / "motion_module.safetensors", [(lora, 1.0)])
+        model.controlnet = load_controlnet(controlnet).eval()
+        if controlnet_lora:
+            LoRANetwork.load(model.controlnet, controlnet_lora).merge()
+        model.unet.eval()
+        report["layout"] = found = layout(model, args.steps, args.count)
+        print(f"layout control, {args.steps} steps, the prompt's colour against the control masks:")
+        for name, row in found.items():
+            print(f"  {name:>12}: IoU {row['iou']:.2f}, centroid {row['centroid_px']:.1f} px from the mask's, "
+                  f"area {row['area_ratio']:.2f} of the mask's")
+    return report
+
+
+if __name__ == "__main__":
+    main()
