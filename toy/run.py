@@ -73,8 +73,9 @@ class Budget:
 
 
 QUICK = Budget(clips=24, vae_steps=10, teacher_image_steps=6, teacher_motion_steps=4, teacher_checks=1,
-               stage1_steps=4, stage2_steps=3, stage2_warmup=1, stage3_steps=3, i2v_steps=3, layout_diffusion_steps=3, classifier_steps=5, image_batch=4,
-               video_batch=2, eval_count=6, eval_seeds=2, eval_steps=(1, 4), reference_count=32, reference_steps=8)
+               stage1_steps=4, stage2_steps=3, stage2_warmup=1, stage3_steps=3, i2v_steps=3, layout_diffusion_steps=3,
+               classifier_steps=5, image_batch=4, video_batch=2, eval_count=6, eval_seeds=2, eval_steps=(1, 4),
+               reference_count=32, reference_steps=8)
 
 
 def direct_steps(b: Budget) -> int:
