@@ -142,10 +142,8 @@ def generate_video(argv=None) -> int:
                       device=args.device, dtype=dtype, vae_dtype=DTYPES[args.vae_dtype])
     if args.controlnet:
         from unet.controlnet import load_controlnet
-        from unet.lora import LoRANetwork
-        model.controlnet = load_controlnet(args.controlnet, device=args.device, dtype=dtype).eval()
-        if args.controlnet_lora:
-            LoRANetwork.load(model.controlnet, args.controlnet_lora).merge()
+        model.controlnet = load_controlnet(args.controlnet, lora=args.controlnet_lora or None, device=args.device,
+                                           dtype=dtype).eval()
     load_time = time.perf_counter() - start
 
     schedule, original_steps = schedule_and_grid(args, model)
@@ -189,6 +187,7 @@ def use_toy_model(args) -> dict:
     if not args.lora:
         args.lora, args.lora_scale = [str(TOY["lora"])], args.lora_scale or [toy["lora_scale"]]
     args.original_steps = args.original_steps or toy["original_steps"]
+    args.beta_end = args.beta_end or toy.get("beta_end")  # its I2V model too trained at this schedule
     return toy
 
 

@@ -127,7 +127,7 @@ def test_seeds_retrains_the_distillations_and_counts_claims_per_seed(quick_run):
     from toy import seeds
     run = quick_run / "run"
     assert seeds.main(["--run", str(run), "--seeds", "1", "--quick", "--device", "cpu"]) == 0
-    for stage in seeds.DISTILLATIONS:
+    for stage in seeds.DISTILLATIONS + seeds.STAGE3:
         assert (run / "seeds" / "1" / stage / "DONE").exists(), stage
     teacher = run / "seeds" / "1" / "teacher_image"  # the teacher is the run's, not trained again
     assert teacher.is_symlink() and teacher.resolve() == (run / "teacher_image").resolve()
@@ -143,6 +143,15 @@ def test_seeds_retrains_the_distillations_and_counts_claims_per_seed(quick_run):
                   for rows in per_seed]
         assert r["fvd"]["mean"] == pytest.approx(np.mean(values))
     assert results["claims"] and all(len(v) == 2 for v in results["claims"].values())
+    assert any(claim.startswith("I2V") for claim in results["claims"])
+    # stage 3: seed 0's rows are the run's own evaluation; seed 1's are measured on its own stage-3 weights
+    run_rows = json.loads((run / "results.json").read_text())
+    assert results["per_seed_stage3"]["0"]["layout"] == run_rows["layout"]
+    assert results["per_seed_stage3"]["1"]["layout"] != run_rows["layout"]
+    stage3 = results["stage3_table"]
+    assert [r["steps"] for r in stage3] == list(toy_run.STAGE3_STEPS) and all(r["seeds"] == 2 for r in stage3)
+    assert stage3[-1]["layout.mask_iou"]["mean"] == pytest.approx(np.mean(
+        [results["per_seed_stage3"][s]["layout"][-1]["mask_iou"][0] for s in ("0", "1")]))
     assert "holds in" in (run / "seeds" / "results.md").read_text()
     # a second call trains and measures nothing: the same results
     assert seeds.main(["--run", str(run), "--seeds", "1", "--quick", "--device", "cpu"]) == 0
@@ -157,7 +166,8 @@ def test_diagnose_stage3_breaks_down_a_runs_adapters(quick_run):
     masks[0, 2:4, 5:7] = True
     masks[1, 6, 1] = True
     assert diagnose_stage3.centroids(masks).tolist() == [[2.5, 5.5], [6.0, 1.0]]
-    assert diagnose_stage3.psnr(torch.tensor(0.04)) == pytest.approx(20.0)
+    from toy.evaluate import psnr
+    assert psnr(torch.tensor([0.04, 0.4])).tolist() == pytest.approx([20.0, 10.0])
     report = diagnose_stage3.main(["--run", str(quick_run / "run"), "--count", "4", "--seeds", "1"])
     textures = report["image_to_video"]["textures"]
     assert sum(row["frames"] for row in textures.values()) == 4
@@ -321,17 +331,27 @@ def test_shipped_stage3_follows_the_image_and_the_masks(shipped):
     from sd15 import load_sd15
     from toy.evaluate import evaluate_image_to_video, evaluate_layout
     from unet.controlnet import load_controlnet
-    from unet.lora import LoRANetwork
     i2v = load_sd15(WEIGHTS / "toy_sd15.safetensors", WEIGHTS / "toy_i2v_motion.safetensors",
                     [(WEIGHTS / "toy_lcm_lora.safetensors", 1.0)])
     layout = dataclasses.replace(shipped["animatelcm"])
-    layout.controlnet = load_controlnet(WEIGHTS / "toy_layout_controlnet.safetensors").eval()
-    LoRANetwork.load(layout.controlnet, WEIGHTS / "toy_layout_controlnet_lora.safetensors").merge()
+    layout.controlnet = load_controlnet(WEIGHTS / "toy_layout_controlnet.safetensors",
+                                        lora=WEIGHTS / "toy_layout_controlnet_lora.safetensors").eval()
     i2v.unet.eval(), layout.unet.eval()
     rows = {**evaluate_image_to_video(i2v, (4,), shipped["classifier"], 24, 1, progress=print)[0],
             **evaluate_layout(layout, (4,), shipped["classifier"], 24, 1, progress=print)[0]}
     for key, value in STAGE3_MEASURED.items():
         assert rows[key][0] >= value - STAGE3_MARGIN[key], (key, rows[key][0], value)
+
+
+def test_sample_py_samples_the_toy_i2v_model_at_its_training_schedule():
+    """The toy I2V model trained at beta_end 0.012 (toy.json), not AnimateLCM-I2V's 0.014; a flag still wins."""
+    from sd15 import load_sd15
+    i2v = load_sd15(WEIGHTS / "toy_sd15.safetensors", WEIGHTS / "toy_i2v_motion.safetensors")
+    for flags, beta_end in (([], 0.012), (["--beta-end", "0.014"], 0.014)):
+        args = sample.parse_args(["--prompt", "a red circle moving left", "--image", "first.png", *flags])
+        sample.use_toy_model(args)
+        schedule, original_steps = sample.schedule_and_grid(args, i2v)
+        assert schedule.beta_end == beta_end and original_steps == 50
 
 
 def test_sample_py_draws_the_prompted_motion(tmp_path):

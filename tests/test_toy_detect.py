@@ -54,6 +54,11 @@ def test_health_scores_real_clips_of_its_fixed_prompts_as_right():
     assert right["all"] >= 0.95 and min(right.values()) >= 0.95
     wrong = scores(detect(videos.flip(2)), target)  # reversed: every direction wrong, nothing else
     assert wrong["direction"] == 0 and wrong["all"] == 0 and wrong["colour"] >= 0.95
+    from toy.health import shape_confusion
+    counts = [int((target["shape"] == k).sum()) for k in range(3)]  # real clips: every shape read as itself
+    assert shape_confusion(detect(videos), target) == [[counts[0], 0, 0, 0], [0, counts[1], 0, 0], [0, 0, counts[2], 0]]
+    read = {"shape": torch.tensor([1, -1, 2, 0])}  # a square read as a square, one as nothing; ...
+    assert shape_confusion(read, {"shape": torch.tensor([1, 1, 0, 0])}) == [[1, 0, 1, 0], [0, 1, 0, 1], [0, 0, 0, 0]]
 
 
 def test_linear_probe_reads_a_linear_label_and_not_noise():

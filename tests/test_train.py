@@ -201,7 +201,12 @@ def test_stage3_controlnet_new_then_adapted_with_lora(world, tmp_path):
         assert torch.equal(v, adapted["online"].state_dict()[k]), k
     lora = read_state_dict(tmp_path / "lora" / "controlnet_lora.safetensors")
     assert any(v.abs().sum() > 0 for k, v in lora.items() if "lora_up" in k)
-    LoRANetwork.load(saved, tmp_path / "lora" / "controlnet_lora.safetensors").merge()  # what sample.py does
+    # load_controlnet(lora=) (what sample.py and toy/run.py use) is the ControlNet with its LoRA merged
+    with_lora = load_controlnet(tmp_path / "new" / "controlnet.safetensors",
+                                lora=tmp_path / "lora" / "controlnet_lora.safetensors")
+    LoRANetwork.load(saved, tmp_path / "lora" / "controlnet_lora.safetensors").merge()
+    changed = [k for k, v in saved.state_dict().items() if not torch.equal(v, new["target"].state_dict()[k])]
+    assert changed and all(torch.equal(v, saved.state_dict()[k]) for k, v in with_lora.state_dict().items())
     assert len(list((tmp_path / "lora" / "val").iterdir())) == 3
     with pytest.raises(UserError, match="--control-data"):
         train_adapter.main(adapter_args(world, tmp_path / "x", "--adapter", "controlnet"))

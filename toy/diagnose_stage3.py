@@ -20,15 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from colour import match_colours  # noqa: E402
-from toy.classifier import to_model  # noqa: E402
-from toy.evaluate import coloured, generate_batch, mask_iou  # noqa: E402
-from toy.world import SEEN, sample_videos  # noqa: E402
-
-
-def psnr(error: torch.Tensor) -> float:
-    """PSNR of a mean squared error on the [-1, 1] scale (peak-to-peak 2)."""
-    return float(10 * torch.log10(4 / error.clamp(min=1e-12)))
+from toy.evaluate import coloured, generate_batch, image_to_video_set, layout_set, mask_iou, psnr  # noqa: E402
 
 
 @torch.no_grad()
@@ -37,21 +29,18 @@ def image_to_video(model, steps: int, count: int, seeds: int) -> dict:
     "mean_colour_error": the mean over frames of |mean RGB of the generated first frame - the image's|."""
     per_texture, colour_error = {}, []
     for s in range(seeds):
-        videos, masks, clips = sample_videos(count, 80_000 + s, SEEN)
-        first = to_model(videos[:, :1])[:, :, 0]  # [N, 3, H, W] in [-1, 1]
-        generated = generate_batch(model, [c.caption for c in clips], steps, "lcm", 1.0, seed=s, image=first)
-        matched = match_colours(generated / 2 + 0.5, first / 2 + 0.5) * 2 - 1
+        first, generated, matched, masks, clips = image_to_video_set(model, steps, s, count)
         colour_error.append((generated[:, :, 0].mean((2, 3)) - first.mean((2, 3))).abs())
         for i, clip in enumerate(clips):
             shape = torch.from_numpy(masks[i, 0] > 127)
             raw = (generated[i, :, 0] - first[i]).square().mean(0)  # [H, W]
             fixed = (matched[i, :, 0] - first[i]).square().mean(0)
             row = per_texture.setdefault(clip.texture, {"psnr": [], "matched": [], "background": [], "shape": []})
-            row["psnr"].append(psnr(raw.mean()))
-            row["matched"].append(psnr(fixed.mean()))
-            row["background"].append(psnr(fixed[~shape].mean()))
+            row["psnr"].append(float(psnr(raw.mean())))
+            row["matched"].append(float(psnr(fixed.mean())))
+            row["background"].append(float(psnr(fixed[~shape].mean())))
             if shape.any():  # a shape can start partly outside the frame
-                row["shape"].append(psnr(fixed[shape].mean()))
+                row["shape"].append(float(psnr(fixed[shape].mean())))
     result = {texture: {"frames": len(row["psnr"]), **{k: statistics.mean(v) for k, v in row.items()}}
               for texture, row in sorted(per_texture.items())}
     return {"textures": result, "mean_colour_error": float(torch.cat(colour_error).mean())}
@@ -67,9 +56,7 @@ def centroids(masks: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def layout(model, steps: int, count: int, seed: int = 0) -> dict:
     """{"real masks" | "zero control": {"iou", "centroid_px" (median), "area_ratio"}} on one set of clips."""
-    videos, masks, clips = sample_videos(count, 90_000 + seed, SEEN)
-    truth = torch.from_numpy(masks) > 127
-    control = torch.from_numpy(masks).float().div(255)[:, None].expand(-1, 3, -1, -1, -1)
+    _, truth, control, clips = layout_set(seed, count)
     result = {}
     for name, given in (("real masks", control), ("zero control", torch.zeros_like(control))):
         drawn = coloured(generate_batch(model, [c.caption for c in clips], steps, "lcm", 1.0, seed=seed,
@@ -92,7 +79,6 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     from sd15 import load_sd15
     from unet.controlnet import load_controlnet
-    from unet.lora import LoRANetwork
     run = Path(args.run)
     teacher, lora = run / "teacher_image" / "model.safetensors", run / "stage1" / "lora.safetensors"
     i2v = run / "i2v" / "i2v_motion_module.safetensors" if args.i2v is None else args.i2v
@@ -111,9 +97,7 @@ def main(argv=None) -> dict:
         print(f"  mean colour error per channel ([-1, 1] scale): {found['mean_colour_error']:.3f}")
     if controlnet:
         model = load_sd15(teacher, run / "stage2" / "motion_module.safetensors", [(lora, 1.0)])
-        model.controlnet = load_controlnet(controlnet).eval()
-        if controlnet_lora:
-            LoRANetwork.load(model.controlnet, controlnet_lora).merge()
+        model.controlnet = load_controlnet(controlnet, lora=controlnet_lora or None).eval()
         model.unet.eval()
         report["layout"] = found = layout(model, args.steps, args.count)
         print(f"layout control, {args.steps} steps, the prompt's colour against the control masks:")

@@ -109,25 +109,38 @@ def evaluate_text_to_video(methods: list[Method], steps_list, classifier, count:
     return rows
 
 
+def psnr(mse: torch.Tensor) -> torch.Tensor:
+    """PSNR (dB) of mean squared errors on the [-1, 1] scale (peak-to-peak 2)."""
+    return 10 * torch.log10(4 / mse.clamp(min=1e-12))
+
+
+def image_to_video_set(model, steps: int, set_index: int, count: int):
+    """One I2V sample set: `count` real seen-prompt clips (the same for every model and step count), their
+    first frames as the condition image, the videos generated from them, and those videos after
+    AnimateLCM-I2V's colour matching (colour.py, what sample.py writes). Returns (first [N, 3, H, W],
+    generated, matched [N, 3, F, H, W], masks [N, F, H, W] uint8, clips), pixels in [-1, 1]."""
+    videos, masks, clips = sample_videos(count, 80_000 + set_index, SEEN)
+    first = to_model(videos[:, :1])[:, :, 0]
+    generated = generate_batch(model, [c.caption for c in clips], steps, "lcm", 1.0, seed=set_index, image=first)
+    matched = match_colours(generated / 2 + 0.5, first / 2 + 0.5) * 2 - 1
+    return first, generated, matched, masks, clips
+
+
 def evaluate_image_to_video(model, steps_list, classifier, count: int, seeds: int, progress=print) -> list[dict]:
     """I2V: PSNR of the generated first frame against the condition image, as the model makes it and after
-    AnimateLCM-I2V's colour matching (colour.py, what sample.py writes), and motion accuracy (the
-    classifier's direction matches the prompt's) on real first frames of seen combinations."""
-    real = [sample_videos(count, 80_000 + s, SEEN) for s in range(seeds)]  # the same clips at every step count
+    AnimateLCM-I2V's colour matching, and motion accuracy (the classifier's direction matches the
+    prompt's) on real first frames of seen combinations."""
     rows = []
     for steps in steps_list:
-        psnr, matched_psnr, motion = [], [], []
-        for s, (videos, _, clips) in enumerate(real):
-            first = to_model(videos[:, :1])[:, :, 0]
-            generated = generate_batch(model, [c.caption for c in clips], steps, "lcm", 1.0, seed=s, image=first)
-            matched = match_colours(generated / 2 + 0.5, first / 2 + 0.5) * 2 - 1
-            for values, video in ((psnr, generated), (matched_psnr, matched)):
-                mse = (video[:, :, 0] - first).square().mean((1, 2, 3))
-                values.append(float((10 * torch.log10(4 / mse)).mean()))
+        first_psnr, matched_psnr, motion = [], [], []
+        for s in range(seeds):
+            first, generated, matched, _, clips = image_to_video_set(model, steps, s, count)
+            for values, video in ((first_psnr, generated), (matched_psnr, matched)):
+                values.append(float(psnr((video[:, :, 0] - first).square().mean((1, 2, 3))).mean()))
             _, preds = judge(classifier, generated)
             motion.append(float((preds["direction"] == labels(clips)["direction"]).float().mean()))
-        row = {"steps": steps, "first_frame_psnr": mean_std(psnr), "first_frame_psnr_matched": mean_std(matched_psnr),
-               "motion_accuracy": mean_std(motion)}
+        row = {"steps": steps, "first_frame_psnr": mean_std(first_psnr),
+               "first_frame_psnr_matched": mean_std(matched_psnr), "motion_accuracy": mean_std(motion)}
         progress(f"  I2V {steps:>2} steps  first-frame PSNR {row['first_frame_psnr'][0]:.1f} ± "
                  f"{row['first_frame_psnr'][1]:.1f} dB (colour-matched {row['first_frame_psnr_matched'][0]:.1f} ± "
                  f"{row['first_frame_psnr_matched'][1]:.1f})  motion accuracy {row['motion_accuracy'][0]:.2f} ± "
@@ -147,18 +160,25 @@ def mask_iou(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a & b).sum() / (a | b).sum().clamp(min=1))
 
 
+def layout_set(set_index: int, count: int):
+    """One layout sample set: `count` real seen-prompt clips (the same for every model and step count), the
+    shape's masks as truth [N, F, H, W] bool and as the control video [N, 3, F, H, W] in [0, 1].
+    Returns (videos [N, F, H, W, 3] uint8, truth, control, clips)."""
+    videos, masks, clips = sample_videos(count, 90_000 + set_index, SEEN)
+    control = torch.from_numpy(masks).float().div(255)[:, None].expand(-1, 3, -1, -1, -1)
+    return videos, torch.from_numpy(masks) > 127, control, clips
+
+
 def evaluate_layout(model, steps_list, classifier, count: int, seeds: int, progress=print) -> list[dict]:
     """Layout control: the shape's mask video as the per-frame control; IoU between the mask and the
     pixels drawn in the prompt's colour (the same measure on the real clips is the ceiling, below 1
     because of pixels the 32x32 rendering blends at the edges)."""
-    real = [sample_videos(count, 90_000 + s, SEEN) for s in range(seeds)]  # the same clips at every step count
-    truths = [torch.from_numpy(masks) > 127 for _, masks, _ in real]
-    real_ious = [mask_iou(coloured(to_model(videos), clips), truth) for (videos, _, clips), truth in zip(real, truths)]
+    sets = [layout_set(s, count) for s in range(seeds)]
+    real_ious = [mask_iou(coloured(to_model(videos), clips), truth) for videos, truth, _, clips in sets]
     rows = []
     for steps in steps_list:
         ious, acc = [], []
-        for s, ((_, masks, clips), truth) in enumerate(zip(real, truths)):
-            control = torch.from_numpy(masks).float().div(255)[:, None].expand(-1, 3, -1, -1, -1)
+        for s, (_, truth, control, clips) in enumerate(sets):
             generated = generate_batch(model, [c.caption for c in clips], steps, "lcm", 1.0, seed=s, control=control)
             ious.append(mask_iou(coloured(generated, clips), truth))
             _, preds = judge(classifier, generated)

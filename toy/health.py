@@ -44,23 +44,40 @@ def scores(preds: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> d
 
 
 @torch.no_grad()
+def shape_confusion(preds: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> list[list[int]]:
+    """How the detector read each prompted shape: counts [prompted shape][read shape, or nothing last]."""
+    shapes = len(ATTRIBUTES["shape"])
+    read = torch.where(preds["shape"] < 0, shapes, preds["shape"])
+    counts = torch.zeros(shapes, shapes + 1, dtype=torch.long).index_put_(
+        (target["shape"], read), torch.ones_like(read), accumulate=True)
+    return counts.tolist()
+
+
+@torch.no_grad()
 def prompt_following(model, steps: int, sampler: str, guidance: float, frames: int = 8, resolution: int = 32,
                      combos=SEEN, repeats: int = 1, seed: int = 0, original_steps: int = 50,
-                     judge=None) -> dict:
+                     judge=None, confusion: bool = False) -> dict:
     """Per-attribute accuracy of samples of every combination (frames=1: stills of an image model,
     whose direction is read from the trail; otherwise videos, whose direction is their motion, with
     the trail's side and whether the motion agrees with it). With `judge` (a toy/classifier.py model),
-    videos are also scored by it, under "judge": the second, independent reading."""
+    videos are also scored by it, under "judge": the second, independent reading. With `confusion`,
+    also the detector's shape_confusion, under "shape_confusion"."""
     from toy.evaluate import generate_batch
     captions, target = fixed_prompts(combos, repeats)
     videos = generate_batch(model, captions, steps, sampler, guidance, seed, frames, resolution, original_steps)
+    extra = {}
     if frames == 1:
-        return scores(detect_stills(videos[:, :, 0]), target)
+        preds = detect_stills(videos[:, :, 0])
+        if confusion:
+            extra["shape_confusion"] = shape_confusion(preds, target)
+        return {**scores(preds, target), **extra}
     preds = detect(videos)
+    if confusion:
+        extra["shape_confusion"] = shape_confusion(preds, target)
     # the two halves of a video's direction: the image layers draw the trail on the prompted side in
     # each frame ("trail"), the text-blind motion modules move the shape away from it ("motion_follows_trail")
     record = {**scores(preds, target), "trail": share(preds["trail"] == target["direction"]),
-              "motion_follows_trail": share(preds["direction"] == preds["trail"])}
+              "motion_follows_trail": share(preds["direction"] == preds["trail"]), **extra}
     if judge is not None:
         from toy.classifier import judge as judge_videos
         record["judge"] = scores(judge_videos(judge, videos)[1], target)
@@ -102,12 +119,16 @@ def main(argv=None) -> int:
     for name, combos in (("seen", SEEN), ("held-out", HELD_OUT)):
         for steps in args.steps:
             r = prompt_following(model, steps, args.sampler, args.guidance, frames, combos=combos,
-                                 repeats=args.repeats, judge=judge)
-            by_judge = r.pop("judge", None)
+                                 repeats=args.repeats, judge=judge, confusion=True)
+            by_judge, confusion = r.pop("judge", None), r.pop("shape_confusion")
             print(f"{name:>8} {steps:>2} {args.sampler} steps: " + "  ".join(f"{k} {v:.2f}" for k, v in r.items()))
             if by_judge:
                 print(f"{'':>8} {'':>2} judge:{'':>{len(args.sampler) + 1}} "
                       + "  ".join(f"{k} {v:.2f}" for k, v in by_judge.items()))
+            shapes = ATTRIBUTES["shape"]
+            print(f"{'':>11} the detector read " + "; ".join(
+                f"{prompted}s as " + ", ".join(f"{read} {n}" for read, n in zip([*shapes, "nothing"], row) if n)
+                for prompted, row in zip(shapes, confusion)))
     return 0
 
 

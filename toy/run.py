@@ -29,6 +29,7 @@ import cli  # noqa: E402
 import train_adapter  # noqa: E402
 import train_image  # noqa: E402
 import train_video  # noqa: E402
+from lcm.schedule import NoiseSchedule  # noqa: E402
 from sd15 import load_sd15, save_sd15  # noqa: E402
 from text import CLIPTextEncoder, TextEncoderConfig  # noqa: E402
 from toy.world import write_dataset  # noqa: E402
@@ -203,22 +204,30 @@ def load_distilled(out: Path, device: str = "cpu") -> dict:
                                 [(out / "direct" / "lora.safetensors", 1.0)], device=device)}
 
 
-def load_run(out: Path, device: str = "cpu") -> dict:
-    """The run's models for evaluation: name -> StableDiffusion (sharing nothing, so LoRAs stay apart)."""
+def load_stage3(out: Path, device: str = "cpu") -> dict:
+    """The run's stage-3 models: "i2v" (the I2V encoder and its motion module), "layout_plugged_in" (the
+    diffusion model's ControlNet on AnimateLCM as it is) and "layout" (with its teacher-free LoRA)."""
     import dataclasses as dc
     from unet.controlnet import load_controlnet
-    from unet.lora import LoRANetwork
     teacher = out / "teacher_image" / "model.safetensors"
-    lora = out / "stage1" / "lora.safetensors"
-    models = {"teacher": load_sd15(teacher, out / "teacher_motion" / "motion_module.safetensors", device=device),
-              **load_distilled(out, device),
-              "i2v": load_sd15(teacher, out / "i2v" / "i2v_motion_module.safetensors", [(lora, 1.0)], device=device)}
+    lora = [(out / "stage1" / "lora.safetensors", 1.0)]
+    animatelcm = load_sd15(teacher, out / "stage2" / "motion_module.safetensors", lora, device=device)
+    models = {"i2v": load_sd15(teacher, out / "i2v" / "i2v_motion_module.safetensors", lora, device=device)}
     for name, adapted in (("layout_plugged_in", False), ("layout", True)):  # before and after stage 3
-        models[name] = dc.replace(models["animatelcm"])
-        models[name].controlnet = load_controlnet(out / "layout_diffusion" / "controlnet.safetensors",
-                                                  device=device).eval()
-        if adapted:
-            LoRANetwork.load(models[name].controlnet, out / "layout" / "controlnet_lora.safetensors").merge()
+        models[name] = dc.replace(animatelcm)
+        models[name].controlnet = load_controlnet(
+            out / "layout_diffusion" / "controlnet.safetensors",
+            lora=out / "layout" / "controlnet_lora.safetensors" if adapted else None, device=device).eval()
+    for m in models.values():
+        m.unet.eval()
+    return models
+
+
+def load_run(out: Path, device: str = "cpu") -> dict:
+    """The run's models for evaluation: name -> StableDiffusion (sharing nothing, so LoRAs stay apart)."""
+    models = {"teacher": load_sd15(out / "teacher_image" / "model.safetensors",
+                                   out / "teacher_motion" / "motion_module.safetensors", device=device),
+              **load_distilled(out, device), **load_stage3(out, device)}
     for m in models.values():
         m.unet.eval()
     return models
@@ -233,7 +242,7 @@ def load_classifier(path: Path):
 
 
 def evaluate(out: Path, b: Budget, device: str) -> dict:
-    from toy.evaluate import Method, evaluate_image_to_video, evaluate_layout, evaluate_text_to_video
+    from toy.evaluate import Method, evaluate_text_to_video
     models = load_run(out, device)
     classifier = load_classifier(out / "classifier" / "classifier.safetensors")
     guidance = TEACHER_GUIDANCE
@@ -250,17 +259,25 @@ def evaluate(out: Path, b: Budget, device: str) -> dict:
     ablation = evaluate_text_to_video([Method("AnimateLCM init (target without LoRA)", models["animatelcm"]),
                                        Method("plain init (target = online)", models["plain_init"])],
                                       (1, 2, 4), classifier, b.eval_count, b.eval_seeds, b.reference_count)
-    print("image-to-video:")
-    i2v = evaluate_image_to_video(models["i2v"], (1, 2, 4), classifier, b.eval_count, b.eval_seeds)
-    print("layout control:")
-    layout = evaluate_layout(models["layout"], (1, 2, 4), classifier, b.eval_count, b.eval_seeds)
-    print("layout control, the diffusion ControlNet plugged in without adaptation:")
-    plugged_in = evaluate_layout(models["layout_plugged_in"], (1, 2, 4), classifier, b.eval_count, b.eval_seeds)
-
+    stage3 = evaluate_stage3(models, classifier, b)
     write_strip(models, out / "strip.gif", b.reference_steps)
-    return {"text_to_video": table, "init_ablation": ablation, "image_to_video": i2v, "layout": layout,
-            "layout_plugged_in": plugged_in,
+    return {"text_to_video": table, "init_ablation": ablation, **stage3,
             "guidance": guidance, "eval_count": b.eval_count, "eval_seeds": b.eval_seeds}
+
+
+STAGE3_STEPS = (1, 2, 4)
+
+
+def evaluate_stage3(models: dict, classifier, b: Budget) -> dict:
+    """Stage 3's rows ("image_to_video", "layout", "layout_plugged_in") for load_stage3's models."""
+    from toy.evaluate import evaluate_image_to_video, evaluate_layout
+    print("image-to-video:")
+    i2v = evaluate_image_to_video(models["i2v"], STAGE3_STEPS, classifier, b.eval_count, b.eval_seeds)
+    print("layout control:")
+    layout = evaluate_layout(models["layout"], STAGE3_STEPS, classifier, b.eval_count, b.eval_seeds)
+    print("layout control, the diffusion ControlNet plugged in without adaptation:")
+    plugged_in = evaluate_layout(models["layout_plugged_in"], STAGE3_STEPS, classifier, b.eval_count, b.eval_seeds)
+    return {"image_to_video": i2v, "layout": layout, "layout_plugged_in": plugged_in}
 
 
 STRIP_PROMPTS = ["a red circle moving left", "a blue square moving up", "a yellow triangle moving down",
@@ -354,7 +371,8 @@ def ship(out: Path, folder: Path) -> None:
         if (out / name).exists():
             shutil.copy(out / name, folder / name)
     settings = {"frames": FRAMES, "height": RESOLUTION, "width": RESOLUTION, "original_steps": ORIGINAL_STEPS,
-                "beta_schedule": BETA_SCHEDULE, "lora_scale": 1.0, "guidance_teacher": TEACHER_GUIDANCE}
+                "beta_schedule": BETA_SCHEDULE, "beta_end": NoiseSchedule(BETA_SCHEDULE).beta_end,
+                "lora_scale": 1.0, "guidance_teacher": TEACHER_GUIDANCE}
     (folder / "toy.json").write_text(json.dumps(settings, indent=1) + "\n")
 
 

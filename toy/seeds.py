@@ -6,8 +6,9 @@
 
 The teacher (data, VAE, image model, motion module) and the judge are the run's, trained once. Each
 extra seed retrains the four distillations of toy/run.py (stage 1, stage 2, stage 2 with the plain
-initialisation, the one-stage direct baseline) with that seed, with toy/run.py's flags, into
-<run>/seeds/<seed>/; seed 0 is the run itself. Every seed is then measured the same way as toy/run.py
+initialisation, the one-stage direct baseline) and stage 3 (the I2V encoder, the layout ControlNet and
+its teacher-free LoRA) with that seed, with toy/run.py's flags, into <run>/seeds/<seed>/; seed 0 is the
+run itself. Every seed is then measured the same way as toy/run.py
 measures (the same prompts and sampling seeds), and the teacher once. In the table each cell is the
 mean +- std over training seeds of a seed's mean over the sampling sets; the sampling spread (the
 std over sampling sets, averaged over training seeds) is given apart. Each claim is counted as
@@ -30,10 +31,11 @@ sys.path.insert(0, str(ROOT))
 
 import cli  # noqa: E402
 from toy.evaluate import Method, evaluate_text_to_video, mean_std  # noqa: E402
-from toy.run import (QUICK, TEACHER_GUIDANCE, Budget, load_classifier, load_distilled, read_times,  # noqa: E402
-                     run_stages, stages)
+from toy.run import (QUICK, TEACHER_GUIDANCE, Budget, evaluate_stage3, load_classifier, load_distilled,  # noqa: E402
+                     load_stage3, read_times, run_stages, stages)
 
 DISTILLATIONS = ("stage1", "stage2", "stage2_plain_init", "direct")
+STAGE3 = ("i2v", "layout_diffusion", "layout")  # on each seed's own stage 1 and 2
 SHARED = ("data", "teacher_image", "teacher_motion")  # what every seed's distillations read from the run
 
 
@@ -42,7 +44,7 @@ def seed_folder(run: Path, seed: int) -> Path:
 
 
 def train_seed(run: Path, seed: int, budget: Budget, device: str) -> dict:
-    """The four distillations with `seed`, on the run's teacher; returns the time of each stage (s)."""
+    """The four distillations and stage 3 with `seed`, on the run's teacher; returns the time of each stage (s)."""
     out = seed_folder(run, seed)
     for name in (*SHARED, "classifier"):
         if not (run / name / "DONE").exists():
@@ -53,7 +55,8 @@ def train_seed(run: Path, seed: int, budget: Budget, device: str) -> dict:
         if not link.exists():
             link.symlink_to((run / name).resolve(), target_is_directory=True)
     torch.manual_seed(seed)
-    todo = {name: made for name, made in stages(out, budget, seed, device).items() if name in DISTILLATIONS}
+    todo = {name: made for name, made in stages(out, budget, seed, device).items()
+            if name in DISTILLATIONS + STAGE3}
     return run_stages(out, todo)
 
 
@@ -122,6 +125,50 @@ def claims(teacher: dict, ours: dict, reference_steps: int = 50) -> dict[str, bo
     return held
 
 
+STAGE3_ROWS = ("image_to_video", "layout", "layout_plugged_in")
+
+
+def stage3_claims(rows: dict, ours: dict) -> dict[str, bool]:
+    """Issue targets and the paper's adaptation claim for stage 3, each true or false for one training seed:
+    `rows` is the seed's stage-3 rows (evaluate_stage3), `ours` its text-to-video rows by (method, steps)."""
+    def at(name, steps):
+        return next(r for r in rows[name] if r["steps"] == steps)
+
+    tests = {
+        "I2V, 4 steps: first frame >= 25 dB (colour-matched, as sample.py writes it)":
+            lambda: at("image_to_video", 4)["first_frame_psnr_matched"][0] >= 25,
+        "I2V, 4 steps: motion accuracy >= 0.8": lambda: at("image_to_video", 4)["motion_accuracy"][0] >= 0.8,
+        "layout, 4 steps: mask IoU >= 0.75 of the real clips'":
+            lambda: at("layout", 4)["mask_iou"][0] >= 0.75 * at("layout", 4)["real_mask_iou"][0],
+        "layout, 4 steps: prompt accuracy within 0.05 of AnimateLCM's text-to-video":
+            lambda: at("layout", 4)["accuracy"][0] >= ours[("AnimateLCM (decoupled)", 4)]["seen_accuracy"][0] - 0.05,
+        **{f"teacher-free adaptation raises the plugged-in ControlNet's mask IoU at {n} step{'s' * (n > 1)}":
+           (lambda n=n: at("layout", n)["mask_iou"][0] > at("layout_plugged_in", n)["mask_iou"][0]) for n in (1, 4)},
+    }
+    held = {}
+    for claim, test in tests.items():
+        try:
+            held[claim] = bool(test())
+        except (KeyError, StopIteration):  # a cell this evaluation did not measure
+            continue
+    return held
+
+
+def stage3_across_seeds(per_seed: dict[int, dict]) -> list[dict]:
+    """Per step count: each stage-3 metric's mean and std over training seeds, and the sampling spread."""
+    first = next(iter(per_seed.values()))
+    table = []
+    for i, row in enumerate(first["image_to_video"]):
+        cells = {"steps": row["steps"], "seeds": len(per_seed)}
+        for name in STAGE3_ROWS:
+            for metric in (k for k in first[name][i] if k != "steps"):
+                values = [rows[name][i][metric] for rows in per_seed.values()]
+                cells[f"{name}.{metric}"] = {**dict(zip(("mean", "std"), mean_std([v[0] for v in values]))),
+                                             "sampling_std": statistics.mean(v[1] for v in values)}
+        table.append(cells)
+    return table
+
+
 def across_seeds(per_seed: dict[int, list[dict]]) -> list[dict]:
     """Per (method, steps): each metric's mean and std over training seeds of the seeds' means, and the
     sampling spread (the seeds' std over sampling sets, averaged)."""
@@ -140,12 +187,13 @@ def across_seeds(per_seed: dict[int, list[dict]]) -> list[dict]:
     return table
 
 
-def markdown(table: list[dict], held: dict[str, list[bool]], times: dict[int, dict]) -> str:
+def markdown(table: list[dict], held: dict[str, list[bool]], times: dict[int, dict], sampling_sets: int,
+             stage3: list[dict] = ()) -> str:
     def cell(r, metric, digits):
         return f"{r[metric]['mean']:.{digits}f} ± {r[metric]['std']:.{digits}f}"
     n = max(r["seeds"] for r in table)
     lines = [f"**Over {n} training seeds** (each cell: mean ± std over training seeds; sampling spread, the std over "
-             "3 sampling sets, in the last column; accuracy on seen prompts by the judge unless marked)", "",
+             f"{sampling_sets} sampling sets, in the last column; accuracy on seen prompts by the judge unless marked)", "",
              "| method | steps | toy FVD | all three | colour | shape | direction | held-out (all three) | "
              "direction (detector) | FVD sampling std |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in table:
@@ -153,13 +201,29 @@ def markdown(table: list[dict], held: dict[str, list[bool]], times: dict[int, di
                      f"{cell(r, 'colour', 2)} | {cell(r, 'shape', 2)} | {cell(r, 'direction', 2)} | "
                      f"{cell(r, 'held_out_accuracy', 2)} | {cell(r, 'detector_direction', 2)} | "
                      f"{r['fvd']['sampling_std']:.1f} |")
+    if stage3:
+        lines += ["", f"**Stage 3 over {stage3[0]['seeds']} training seeds** (mean ± std over training seeds; "
+                  "the sampling spread under the table)", "",
+                  "| steps | I2V first-frame PSNR (dB) | colour-matched (dB) | I2V motion accuracy | layout mask IoU | "
+                  "layout prompt accuracy | layout IoU / accuracy, not adapted |", "|---|---|---|---|---|---|---|"]
+        for r in stage3:
+            lines.append(f"| {r['steps']} | {cell(r, 'image_to_video.first_frame_psnr', 1)} | "
+                         f"{cell(r, 'image_to_video.first_frame_psnr_matched', 1)} | "
+                         f"{cell(r, 'image_to_video.motion_accuracy', 2)} | {cell(r, 'layout.mask_iou', 2)} | "
+                         f"{cell(r, 'layout.accuracy', 2)} | {cell(r, 'layout_plugged_in.mask_iou', 2)} / "
+                         f"{cell(r, 'layout_plugged_in.accuracy', 2)} |")
+        last = stage3[-1]
+        lines += ["", f"(sampling spread at {last['steps']} steps: colour-matched PSNR "
+                      f"{last['image_to_video.first_frame_psnr_matched']['sampling_std']:.1f} dB, layout IoU "
+                      f"{last['layout.mask_iou']['sampling_std']:.2f}; the real clips' mask IoU "
+                      f"{last['layout.real_mask_iou']['mean']:.2f})"]
     lines += ["", "**The paper's claims, per training seed**", "", "| claim | holds in | seeds |", "|---|---|---|"]
     for claim, per_seed in held.items():
         lines.append(f"| {claim} | {sum(per_seed)} of {len(per_seed)} | "
                      + ", ".join(f"{s}: {'yes' if h else 'no'}" for s, h in zip(times, per_seed)) + " |")
     lines += ["", "training time per seed (s): " + "; ".join(
-        f"seed {s}: stage 1 + stage 2 {t.get('stage1', 0) + t.get('stage2', 0):.0f}, direct {t.get('direct', 0):.0f}"
-        for s, t in times.items())]
+        f"seed {s}: stage 1 + stage 2 {t.get('stage1', 0) + t.get('stage2', 0):.0f}, direct {t.get('direct', 0):.0f}, "
+        f"stage 3 {sum(t.get(k, 0) for k in STAGE3):.0f}" for s, t in times.items())]
     return "\n".join(lines) + "\n"
 
 
@@ -183,21 +247,33 @@ def evaluate(run: Path, seeds: list[int], budget: Budget, device: str) -> dict:
 
     print("== the teacher")
     teacher = measured(folder / "teacher.json", teacher_rows)
-    per_seed, held, times = {}, {}, {}
+    per_seed, stage3, held, times = {}, {}, {}, {}
     for seed in seeds:
         print(f"== seed {seed}")
         per_seed[seed] = measured(folder / f"seed{seed}.json", lambda: evaluate_text_to_video(
             seed_methods(seed_folder(run, seed), device), b.eval_steps, classifier, b.eval_count, b.eval_seeds,
             b.reference_count))
-        for claim, holds in claims(by_cell(teacher), by_cell(per_seed[seed]), b.reference_steps).items():
+        stage3[seed] = measured(folder / f"seed{seed}_stage3.json",
+                                lambda: stage3_rows(seed_folder(run, seed), classifier, b, device))
+        for claim, holds in {**claims(by_cell(teacher), by_cell(per_seed[seed]), b.reference_steps),
+                             **stage3_claims(stage3[seed], by_cell(per_seed[seed]))}.items():
             held.setdefault(claim, []).append(holds)
         times[seed] = read_times(seed_folder(run, seed))
     table = [*across_seeds({0: teacher}), *across_seeds(per_seed)]
-    results = {"seeds": seeds, "table": table, "claims": held, "times_s": times, "teacher": teacher,
-               "per_seed": per_seed}
+    stage3_table = stage3_across_seeds(stage3)
+    results = {"seeds": seeds, "table": table, "stage3_table": stage3_table, "claims": held, "times_s": times,
+               "teacher": teacher, "per_seed": per_seed, "per_seed_stage3": stage3}
     (folder / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    (folder / "results.md").write_text(markdown(table, held, times))
+    (folder / "results.md").write_text(markdown(table, held, times, b.eval_seeds, stage3_table))
     return results
+
+
+def stage3_rows(folder: Path, classifier, budget: Budget, device: str) -> dict:
+    """A seed's stage-3 rows; for the run itself (seed 0) the ones its evaluate stage measured the same way."""
+    run_results = json.loads((folder / "results.json").read_text()) if (folder / "results.json").exists() else {}
+    if all(k in run_results for k in STAGE3_ROWS):
+        return {k: run_results[k] for k in STAGE3_ROWS}
+    return evaluate_stage3(load_stage3(folder, device), classifier, budget)
 
 
 def main(argv=None) -> int:
@@ -225,7 +301,7 @@ def main(argv=None) -> int:
         print((run / "seeds" / "results.md").read_text())
         print(f"written: {run / 'seeds' / 'results.json'}, results.md")
         if args.ship:  # what the README's table and docs/figures.py read; the per-seed rows stay in the run
-            shipped = {k: results[k] for k in ("seeds", "table", "claims", "times_s")}
+            shipped = {k: results[k] for k in ("seeds", "table", "stage3_table", "claims", "times_s")}
             Path(args.ship_to).write_text(json.dumps({**shipped, "eval_count": budget.eval_count,
                                                       "eval_seeds": budget.eval_seeds}, indent=1) + "\n")
             print(f"shipped: {args.ship_to}")

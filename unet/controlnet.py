@@ -28,6 +28,7 @@ from .blocks import TimestepMLP, timestep_embedding
 from .config import UNetConfig
 from .keymap import unet_from_ldm, unet_to_ldm
 from .load import diffusers_config_hints
+from .lora import LoRANetwork
 from .model import DownBlock, MidBlock
 
 SD15_HINT_CHANNELS = (16, 32, 96, 256)  # diffusers' `conditioning_embedding_out_channels`
@@ -211,12 +212,14 @@ def controlnet_architecture(state: dict[str, torch.Tensor], **shape_free) -> tup
     return cfg, hint_in.shape[1], hint
 
 
-def load_controlnet(source, *, attention_heads: int | None = None, norm_groups: int | None = None,
+def load_controlnet(source, *, lora=None, attention_heads: int | None = None, norm_groups: int | None = None,
                     dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> ControlNet:
     """An SD1.5 ControlNet from `source` (file, diffusers folder or state dict), strictly.
 
-    Head count and GroupNorm groups come from the arguments, else a diffusers folder's config.json
-    or our own files' architecture hints, else SD1.5's 8 and 32; everything else from the tensor shapes.
+    `lora`: a LoRA for it (file or state dict, as train_adapter.py's teacher-free adaptation writes
+    it), merged into its weights before any `dtype` cast. Head count and GroupNorm groups come from the
+    arguments, else a diffusers folder's config.json or our own files' architecture hints, else SD1.5's
+    8 and 32; everything else from the tensor shapes.
     """
     state, name, folder = read_controlnet(source)
     hints = diffusers_config_hints(folder, "unet") if folder else {}  # same config keys as a UNet's
@@ -232,4 +235,6 @@ def load_controlnet(source, *, attention_heads: int | None = None, norm_groups: 
         net = ControlNet(cfg, conditioning_channels, hint)
     net = net.to_empty(device=device)
     load_strict(net, state, name)
+    if lora is not None:
+        LoRANetwork.load(net, lora).merge()
     return net.to(dtype) if dtype is not None else net
