@@ -116,20 +116,14 @@ def claims(teacher: dict, ours: dict, reference_steps: int = 50) -> dict[str, bo
             lambda: fvd(ours_name, 4) < fvd("AnimateLCM, plain init", 4),
         "stage 2 beats image-only LCM at 4 steps (toy FVD)": lambda: fvd(ours_name, 4) < fvd("image-only LCM", 4),
     }
-    held = {}
-    for claim, test in tests.items():
-        try:
-            held[claim] = bool(test())
-        except KeyError:  # a cell this evaluation did not measure (e.g. --quick's step counts)
-            continue
-    return held
+    return checked(tests)
 
 
 STAGE3_ROWS = ("image_to_video", "layout", "layout_plugged_in")
 
 
 def stage3_claims(rows: dict, ours: dict) -> dict[str, bool]:
-    """Issue targets and the paper's adaptation claim for stage 3, each true or false for one training seed:
+    """Stage 3's targets and the paper's adaptation claim, each true or false for one training seed:
     `rows` is the seed's stage-3 rows (evaluate_stage3), `ours` its text-to-video rows by (method, steps)."""
     def at(name, steps):
         return next(r for r in rows[name] if r["steps"] == steps)
@@ -145,11 +139,17 @@ def stage3_claims(rows: dict, ours: dict) -> dict[str, bool]:
         **{f"teacher-free adaptation raises the plugged-in ControlNet's mask IoU at {n} step{'s' * (n > 1)}":
            (lambda n=n: at("layout", n)["mask_iou"][0] > at("layout_plugged_in", n)["mask_iou"][0]) for n in (1, 4)},
     }
+    return checked(tests)
+
+
+def checked(tests: dict) -> dict[str, bool]:
+    """Each claim's test run: true or false; a claim whose cells were not measured (e.g. --quick's step
+    counts) is left out."""
     held = {}
     for claim, test in tests.items():
         try:
             held[claim] = bool(test())
-        except (KeyError, StopIteration):  # a cell this evaluation did not measure
+        except (KeyError, StopIteration):
             continue
     return held
 
