@@ -43,7 +43,6 @@ def scores(preds: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> d
     return {**{k: share(v) for k, v in right.items()}, "all": share(torch.stack(list(right.values())).all(0))}
 
 
-@torch.no_grad()
 def shape_confusion(preds: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> list[list[int]]:
     """How the detector read each prompted shape: counts [prompted shape][read shape, or nothing last]."""
     shapes = len(ATTRIBUTES["shape"])
@@ -65,15 +64,10 @@ def prompt_following(model, steps: int, sampler: str, guidance: float, frames: i
     from toy.evaluate import generate_batch
     captions, target = fixed_prompts(combos, repeats)
     videos = generate_batch(model, captions, steps, sampler, guidance, seed, frames, resolution, original_steps)
-    extra = {}
+    preds = detect_stills(videos[:, :, 0]) if frames == 1 else detect(videos)
+    extra = {"shape_confusion": shape_confusion(preds, target)} if confusion else {}
     if frames == 1:
-        preds = detect_stills(videos[:, :, 0])
-        if confusion:
-            extra["shape_confusion"] = shape_confusion(preds, target)
         return {**scores(preds, target), **extra}
-    preds = detect(videos)
-    if confusion:
-        extra["shape_confusion"] = shape_confusion(preds, target)
     # the two halves of a video's direction: the image layers draw the trail on the prompted side in
     # each frame ("trail"), the text-blind motion modules move the shape away from it ("motion_follows_trail")
     record = {**scores(preds, target), "trail": share(preds["trail"] == target["direction"]),
