@@ -193,7 +193,8 @@ def markdown(table: list[dict], held: dict[str, list[bool]], times: dict[int, di
         return f"{r[metric]['mean']:.{digits}f} ± {r[metric]['std']:.{digits}f}"
     n = max(r["seeds"] for r in table)
     lines = [f"**Over {n} training seeds** (each cell: mean ± std over training seeds; sampling spread, the std over "
-             f"{sampling_sets} sampling sets, in the last column; accuracy on seen prompts by the judge unless marked)", "",
+             f"{sampling_sets} sampling sets, in the last column; accuracy on seen prompts by the judge unless "
+             "marked)", "",
              "| method | steps | toy FVD | all three | colour | shape | direction | held-out (all three) | "
              "direction (detector) | FVD sampling std |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in table:
