@@ -50,6 +50,8 @@ class Request:
     image: torch.Tensor | None = None  # I2V: [1, 3, H, W] in [-1, 1]
     motion_scale: float = 0.8
     match_colours: bool = True  # I2V: each frame's HSV means moved onto the image's, as AnimateLCM-I2V (colour.py)
+    anchor_first_frame: bool = False  # I2V, LCM: frame 0 of each intermediate prediction replaced by the image's
+    #                                   latent (lcm/sampler.py:sample_lcm); not in AnimateLCM-I2V's pipeline
     video: torch.Tensor | None = None  # V2V: [1, 3, F, H, W] in [-1, 1]
     strength: float = 0.6
     strength_convention: str = "lcm"  # V2V: "lcm" (AnimateLCM's) or "diffusers" (see the module docstring)
@@ -84,6 +86,8 @@ def check_request(model: StableDiffusion, r: Request) -> None:
         problems.append(f"--context-frames {r.context_frames} exceeds the motion module's window of {window}")
     if r.image is not None and model.unet.img_encoder is None:
         problems.append("image-to-video needs an AnimateLCM-I2V motion module (with its image encoder)")
+    if r.anchor_first_frame and (r.image is None or r.sampler != "lcm"):
+        problems.append("anchoring the first frame needs an image (--image) and the lcm sampler")
     if r.control is not None:
         if model.controlnet is None:
             problems.append("control images need a ControlNet (--controlnet)")
@@ -181,6 +185,8 @@ def generate(model: StableDiffusion, r: Request, timings: dict | None = None) ->
     sample = {"lcm": sample_lcm, "ddim": sample_ddim, "dpmpp_2m": sample_dpmpp_2m}[r.sampler]
     # DDIM's stride is the full schedule's, also when strength keeps only its last steps
     extra = {"lcm": {"generator": generator}, "ddim": {"full_steps": r.steps}}.get(r.sampler, {})
+    if r.anchor_first_frame:
+        extra["first_frame"] = image_latent
     latents = sample(denoiser, latents, r.schedule, timesteps, progress=r.progress, **extra)
     if not torch.isfinite(latents).all():
         raise FloatingPointError("the sampler produced non-finite latents (NaN/inf); try --dtype fp32 or bf16, "

@@ -27,6 +27,7 @@ from video_io import output_problem
 ROOT = Path(__file__).resolve().parent
 TOY = {"sd15": ROOT / "toy" / "weights" / "toy_sd15.safetensors",
        "motion": ROOT / "toy" / "weights" / "toy_motion.safetensors",
+       "i2v": ROOT / "toy" / "weights" / "toy_i2v_motion.safetensors",  # with --image
        "lora": ROOT / "toy" / "weights" / "toy_lcm_lora.safetensors",
        "settings": ROOT / "toy" / "weights" / "toy.json"}  # the size and schedule it was trained at
 DEFAULTS = {"frames": 16, "height": 512, "width": 512}
@@ -74,6 +75,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--match-colours", type=cli.boolean, default=True,
                    help="I2V: move each frame's mean saturation and brightness onto the image's, as AnimateLCM-I2V "
                         "does (true/false)")
+    p.add_argument("--anchor-first-frame", type=cli.boolean, default=None,
+                   help="I2V, lcm sampler: replace frame 0 of each intermediate prediction by the image's latent, "
+                        "so the first frame keeps the image (not in AnimateLCM-I2V's pipeline; default false, "
+                        "the toy model: true, see docs/toy-world.md 7.5)")
     p.add_argument("--video", help="video-to-video: source video file or folder of frames")
     p.add_argument("--strength", type=float, default=0.6, help="V2V: how much of the source is replaced")
     p.add_argument("--strength-convention", default="lcm", choices=["lcm", "diffusers"],
@@ -151,7 +156,8 @@ def generate_video(argv=None) -> int:
                       height=height, width=width, steps=args.steps, guidance=args.guidance, seed=args.seed,
                       sampler=args.sampler, schedule=schedule,
                       original_steps=original_steps, clip_skip=args.clip_skip,
-                      motion_scale=args.motion_scale, match_colours=args.match_colours, strength=args.strength,
+                      motion_scale=args.motion_scale, match_colours=args.match_colours,
+                      anchor_first_frame=bool(args.anchor_first_frame), strength=args.strength,
                       strength_convention=args.strength_convention,
                       context_frames=args.context_frames, context_overlap=args.context_overlap,
                       decode_chunk=args.decode_chunk)
@@ -183,11 +189,13 @@ def use_toy_model(args) -> dict:
     import json
     toy = json.loads(TOY["settings"].read_text())
     args.sd15 = str(TOY["sd15"])
-    args.motion = args.motion or str(TOY["motion"])
+    args.motion = args.motion or str(TOY["i2v" if args.image else "motion"])
     if not args.lora:
         args.lora, args.lora_scale = [str(TOY["lora"])], args.lora_scale or [toy["lora_scale"]]
     args.original_steps = args.original_steps or toy["original_steps"]
     args.beta_end = args.beta_end or toy.get("beta_end")  # its I2V model too trained at this schedule
+    if args.anchor_first_frame is None:  # where it applies: an image and the lcm sampler
+        args.anchor_first_frame = toy.get("anchor_first_frame", False) and bool(args.image) and args.sampler == "lcm"
     return toy
 
 
@@ -231,6 +239,8 @@ def check_args(args, height: int, width: int) -> None:
         problems.append(f"--guidance must be at least 1 (got {args.guidance}); 1 means no guidance")
     if not 0 < args.strength <= 1:
         problems.append(f"--strength must be in (0, 1] (got {args.strength})")
+    if args.anchor_first_frame and (not args.image or args.sampler != "lcm"):
+        problems.append("--anchor-first-frame needs --image and --sampler lcm")
     if args.beta_end is not None and not 0 < args.beta_end < 1:
         problems.append(f"--beta-end must be in (0, 1) (got {args.beta_end})")
     for flag in ("motion_scale", "control_scale"):

@@ -54,15 +54,29 @@ def lcm_step(schedule: NoiseSchedule, eps: torch.Tensor, t: int, x: torch.Tensor
 
 
 def sample_lcm(model: Model, x: torch.Tensor, schedule: NoiseSchedule, timesteps: list[int],
-               generator: torch.Generator | None = None, progress: bool = True) -> torch.Tensor:
-    """Few-step consistency sampling; fresh noise is injected between steps (LCM Alg. 1)."""
+               generator: torch.Generator | None = None, progress: bool = True,
+               first_frame: torch.Tensor | None = None) -> torch.Tensor:
+    """Few-step consistency sampling; fresh noise is injected between steps (LCM Alg. 1).
+
+    `first_frame` (image-to-video, a known clean latent [B, C, h, w] of frame 0 of x [B, C, F, h, w]):
+    before each re-noising, frame 0 of the prediction is replaced by it, so every later step starts from
+    the image noised to its timestep; the replacement method of conditional sampling (Ho et al. 2022,
+    "Video Diffusion Models", sec. 3.1) applied to the consistency model's predictions. The last
+    prediction is the model's own: the returned frame 0 is generated, not pasted.
+    """
     for i, t in enumerate(tqdm(timesteps, desc="LCM", disable=not progress)):
         last = i == len(timesteps) - 1
         eps = model(x, torch.tensor(t, device=x.device))
         # Drawn on the generator's device and moved, like diffusers' randn_tensor: same seed, same noise.
         noise = None if last else torch.randn(x.shape, generator=generator, dtype=x.dtype,
                                               device=generator.device if generator else "cpu").to(x.device)
-        x, _ = lcm_step(schedule, eps, t, x, None if last else timesteps[i + 1], noise)
+        if last or first_frame is None:
+            x, _ = lcm_step(schedule, eps, t, x, None if last else timesteps[i + 1], noise)
+            continue
+        _, denoised = lcm_step(schedule, eps, t, x, None, None)
+        denoised[:, :, 0] = first_frame.to(denoised)
+        abar = schedule.alphas_cumprod[timesteps[i + 1]]
+        x = abar.sqrt() * denoised + (1 - abar).sqrt() * noise
     return x
 
 

@@ -136,6 +136,7 @@ def test_requests_are_checked_before_any_work(setup):
                          (dict(image=torch.zeros(1, 3, 64, 64)), "AnimateLCM-I2V"), (dict(sampler="euler"), "sampler"),
                          (dict(video=video, sampler="ddim", strength=0.2),
                           r"keeps int\(4 \* 0.2\) = 0 of the 4 ddim steps; raise --strength to at least 0.25"),
-                         (dict(video=video, strength_convention="comfy"), "strength convention")):
+                         (dict(video=video, strength_convention="comfy"), "strength convention"),
+                         (dict(anchor_first_frame=True), "anchoring the first frame needs an image")):
         with pytest.raises(ValueError, match=message):
             generate(ours, Request(**{"prompt": "x", "height": 64, "width": 64, **bad}))

@@ -120,7 +120,9 @@ def checkout(tmp_path_factory):
                                                               ".pytest_cache", ".venv", ".whl"))
     bin_dir = root.parent / "bin"
     bin_dir.mkdir()
-    (bin_dir / "python").symlink_to(sys.executable)
+    # a wrapper, not a symlink: a symlink to a virtual environment's python starts outside the environment
+    (bin_dir / "python").write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
+    (bin_dir / "python").chmod(0o755)
     return root, {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 

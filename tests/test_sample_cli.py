@@ -64,6 +64,13 @@ def test_image_to_video(weights, tmp_path):
                "--match-colours", "false", motion="i2v") == 0
     matched, raw = (read_video(tmp_path / name).max(-1).mean((1, 2)) for name in ("i2v", "raw"))  # HSV value
     assert np.abs(matched - 200).max() < 5 and np.abs(raw - 200).min() > 20, (matched, raw)  # (a few pixels clip)
+    # anchoring the first frame (the replacement before each re-noising) changes the video, seeded
+    for name in ("anchored", "anchored_again"):
+        assert run(weights, tmp_path, "--out", str(tmp_path / name), "--image", str(tmp_path / "first.png"),
+                   "--anchor-first-frame", "true", motion="i2v") == 0
+    anchored = read_video(tmp_path / "anchored")
+    assert np.array_equal(anchored, read_video(tmp_path / "anchored_again"))
+    assert not np.array_equal(anchored, read_video(tmp_path / "i2v"))
 
 
 def test_video_to_video_and_long_video(weights, tmp_path, capsys):
@@ -86,6 +93,7 @@ def test_video_to_video_and_long_video(weights, tmp_path, capsys):
     (["--guidance", "0.5"], "--guidance must be at least 1"),
     (["--frames", "30"], "window of 24.*--context-frames"),
     (["--image", "missing.png"], "no such file"),
+    (["--anchor-first-frame", "true"], "--anchor-first-frame needs --image and --sampler lcm"),
 ])
 def test_bad_input_gets_a_clear_message(weights, tmp_path, capsys, extra, message):
     assert run(weights, tmp_path, "--out", str(tmp_path / "x.gif"), *extra) == 2

@@ -49,6 +49,40 @@ def test_lcm_equals_diffusers_step_by_step_and_seeded(kind, steps, original_step
     close(sample_lcm(fake_model, start(), schedule, timesteps, torch.Generator().manual_seed(7), progress=False), x_ref)
 
 
+@pytest.mark.parametrize("steps", [1, 2, 4])
+def test_lcm_first_frame_anchor_replaces_frame_0_before_each_renoising(steps):
+    """With a known first frame, every later step sees frame 0 as that latent noised to its timestep (the
+    same draw as without it), frames 1.. as before at the second step; the result is the model's own."""
+    schedule, timesteps = NoiseSchedule("beta_linear"), lcm_timesteps(steps, 50)
+    known = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    seen = {"plain": [], "anchored": []}
+
+    def recording(name):
+        def model(x, t):
+            seen[name].append(x.clone())
+            return fake_model(x, t)
+        return model
+
+    plain = sample_lcm(recording("plain"), start(), schedule, timesteps, torch.Generator().manual_seed(7),
+                       progress=False)
+    anchored = sample_lcm(recording("anchored"), start(), schedule, timesteps, torch.Generator().manual_seed(7),
+                          progress=False, first_frame=known)
+    noises = torch.Generator().manual_seed(7)
+    for i in range(1, steps):
+        noise = torch.randn(start().shape, generator=noises)
+        abar = schedule.alphas_cumprod[timesteps[i]]
+        close(seen["anchored"][i][:, :, 0], abar.sqrt() * known + (1 - abar).sqrt() * noise[:, :, 0])
+    if steps > 1:
+        close(seen["anchored"][1][:, :, 1:], seen["plain"][1][:, :, 1:])
+        assert not torch.allclose(anchored, plain)
+    else:  # one step: nothing to re-noise, so nothing changes
+        close(anchored, plain)
+    _, last = lcm_step(schedule, fake_model(seen["anchored"][-1], timesteps[-1]), timesteps[-1],
+                       seen["anchored"][-1], None, None)
+    close(anchored, last)  # the returned frame 0 is the model's prediction, not the known latent
+    assert not torch.allclose(anchored[:, :, 0], known)
+
+
 def test_lcm_timesteps_match_the_method_table():
     assert lcm_timesteps(4, 100) == [999, 749, 499, 249]
     assert lcm_timesteps(4, 50) == [999, 759, 499, 259]

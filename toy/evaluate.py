@@ -34,8 +34,10 @@ class Method:
 @torch.no_grad()
 def generate_batch(model, captions: list[str], steps: int, sampler: str, guidance: float, seed: int,
                    frames: int = 8, resolution: int = 32, original_steps: int = 50, image: torch.Tensor | None = None,
-                   control: torch.Tensor | None = None, batch: int = 32) -> torch.Tensor:
-    """Videos [N, 3, F, H, W] in [-1, 1] for many prompts at once (the pipeline's math, batched)."""
+                   control: torch.Tensor | None = None, batch: int = 32, anchor: bool = False) -> torch.Tensor:
+    """Videos [N, 3, F, H, W] in [-1, 1] for many prompts at once (the pipeline's math, batched). `image`
+    (first frames [N, 3, H, W]) conditions the I2V encoder if the model has one; `anchor`: frame 0 is
+    anchored to its latent (pipeline.Request.anchor_first_frame), with or without an encoder."""
     schedule = NoiseSchedule("beta_linear")
     unet, vae = model.unet, model.vae
     timesteps = {"lcm": lambda: lcm_timesteps(steps, original_steps), "ddim": lambda: ddim_timesteps(steps),
@@ -55,8 +57,11 @@ def generate_batch(model, captions: list[str], steps: int, sampler: str, guidanc
         if image is not None:
             image_latent = vae.encode(image[start:start + batch].to(device)).sample(g) * vae.cfg.scaling_factor
         ctrl = control[start:start + batch].to(device) if control is not None else None
-        denoiser = guided(unet, context, uncontext, guidance, image_latent, 0.8, model.controlnet, ctrl)
+        encoded = image_latent if unet.img_encoder is not None else None
+        denoiser = guided(unet, context, uncontext, guidance, encoded, 0.8, model.controlnet, ctrl)
         extra = {"generator": g} if sampler == "lcm" else {}
+        if anchor:
+            extra["first_frame"] = image_latent
         latents = sample(denoiser, x, schedule, timesteps, progress=False, **extra)
         out.append(vae.decode_video(latents).clamp(-1, 1).cpu())
     return torch.cat(out)
@@ -114,14 +119,16 @@ def psnr(mse: torch.Tensor) -> torch.Tensor:
     return 10 * torch.log10(4 / mse.clamp(min=1e-12))
 
 
-def image_to_video_set(model, steps: int, set_index: int, count: int):
+def image_to_video_set(model, steps: int, set_index: int, count: int, anchor: bool = False):
     """One I2V sample set: `count` real seen-prompt clips (the same for every model and step count), their
-    first frames as the condition image, the videos generated from them, and those videos after
-    AnimateLCM-I2V's colour matching (colour.py, what sample.py writes). Returns (first [N, 3, H, W],
-    generated, matched [N, 3, F, H, W], masks [N, F, H, W] uint8, clips), pixels in [-1, 1]."""
+    first frames as the condition image, the videos generated from them (`anchor`: with the first frame
+    anchored; the same draws), and those videos after AnimateLCM-I2V's colour matching (colour.py, what
+    sample.py writes). Returns (first [N, 3, H, W], generated, matched [N, 3, F, H, W], masks [N, F, H, W]
+    uint8, clips), pixels in [-1, 1]."""
     videos, masks, clips = sample_videos(count, 80_000 + set_index, SEEN)
     first = to_model(videos[:, :1])[:, :, 0]
-    generated = generate_batch(model, [c.caption for c in clips], steps, "lcm", 1.0, seed=set_index, image=first)
+    generated = generate_batch(model, [c.caption for c in clips], steps, "lcm", 1.0, seed=set_index, image=first,
+                               anchor=anchor)
     matched = match_colours(generated / 2 + 0.5, first / 2 + 0.5) * 2 - 1
     return first, generated, matched, masks, clips
 
@@ -129,22 +136,27 @@ def image_to_video_set(model, steps: int, set_index: int, count: int):
 def evaluate_image_to_video(model, steps_list, classifier, count: int, seeds: int, progress=print) -> list[dict]:
     """I2V: PSNR of the generated first frame against the condition image, as the model makes it and after
     AnimateLCM-I2V's colour matching, and motion accuracy (the classifier's direction matches the
-    prompt's) on real first frames of seen combinations."""
+    prompt's) on real first frames of seen combinations; the same again with the first frame anchored
+    (keys "anchored_...")."""
     rows = []
     for steps in steps_list:
-        first_psnr, matched_psnr, motion = [], [], []
-        for s in range(seeds):
-            first, generated, matched, _, clips = image_to_video_set(model, steps, s, count)
-            for values, video in ((first_psnr, generated), (matched_psnr, matched)):
-                values.append(float(psnr((video[:, :, 0] - first).square().mean((1, 2, 3))).mean()))
-            _, preds = judge(classifier, generated)
-            motion.append(float((preds["direction"] == labels(clips)["direction"]).float().mean()))
-        row = {"steps": steps, "first_frame_psnr": mean_std(first_psnr),
-               "first_frame_psnr_matched": mean_std(matched_psnr), "motion_accuracy": mean_std(motion)}
-        progress(f"  I2V {steps:>2} steps  first-frame PSNR {row['first_frame_psnr'][0]:.1f} ± "
-                 f"{row['first_frame_psnr'][1]:.1f} dB (colour-matched {row['first_frame_psnr_matched'][0]:.1f} ± "
-                 f"{row['first_frame_psnr_matched'][1]:.1f})  motion accuracy {row['motion_accuracy'][0]:.2f} ± "
-                 f"{row['motion_accuracy'][1]:.2f}")
+        row = {"steps": steps}
+        for prefix, anchor in (("", False), ("anchored_", True)):
+            first_psnr, matched_psnr, motion = [], [], []
+            for s in range(seeds):
+                first, generated, matched, _, clips = image_to_video_set(model, steps, s, count, anchor)
+                for values, video in ((first_psnr, generated), (matched_psnr, matched)):
+                    values.append(float(psnr((video[:, :, 0] - first).square().mean((1, 2, 3))).mean()))
+                _, preds = judge(classifier, generated)
+                motion.append(float((preds["direction"] == labels(clips)["direction"]).float().mean()))
+            row |= {f"{prefix}first_frame_psnr": mean_std(first_psnr),
+                    f"{prefix}first_frame_psnr_matched": mean_std(matched_psnr),
+                    f"{prefix}motion_accuracy": mean_std(motion)}
+            progress(f"  I2V {steps:>2} steps{', anchored' if anchor else ''}  first-frame PSNR "
+                     f"{row[prefix + 'first_frame_psnr'][0]:.1f} ± {row[prefix + 'first_frame_psnr'][1]:.1f} dB "
+                     f"(colour-matched {row[prefix + 'first_frame_psnr_matched'][0]:.1f} ± "
+                     f"{row[prefix + 'first_frame_psnr_matched'][1]:.1f})  motion accuracy "
+                     f"{row[prefix + 'motion_accuracy'][0]:.2f} ± {row[prefix + 'motion_accuracy'][1]:.2f}")
         rows.append(row)
     return rows
 
