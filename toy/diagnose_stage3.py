@@ -8,9 +8,10 @@ Image-to-video: the generated first frame against the given image, per backgroun
 and after AnimateLCM-I2V's colour matching, split into background and shape pixels, and the error of its
 mean colour; then what anchoring the first frame does (lcm/sampler.py:sample_lcm), with the encoder and
 with the text-to-video model alone: the first frame, the motion, and whether the later frames still
-follow the image (the last frame's background against the image's; frame 0 against frame 1). Layout control: the shape drawn in the prompt's colour against the control masks, with the
-real masks and with a zero control video (a ControlNet that steers makes them differ), as mask IoU,
-distance between centroids and area ratio. The same real clips as toy/evaluate.py's stage-3 rows.
+follow the image (the last frame's background against the image's; frame 0 against frame 1).
+Layout control: the shape drawn in the prompt's colour against the control masks, with the real masks
+and with a zero control video (a ControlNet that steers makes them differ), as mask IoU, distance
+between centroids and area ratio. The same real clips as toy/evaluate.py's stage-3 rows.
 """
 from __future__ import annotations
 
