@@ -70,13 +70,9 @@ def sample_lcm(model: Model, x: torch.Tensor, schedule: NoiseSchedule, timesteps
         # Drawn on the generator's device and moved, like diffusers' randn_tensor: same seed, same noise.
         noise = None if last else torch.randn(x.shape, generator=generator, dtype=x.dtype,
                                               device=generator.device if generator else "cpu").to(x.device)
-        if last or first_frame is None:
-            x, _ = lcm_step(schedule, eps, t, x, None if last else timesteps[i + 1], noise)
-            continue
-        _, denoised = lcm_step(schedule, eps, t, x, None, None)
-        denoised[:, :, 0] = first_frame.to(denoised)
-        abar = schedule.alphas_cumprod[timesteps[i + 1]]
-        x = abar.sqrt() * denoised + (1 - abar).sqrt() * noise
+        x, _ = lcm_step(schedule, eps, t, x, None if last else timesteps[i + 1], noise)
+        if first_frame is not None and not last:  # frame 0 re-noised from the known latent, same draw
+            x[:, :, 0] = schedule.add_noise(first_frame.to(x), noise[:, :, 0], timesteps[i + 1])
     return x
 
 
