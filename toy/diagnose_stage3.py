@@ -24,7 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from toy.evaluate import coloured, generate_batch, image_to_video_set, layout_set, mask_iou, psnr  # noqa: E402
+from toy.evaluate import (coloured, generate_batch, image_to_video_scores, image_to_video_set, layout_set,  # noqa: E402
+                          mask_iou, psnr)
 from toy.world import SEEN, sample_videos  # noqa: E402
 
 
@@ -58,7 +59,7 @@ def anchoring(i2v, t2v, classifier, steps: int, count: int, seeds: int) -> dict:
     colour-matched), motion accuracy (the judge), the last frame's background against the image's
     ("last_background"; the shape's pixels in the first and last frame left out) and frame 0 against
     frame 1 ("frame_0_to_1"), each in dB, colour-matched; "real" has the real clips' last two."""
-    from toy.classifier import judge, labels, to_model
+    from toy.classifier import to_model
     variants = {"encoder": (i2v, False), "encoder, anchored": (i2v, True), "text-to-video, anchored": (t2v, True)}
     sums = {name: {} for name in (*variants, "real")}
 
@@ -73,11 +74,10 @@ def anchoring(i2v, t2v, classifier, steps: int, count: int, seeds: int) -> dict:
 
     for s in range(seeds):
         for name, (model, anchor) in variants.items():
-            first, generated, matched, masks, clips = image_to_video_set(model, steps, s, count, anchor)
-            add(name, "psnr", psnr((generated[:, :, 0] - first).square().mean((1, 2, 3))).mean())
-            add(name, "matched", psnr((matched[:, :, 0] - first).square().mean((1, 2, 3))).mean())
-            _, preds = judge(classifier, generated)
-            add(name, "motion", (preds["direction"] == labels(clips)["direction"]).float().mean())
+            made = image_to_video_set(model, steps, s, count, anchor)
+            for key, value in zip(("psnr", "matched", "motion"), image_to_video_scores(classifier, made)):
+                add(name, key, value)
+            first, _, matched, masks, _ = made
             later_frames(name, matched, first, masks)
         videos, masks, _ = sample_videos(count, 80_000 + s, SEEN)  # image_to_video_set's clips
         real = to_model(videos)

@@ -133,6 +133,16 @@ def image_to_video_set(model, steps: int, set_index: int, count: int, anchor: bo
     return first, generated, matched, masks, clips
 
 
+def image_to_video_scores(classifier, sample_set) -> tuple[float, float, float]:
+    """One I2V sample set's (image_to_video_set's return) first-frame PSNR (dB) as made and colour-matched,
+    and its motion accuracy (the judge's direction against the prompt's)."""
+    first, generated, matched, _, clips = sample_set
+    made, fixed = (float(psnr((video[:, :, 0] - first).square().mean((1, 2, 3))).mean())
+                   for video in (generated, matched))
+    _, preds = judge(classifier, generated)
+    return made, fixed, float((preds["direction"] == labels(clips)["direction"]).float().mean())
+
+
 def evaluate_image_to_video(model, steps_list, classifier, count: int, seeds: int, progress=print) -> list[dict]:
     """I2V: PSNR of the generated first frame against the condition image, as the model makes it and after
     AnimateLCM-I2V's colour matching, and motion accuracy (the classifier's direction matches the
@@ -142,13 +152,9 @@ def evaluate_image_to_video(model, steps_list, classifier, count: int, seeds: in
     for steps in steps_list:
         row = {"steps": steps}
         for prefix, anchor in (("", False), ("anchored_", True)):
-            first_psnr, matched_psnr, motion = [], [], []
-            for s in range(seeds):
-                first, generated, matched, _, clips = image_to_video_set(model, steps, s, count, anchor)
-                for values, video in ((first_psnr, generated), (matched_psnr, matched)):
-                    values.append(float(psnr((video[:, :, 0] - first).square().mean((1, 2, 3))).mean()))
-                _, preds = judge(classifier, generated)
-                motion.append(float((preds["direction"] == labels(clips)["direction"]).float().mean()))
+            first_psnr, matched_psnr, motion = zip(*(
+                image_to_video_scores(classifier, image_to_video_set(model, steps, s, count, anchor))
+                for s in range(seeds)))
             row |= {f"{prefix}first_frame_psnr": mean_std(first_psnr),
                     f"{prefix}first_frame_psnr_matched": mean_std(matched_psnr),
                     f"{prefix}motion_accuracy": mean_std(motion)}
