@@ -130,7 +130,7 @@ def stage3_claims(rows: dict, ours: dict) -> dict[str, bool]:
         return next(r for r in rows[name] if r["steps"] == steps)
 
     tests = {
-        "I2V, 4 steps: first frame >= 25 dB (colour-matched, as sample.py writes it)":
+        "I2V, 4 steps, encoder alone: first frame >= 25 dB (colour-matched)":
             lambda: at("image_to_video", 4)["first_frame_psnr_matched"][0] >= 25,
         "I2V, 4 steps: motion accuracy >= 0.8": lambda: at("image_to_video", 4)["motion_accuracy"][0] >= 0.8,
         "I2V, 4 steps, first frame anchored: first frame >= 25 dB (colour-matched)":
