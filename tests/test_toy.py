@@ -122,6 +122,7 @@ def test_quick_weights_load_and_sample_through_sample_py(quick_run, tmp_path, mo
     assert sample.main(["--out", str(tmp_path / "bad.gif"), "--prompt", "a purple cat"]) == 2
 
 
+@pytest.mark.slow  # about 3 minutes on a 2-core CPU: keeps the default run near its 10-minute budget
 def test_seeds_retrains_the_distillations_and_counts_claims_per_seed(quick_run):
     from safetensors.torch import load_file
     from toy import seeds

@@ -132,3 +132,20 @@ def test_detector_reads_soft_shapes():
         shape = detect(gaussian_blur(x, sigma))["shape"]
         assert float((shape == truth).float().mean()) >= 0.9, sigma
         assert float((shape[truth == 1] == 1).float().mean()) >= 0.9, sigma  # squares stay squares
+
+
+def test_health_command_samples_with_the_seed_it_is_given(monkeypatch, capsys):
+    """`toy/health.py --seed` picks the sample set (the noise), so readings can be repeated on others."""
+    from toy import health
+    seen = []
+
+    def following(model, steps, sampler, guidance, frames, combos, repeats, seed, judge, confusion):
+        seen.append((frames, steps, repeats, seed))
+        return {"colour": 1.0, "shape": 1.0, "direction": 1.0, "all": 1.0, "shape_confusion": [[0] * 4] * 3}
+
+    monkeypatch.setattr(health, "prompt_following", following)
+    sd15 = str(ROOT / "toy" / "weights" / "toy_sd15.safetensors")
+    assert health.main(["--sd15", sd15, "--steps", "50", "--seed", "2"]) == 0
+    assert health.main(["--sd15", sd15, "--steps", "50"]) == 0
+    assert seen == [(1, 50, 2, 2)] * 2 + [(1, 50, 2, 0)] * 2  # seen and held-out prompts; the default seed is 0
+    assert "seen 50 ddim steps: colour 1.00" in capsys.readouterr().out

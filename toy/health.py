@@ -100,6 +100,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, nargs="+", default=[4, 50])
     p.add_argument("--repeats", type=int, default=2, help="samples per combination")
     p.add_argument("--judge", help="also score videos with this toy judge (toy/weights/toy_classifier.safetensors)")
+    p.add_argument("--seed", type=int, default=0, help="the noise of the samples: other seeds, other sample sets")
     args = p.parse_args(argv)
     if args.judge and not Path(args.judge).exists():  # the models' paths are checked by their loaders
         raise cli.UserError(f"{args.judge}: no such file (--judge)")
@@ -113,7 +114,7 @@ def main(argv=None) -> int:
     for name, combos in (("seen", SEEN), ("held-out", HELD_OUT)):
         for steps in args.steps:
             r = prompt_following(model, steps, args.sampler, args.guidance, frames, combos=combos,
-                                 repeats=args.repeats, judge=judge, confusion=True)
+                                 repeats=args.repeats, seed=args.seed, judge=judge, confusion=True)
             by_judge, confusion = r.pop("judge", None), r.pop("shape_confusion")
             print(f"{name:>8} {steps:>2} {args.sampler} steps: " + "  ".join(f"{k} {v:.2f}" for k, v in r.items()))
             if by_judge:
