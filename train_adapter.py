@@ -77,6 +77,8 @@ class Settings:
     steps: int = 1000
     lr: float = 1e-4
     warmup_steps: int = 100
+    lr_anneal_at: int = 0          # from this step on the learning rate is --lr x --lr-anneal-factor (0: never)
+    lr_anneal_factor: float = 0.2
     grad_clip: float = 1.0
     ema_decay: float = 0.95
     lora_rank: int = 64            # --adapter controlnet: the LoRA on the ControlNet

@@ -52,6 +52,8 @@ class Settings:
     steps: int = 2000
     lr: float = 1e-4
     warmup_steps: int = 100
+    lr_anneal_at: int = 0          # from this step on the learning rate is --lr x --lr-anneal-factor (0: never)
+    lr_anneal_factor: float = 0.2
     grad_clip: float = 1.0
     lora_rank: int = 64
     lora_alpha: float = 8.0        # alpha/rank = 1/8, as the released AnimateLCM and LCM-LoRA files

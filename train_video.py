@@ -65,6 +65,8 @@ class Settings:
     steps: int = 1000
     lr: float = 1e-5
     warmup_steps: int = 100
+    lr_anneal_at: int = 0          # from this step on the learning rate is --lr x --lr-anneal-factor (0: never)
+    lr_anneal_factor: float = 0.2
     grad_clip: float = 1.0
     ema_decay: float = 0.95        # VideoLCM / AnimateLCM-SVD value (diffusion: 0 = no EMA copy)
     w_min: float = 5.0             # guidance w ~ U[w_min, w_max] in the LCM form (1 + w) c - w u

@@ -61,7 +61,7 @@ def check_settings(s, **choices) -> None:
 
     for field in ("steps", "batch", "grad_accum", "save_every", "log_every", "frames", "stride", "lora_rank"):
         need(field, lambda v: v >= 1, "at least 1")
-    for field in ("warmup_steps", "val_every", "workers"):
+    for field in ("warmup_steps", "val_every", "workers", "lr_anneal_at"):
         need(field, lambda v: v >= 0, "0 or more")
     for field in ("lr", "grad_clip", "lora_alpha"):
         need(field, lambda v: math.isfinite(v) and v > 0, "a positive number")
@@ -70,6 +70,7 @@ def check_settings(s, **choices) -> None:
     need("motion_scale", math.isfinite, "a finite number")
     need("ema_decay", lambda v: 0 <= v < 1, "in [0, 1)")
     need("caption_dropout", lambda v: 0 <= v <= 1, "in [0, 1]")
+    need("lr_anneal_factor", lambda v: math.isfinite(v) and 0 < v <= 1, "in (0, 1]")
     need("size", lambda v: v >= 8 and v % 8 == 0, "a positive multiple of 8")
     need("original_steps", lambda v: 1 <= v <= 1000, "between 1 and 1000")
     for field, allowed in {"precision": PRECISIONS, "loss": LOSSES, "beta_schedule": SCHEDULES, **choices}.items():
@@ -284,6 +285,15 @@ def warmup(step: int, warmup_steps: int) -> float:
     return min(1.0, (step + 1) / max(1, warmup_steps))
 
 
+def learning_rate(step: int, s) -> float:
+    """The learning rate of optimizer step `step`: --lr after the warm-up, times --lr-anneal-factor from
+    step --lr-anneal-at on (0: never). A diffusion model that has learnt the layout of its images at the
+    full rate draws their details sharper after such a drop (the toy teacher: docs/toy-world.md 5.3)."""
+    anneal_at = getattr(s, "lr_anneal_at", 0)
+    factor = s.lr_anneal_factor if anneal_at and step >= anneal_at else 1.0
+    return s.lr * warmup(step, s.warmup_steps) * factor
+
+
 def timestep_buckets(t: torch.Tensor, losses: torch.Tensor, buckets: int = 4, total: int = 1000) -> dict:
     """Mean per-sample loss by timestep quarter, so a run that stops improving somewhere shows it."""
     out = {}
@@ -300,7 +310,7 @@ def train_loop(s, rt: Runtime, batches, step: int, optimizer: torch.optim.Optimi
                desc: str = "train") -> int:
     """The loop all three stages share; returns the step it stopped at.
 
-    Per optimizer step: learning-rate warm-up; `grad_accum` micro-batches, each drawn from `batches`
+    Per optimizer step: the learning rate (`learning_rate`: warm-up, then an optional drop); `grad_accum` micro-batches, each drawn from `batches`
     with one generator per sample (`sample_generators`, keyed by the global batch number, so the run
     is the same on 1 or N processes and after `--resume`), `loss_fn(batch, generators) -> (per-sample
     loss [B], t [B])` and backward; averaged gradients, clipping, the step; `after_step()` (EMA);
@@ -310,7 +320,7 @@ def train_loop(s, rt: Runtime, batches, step: int, optimizer: torch.optim.Optimi
     NaN/inf weights are never saved, so checkpoint.pt always holds the last finite step (the message
     says which); a save that fails (a full disk) leaves the previous one whole; SIGINT/SIGTERM finish
     the step, save, and raise `Interrupted` (exit code 130/143 from the command line).
-    `s` needs: steps, grad_accum, batch, seed, lr, warmup_steps, grad_clip, log_every, save_every,
+    `s` needs: steps, grad_accum, batch, seed, lr, warmup_steps (lr_anneal_at, lr_anneal_factor), grad_clip, log_every, save_every,
     val_every, out.
     """
     out = Path(s.out)
@@ -334,7 +344,7 @@ def train_loop(s, rt: Runtime, batches, step: int, optimizer: torch.optim.Optimi
     with StopSignal() as stop:
         signum = 0
         while step < s.steps:
-            set_lr(optimizer, s.lr * warmup(step, s.warmup_steps))
+            set_lr(optimizer, learning_rate(step, s))
             losses, timesteps = [], []
             try:
                 for micro in range(s.grad_accum):

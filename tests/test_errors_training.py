@@ -50,14 +50,15 @@ def run(main, argv, capsys) -> tuple[int, str]:
 def test_bad_flags_are_all_named_in_one_line_before_loading(world, tmp_path, capsys, no_loading):
     args = image_args(world, tmp_path / "x", "--save-every", "0", "--grad-accum", "0", "--loss", "l1",
                       "--precision", "fp8", "--lr", "nan", "--size", "30", "--steps", "0", "--device", "gpu",
-                      "--ema-decay", "1", "--objective", "teacher")
+                      "--ema-decay", "1", "--objective", "teacher", "--lr-anneal-at", "-1", "--lr-anneal-factor", "2")
     code, err = run(train_image.main, args, capsys)
     assert code == 2 and err.count("\n") == 1 and err.startswith("error: ")
     for problem in ("--save-every must be at least 1 (got 0)", "--grad-accum must be at least 1",
                     "--loss must be huber or l2 (got 'l1')", "--precision must be bf16 or fp16 or fp32",
                     "--lr must be a positive number (got nan)", "--size must be a positive multiple of 8",
                     "--steps must be at least 1", "--device 'gpu' is not a device", "--ema-decay must be in [0, 1)",
-                    "--objective must be consistency or diffusion (got 'teacher')"):
+                    "--objective must be consistency or diffusion (got 'teacher')",
+                    "--lr-anneal-at must be 0 or more (got -1)", "--lr-anneal-factor must be in (0, 1] (got 2.0)"):
         assert problem in err, problem
     assert not (tmp_path / "x").exists()  # nothing written either
     code, err = run(train_video.main, ["--data", str(world / "clips"), "--sd15", str(world / "nowhere.safetensors")],

@@ -239,13 +239,16 @@ def test_stage3_diffusion_objective_trains_an_adapter_for_the_diffusion_model(wo
 
 
 def test_resume_continues_exactly(world, tmp_path):
-    straight = train_video.main(video_args(world, tmp_path / "a", "--steps", "4", "--lr", "1e-3"))
-    train_video.main(video_args(world, tmp_path / "b", "--steps", "2", "--lr", "1e-3"))
-    resumed = train_video.main(video_args(world, tmp_path / "b", "--steps", "4", "--lr", "1e-3", "--resume", "true"))
+    anneal = ["--lr-anneal-at", "3"]  # the schedule goes on where it stopped
+    straight = train_video.main(video_args(world, tmp_path / "a", "--steps", "4", "--lr", "1e-3", *anneal))
+    train_video.main(video_args(world, tmp_path / "b", "--steps", "2", "--lr", "1e-3", *anneal))
+    resumed = train_video.main(video_args(world, tmp_path / "b", "--steps", "4", "--lr", "1e-3", *anneal,
+                                          "--resume", "true"))
     for k, v in straight["target"].state_dict().items():
         assert torch.equal(v, resumed["target"].state_dict()[k]), k
     a, b = log_records(tmp_path / "a"), log_records(tmp_path / "b")
     assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    assert [r["lr"] for r in b] == [1e-3, 1e-3, 1e-3, 2e-4]
 
 
 def test_stage1_loss_weight_scales_the_first_loss_by_the_drawn_timesteps_sqrt_snr(world, tmp_path):
@@ -332,7 +335,9 @@ def test_diffusion_objective_trains_teachers(world, tmp_path):
     """--objective diffusion: train_image trains the whole UNet (a teacher) and writes an SD1.5 file;
     train_video trains new motion modules on it (AnimateDiff recipe) and writes an AnimateDiff file."""
     image = train_image.main(image_args(world, tmp_path / "t2i", "--objective", "diffusion", "--steps", "3",
-                                        "--lr", "1e-3", "--ema-decay", "0.5", "--val-every", "3"))
+                                        "--lr", "1e-3", "--ema-decay", "0.5", "--val-every", "3",
+                                        "--lr-anneal-at", "2", "--lr-anneal-factor", "0.5"))
+    assert [r["lr"] for r in log_records(tmp_path / "t2i") if "lr" in r] == [1e-3, 1e-3, 5e-4]  # annealed at step 2
     start = load_sd15(world / "sd15.safetensors")
     trained = load_sd15(tmp_path / "t2i" / "model.safetensors")  # the EMA weights, loadable as --sd15
     key = "down_blocks.0.resnets.0.conv1.weight"
