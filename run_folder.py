@@ -28,9 +28,10 @@ except ImportError:
 # Settings a resumed run may change (they are printed): how long and how fast it trains, what it logs,
 # where its files are. Any other difference is refused: it would change the model's shapes, the
 # data or the objective, and the checkpoint would no longer continue the same run.
-MAY_CHANGE = ("steps", "lr", "warmup_steps", "grad_clip", "batch", "grad_accum", "save_every", "log_every",
-              "val_every", "val_prompt", "val_score", "workers", "device", "precision", "gradient_checkpointing",
-              "sd15", "teacher_motion", "lora", "motion", "controlnet", "data", "control_data")
+MAY_CHANGE = ("steps", "lr", "warmup_steps", "lr_anneal_at", "lr_anneal_factor", "grad_clip", "batch", "grad_accum",
+              "save_every", "log_every", "val_every", "val_prompt", "val_score", "workers", "device", "precision",
+              "gradient_checkpointing", "sd15", "teacher_motion", "lora", "motion", "controlnet", "data",
+              "control_data")
 NOT_COMPARED = ("resume", "overwrite", "out")
 _LOCKS: dict[Path, object] = {}  # --out folder -> this process's open lock file
 

@@ -310,18 +310,19 @@ def train_loop(s, rt: Runtime, batches, step: int, optimizer: torch.optim.Optimi
                desc: str = "train") -> int:
     """The loop all three stages share; returns the step it stopped at.
 
-    Per optimizer step: the learning rate (`learning_rate`: warm-up, then an optional drop); `grad_accum` micro-batches, each drawn from `batches`
-    with one generator per sample (`sample_generators`, keyed by the global batch number, so the run
-    is the same on 1 or N processes and after `--resume`), `loss_fn(batch, generators) -> (per-sample
-    loss [B], t [B])` and backward; averaged gradients, clipping, the step; `after_step()` (EMA);
-    a JSONL record with the loss per timestep bucket; `checkpoint(step)` every `save_every` steps and
-    at the end; `validate(step)` on rank 0 every `val_every` steps (a dict it returns is logged).
+    Per optimizer step: the learning rate (`learning_rate`: warm-up, then an optional drop); `grad_accum`
+    micro-batches, each drawn from `batches` with one generator per sample (`sample_generators`, keyed
+    by the global batch number, so the run is the same on 1 or N processes and after `--resume`),
+    `loss_fn(batch, generators) -> (per-sample loss [B], t [B])` and backward; averaged gradients,
+    clipping, the step; `after_step()` (EMA); a JSONL record with the loss per timestep bucket;
+    `checkpoint(step)` every `save_every` steps and at the end; `validate(step)` on rank 0 every
+    `val_every` steps (a dict it returns is logged).
     What can go wrong: a non-finite loss or gradient stops the run before the optimizer step, and
     NaN/inf weights are never saved, so checkpoint.pt always holds the last finite step (the message
     says which); a save that fails (a full disk) leaves the previous one whole; SIGINT/SIGTERM finish
     the step, save, and raise `Interrupted` (exit code 130/143 from the command line).
-    `s` needs: steps, grad_accum, batch, seed, lr, warmup_steps (lr_anneal_at, lr_anneal_factor), grad_clip, log_every, save_every,
-    val_every, out.
+    `s` needs: steps, grad_accum, batch, seed, lr, warmup_steps, grad_clip, log_every, save_every,
+    val_every, out (and may have lr_anneal_at, lr_anneal_factor).
     """
     out = Path(s.out)
     log = JsonlLog(out / "log.jsonl", rt.main)
