@@ -288,7 +288,7 @@ def warmup(step: int, warmup_steps: int) -> float:
 def learning_rate(step: int, s) -> float:
     """The learning rate of optimizer step `step`: --lr after the warm-up, times --lr-anneal-factor from
     step --lr-anneal-at on (0: never). A diffusion model that has learnt the layout of its images at the
-    full rate draws their details sharper after such a drop (the toy teacher: docs/toy-world.md 5.3)."""
+    full rate draws their details sharper after such a drop (the toy teacher: docs/toy-world.md 5.3, 5.4)."""
     anneal_at = getattr(s, "lr_anneal_at", 0)
     factor = s.lr_anneal_factor if anneal_at and step >= anneal_at else 1.0
     return s.lr * warmup(step, s.warmup_steps) * factor
