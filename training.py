@@ -289,8 +289,7 @@ def learning_rate(step: int, s) -> float:
     """The learning rate of optimizer step `step`: --lr after the warm-up, times --lr-anneal-factor from
     step --lr-anneal-at on (0: never). A diffusion model that has learnt the layout of its images at the
     full rate draws their details sharper after such a drop (the toy teacher: docs/toy-world.md 5.3, 5.4)."""
-    anneal_at = getattr(s, "lr_anneal_at", 0)
-    factor = s.lr_anneal_factor if anneal_at and step >= anneal_at else 1.0
+    factor = s.lr_anneal_factor if s.lr_anneal_at and step >= s.lr_anneal_at else 1.0
     return s.lr * warmup(step, s.warmup_steps) * factor
 
 
@@ -321,8 +320,8 @@ def train_loop(s, rt: Runtime, batches, step: int, optimizer: torch.optim.Optimi
     NaN/inf weights are never saved, so checkpoint.pt always holds the last finite step (the message
     says which); a save that fails (a full disk) leaves the previous one whole; SIGINT/SIGTERM finish
     the step, save, and raise `Interrupted` (exit code 130/143 from the command line).
-    `s` needs: steps, grad_accum, batch, seed, lr, warmup_steps, grad_clip, log_every, save_every,
-    val_every, out (and may have lr_anneal_at, lr_anneal_factor).
+    `s` needs: steps, grad_accum, batch, seed, lr, warmup_steps, lr_anneal_at, lr_anneal_factor,
+    grad_clip, log_every, save_every, val_every, out.
     """
     out = Path(s.out)
     log = JsonlLog(out / "log.jsonl", rt.main)
