@@ -54,11 +54,12 @@ class Budget:
     """How much of everything: the full run and --quick differ only here."""
     clips: int = 2000
     vae_steps: int = 1500
-    teacher_image_steps: int = 3000  # at 1500 its stills put the trail on the prompted side at chance (5.1)
-    teacher_motion_steps: int = 3000  # with the sqrt_v weight: direction 0.57 at 1000 steps, 1.00 at 3000
+    teacher_image_steps: int = 6000  # at 1500 its stills put the trail on the prompted side at chance (5.1)
+    teacher_image_anneal_at: int = 4000  # then a fifth of the learning rate: sharper squares (5.3, 5.4)
+    teacher_motion_steps: int = 1500  # sqrt_v weight: direction 0.57 at 1000 steps, 0.93 at 1500 (5.4)
     teacher_checks: int = 3          # validations of each teacher (toy detector accuracy), the last at the end
     stage1_steps: int = 900
-    stage2_steps: int = 25         # short on purpose: keeps the run within its budget (toy-world.md 7.4)
+    stage2_steps: int = 25         # short to keep the run in budget (toy-world.md 7.4); 200 meet the 4-step aim (6)
     stage2_warmup: int = 20        # its learning-rate warm-up (Adam's first full-rate steps cost 4-step quality)
     stage3_steps: int = 120        # the layout ControlNet's teacher-free LoRA
     i2v_steps: int = 600           # the I2V encoder, teacher-free from scratch; 1200 and 2400 gain <= 1 dB (7.5)
@@ -73,10 +74,10 @@ class Budget:
     reference_steps: int = 50      # the teacher's many-step reference row
 
 
-QUICK = Budget(clips=24, vae_steps=10, teacher_image_steps=6, teacher_motion_steps=4, teacher_checks=1,
-               stage1_steps=4, stage2_steps=3, stage2_warmup=1, stage3_steps=3, i2v_steps=3, layout_diffusion_steps=3,
-               classifier_steps=5, image_batch=4, video_batch=2, eval_count=6, eval_seeds=2, eval_steps=(1, 4),
-               reference_count=32, reference_steps=8)
+QUICK = Budget(clips=24, vae_steps=10, teacher_image_steps=6, teacher_image_anneal_at=4, teacher_motion_steps=4,
+               teacher_checks=1, stage1_steps=4, stage2_steps=3, stage2_warmup=1, stage3_steps=3, i2v_steps=3,
+               layout_diffusion_steps=3, classifier_steps=5, image_batch=4, video_batch=2, eval_count=6, eval_seeds=2,
+               eval_steps=(1, 4), reference_count=32, reference_steps=8)
 
 
 def direct_steps(b: Budget) -> int:
@@ -94,6 +95,11 @@ def common(out: Path, stage: str, steps: int, batch: int, seed: int, device: str
             "--workers", "0", "--gradient-checkpointing", "false", "--beta-schedule", BETA_SCHEDULE,
             "--log-every", "10", "--save-every", str(max(1, steps // 4)), "--val-every", str(max(1, steps // checks)),
             "--resume", "true"]  # an interrupted stage continues exactly where it stopped
+
+
+def teacher_warmup(steps: int) -> int:
+    """The teachers' warm-up: a twentieth of their steps and one, at most 150 (docs/toy-world.md 5.4)."""
+    return min(150, steps // 20 + 1)
 
 
 def video(out: Path) -> list[str]:
@@ -142,15 +148,16 @@ def stages(out: Path, b: Budget, seed: int, device: str) -> dict:
         "teacher_image": (teacher, lambda: train_image.main([
             "--objective", "diffusion", "--sd15", str(out / "vae" / "init.safetensors"),
             "--data", str(d / "images"), "--ema-decay", "0.995", *teacher_flags,
+            "--lr-anneal-at", str(b.teacher_image_anneal_at), "--lr-anneal-factor", "0.2",
             *common(out, "teacher_image", b.teacher_image_steps, b.image_batch, seed, device, 1e-3,
-                    checks=b.teacher_checks)])),
+                    warmup=teacher_warmup(b.teacher_image_steps), checks=b.teacher_checks)])),
         # the denoising loss weighted by 1/alpha_t (sqrt_v): with the plain epsilon loss the motion module ignores
         # the direction that the image layers draw, decided at high noise (docs/toy-world.md 5.1)
         "teacher_motion": (teacher_motion, lambda: train_video.main([
             "--objective", "diffusion", "--sd15", str(teacher), "--ema-decay", "0.99", "--loss-weight", "sqrt_v",
             *teacher_flags, *video(out),
             *common(out, "teacher_motion", b.teacher_motion_steps, b.video_batch, seed, device, 1e-3,
-                    checks=b.teacher_checks)])),
+                    warmup=teacher_warmup(b.teacher_motion_steps), checks=b.teacher_checks)])),
         "stage1": (lora, lambda: train_image.main(stage1_args(out, "stage1", teacher, b, seed, device))),
         "stage2": (student, lambda: train_video.main(
             stage2_args(out, "stage2", teacher, teacher_motion, lora, b, b.stage2_steps, seed, device))),
