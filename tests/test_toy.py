@@ -107,6 +107,38 @@ def test_quick_pipeline_runs_every_stage_and_reports(quick_run):
     assert code == 0 and json.loads((quick_run / "run" / "times.json").read_text()) == results["times_s"]
 
 
+def test_from_weights_keeps_a_folders_teachers_and_trains_stage_2_on(quick_run, tmp_path):
+    """--from-weights: the shipped VAE, teachers, stage 1, diffusion ControlNet and judge are kept (fp32 copies
+    of the fp16 files, their times from results.json); stage 2 and what depends on it train, with the
+    --stage2-steps given; a second call continues; a folder with trained stages of its own is refused."""
+    from safetensors.torch import load_file
+    weights, out = quick_run / "weights", tmp_path / "again"
+    flags = ["--quick", "--out", str(out), "--from-weights", str(weights), "--skip-eval", "--stage2-steps", "2"]
+    assert toy_run.main(flags) == 0
+    for name, source in toy_run.SHIPPED.items():
+        stage = source.split("/")[0]
+        assert (out / stage / "DONE").exists(), stage
+        kept = stage in toy_run.KEPT_FROM_WEIGHTS
+        assert (out / stage / "log.jsonl").exists() != kept, stage  # kept stages were not trained here
+        if kept:
+            shipped, copied = load_file(weights / name), load_file(out / source)
+            assert shipped.keys() == copied.keys()
+            for k, v in copied.items():
+                assert v.dtype == (torch.float32 if v.is_floating_point() else shipped[k].dtype)
+                torch.testing.assert_close(v, shipped[k].to(v.dtype), rtol=0, atol=0)
+    steps = [json.loads(line).get("step", 0) for line in (out / "stage2" / "log.jsonl").read_text().splitlines()]
+    assert max(steps) == 2
+    times = json.loads((out / "times.json").read_text())
+    shipped_times = json.loads((quick_run / "run" / "results.json").read_text())["times_s"]
+    assert all(times[k] == shipped_times[k] for k in toy_run.KEPT_FROM_WEIGHTS if k in shipped_times)
+    assert {"stage2", "direct", "i2v", "layout"} <= set(times)
+    assert toy_run.main(flags) == 0 and json.loads((out / "times.json").read_text()) == times  # nothing retrained
+    with pytest.raises(UserError, match="trained stages of its own"):
+        (out / "stage1" / "DONE").unlink()
+        toy_run.main(flags)
+    with pytest.raises(UserError, match="missing toy_sd15"):
+        toy_run.main(["--quick", "--out", str(tmp_path / "other"), "--from-weights", str(tmp_path / "nothing")])
+
 def test_quick_weights_load_and_sample_through_sample_py(quick_run, tmp_path, monkeypatch):
     weights = quick_run / "weights"
     for key, name in (("sd15", "toy_sd15.safetensors"), ("motion", "toy_motion.safetensors"),

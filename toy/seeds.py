@@ -18,6 +18,7 @@ toy/run.py, a finished stage or measurement is kept: an interrupted command cont
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -294,10 +295,15 @@ def main(argv=None) -> int:
     p.add_argument("--skip-eval", action="store_true", help="train only")
     p.add_argument("--ship", action="store_true", help="copy the table and the claims to --ship-to")
     p.add_argument("--ship-to", default=str(ROOT / "toy" / "weights" / "seeds.json"))
+    p.add_argument("--stage2-steps", type=int, help=f"stage 2's steps (as toy/run.py's); default {Budget.stage2_steps}")
     args = p.parse_args(argv)
     if cli.device_problem(args.device):
         raise cli.UserError(cli.device_problem(args.device))
     run, budget = Path(args.run), (QUICK if args.quick else Budget())
+    if args.stage2_steps is not None:
+        if args.stage2_steps < 1:
+            raise cli.UserError(f"--stage2-steps {args.stage2_steps}: give at least 1")
+        budget = dataclasses.replace(budget, stage2_steps=args.stage2_steps)
     if not run.is_dir():
         raise cli.UserError(f"{run}: no such run folder (train it with python toy/run.py --out {run})")
     seeds = [s for s in args.seeds if s != 0]
