@@ -215,14 +215,13 @@ def load_distilled(out: Path, device: str = "cpu") -> dict:
 def load_stage3(out: Path, device: str = "cpu") -> dict:
     """The run's stage-3 models: "i2v" (the I2V encoder and its motion module), "layout_plugged_in" (the
     diffusion model's ControlNet on AnimateLCM as it is) and "layout" (with its teacher-free LoRA)."""
-    import dataclasses as dc
     from unet.controlnet import load_controlnet
     teacher = out / "teacher_image" / "model.safetensors"
     lora = [(out / "stage1" / "lora.safetensors", 1.0)]
     animatelcm = load_sd15(teacher, out / "stage2" / "motion_module.safetensors", lora, device=device)
     models = {"i2v": load_sd15(teacher, out / "i2v" / "i2v_motion_module.safetensors", lora, device=device)}
     for name, adapted in (("layout_plugged_in", False), ("layout", True)):  # before and after stage 3
-        models[name] = dc.replace(animatelcm)
+        models[name] = dataclasses.replace(animatelcm)
         models[name].controlnet = load_controlnet(
             out / "layout_diffusion" / "controlnet.safetensors",
             lora=out / "layout" / "controlnet_lora.safetensors" if adapted else None, device=device).eval()
@@ -366,18 +365,22 @@ SHIPPED = {"toy_sd15.safetensors": "teacher_image/model.safetensors",
            "toy_classifier.safetensors": "classifier/classifier.safetensors"}
 
 
-def ship(out: Path, folder: Path) -> None:
-    """The weights sample.py uses by default, stored in fp16 (a few MB), with their settings."""
+def recast_file(source: Path, dest: Path, dtype: torch.dtype) -> None:
+    """Copy a safetensors file with its floating-point tensors cast to `dtype`, its metadata kept."""
     from safetensors import safe_open
     from safetensors.torch import save_file
+    with safe_open(source, "pt") as f:
+        meta = f.metadata() or {}
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    save_file({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}, dest, meta)
+
+
+def ship(out: Path, folder: Path) -> None:
+    """The weights sample.py uses by default, stored in fp16 (a few MB), with their settings."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, source in SHIPPED.items():
-        with safe_open(out / source, "pt") as f:
-            meta = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
-        if name != "toy_classifier.safetensors":  # the judge stays fp32: its features feed the toy FVD
-            state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-        save_file(state, folder / name, meta)
+        judge = name == "toy_classifier.safetensors"  # the judge stays fp32: its features feed the toy FVD
+        recast_file(out / source, folder / name, torch.float32 if judge else torch.float16)
     for name in ("results.json", "results.md", "strip.gif"):  # what the README shows, beside the weights
         if (out / name).exists():
             shutil.copy(out / name, folder / name)
@@ -397,8 +400,6 @@ def start_from_weights(out: Path, folder: Path) -> None:
     """Make `out` a run whose VAE, teachers, stage-1 LoRA, diffusion ControlNet and judge are those of a
     shipped folder (upcast to fp32, their times copied from its results.json), so that only the stages
     that depend on stage 1 train: stage 2, its ablations and the rest of stage 3."""
-    from safetensors import safe_open
-    from safetensors.torch import save_file
     if all((out / stage / "DONE").exists() for stage in KEPT_FROM_WEIGHTS):
         print(f"== {out} already has its teachers and stage 1 (from --from-weights or its own run): keeping them")
         return
@@ -410,11 +411,8 @@ def start_from_weights(out: Path, folder: Path) -> None:
         raise cli.UserError(f"--from-weights {folder}: missing {', '.join(missing)} (a folder written by "
                             "python toy/run.py --ship)")
     for name, source in kept.items():
-        with safe_open(folder / name, "pt") as f:
-            meta = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
         (out / source).parent.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, out / source, meta)
+        recast_file(folder / name, out / source, torch.float32)
     shipped = folder / "results.json"
     shipped_times = json.loads(shipped.read_text()).get("times_s", {}) if shipped.exists() else {}
     times = {**read_times(out), **{k: v for k, v in shipped_times.items() if k in KEPT_FROM_WEIGHTS}}
@@ -466,6 +464,15 @@ def run_stages(out: Path, todo: dict) -> dict:
     return times
 
 
+def with_stage2_steps(budget: Budget, steps: int | None) -> Budget:
+    """`budget` with stage 2 trained for `steps` (the --stage2-steps flag); unchanged when None."""
+    if steps is None:
+        return budget
+    if steps < 1:
+        raise cli.UserError(f"--stage2-steps {steps}: give at least 1")
+    return dataclasses.replace(budget, stage2_steps=steps)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default=str(ROOT / "runs" / "toy"))
@@ -483,10 +490,7 @@ def main(argv=None) -> int:
     if cli.device_problem(args.device):  # before hours of work, not at the first stage that uses it
         raise cli.UserError(cli.device_problem(args.device))
     out, budget = Path(args.out), (QUICK if args.quick else Budget())
-    if args.stage2_steps is not None:
-        if args.stage2_steps < 1:
-            raise cli.UserError(f"--stage2-steps {args.stage2_steps}: give at least 1")
-        budget = dataclasses.replace(budget, stage2_steps=args.stage2_steps)
+    budget = with_stage2_steps(budget, args.stage2_steps)
     out.mkdir(parents=True, exist_ok=True)
     if args.from_weights:
         start_from_weights(out, Path(args.from_weights))

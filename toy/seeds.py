@@ -18,7 +18,6 @@ toy/run.py, a finished stage or measurement is kept: an interrupted command cont
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import sys
@@ -33,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 import cli  # noqa: E402
 from toy.evaluate import Method, evaluate_text_to_video, mean_std  # noqa: E402
 from toy.run import (QUICK, TEACHER_GUIDANCE, Budget, evaluate_stage3, load_classifier, load_distilled,  # noqa: E402
-                     load_stage3, read_times, run_stages, stages)
+                     load_stage3, read_times, run_stages, stages, with_stage2_steps)
 
 DISTILLATIONS = ("stage1", "stage2", "stage2_plain_init", "direct")
 STAGE3 = ("i2v", "layout_diffusion", "layout")  # on each seed's own stage 1 and 2
@@ -300,10 +299,7 @@ def main(argv=None) -> int:
     if cli.device_problem(args.device):
         raise cli.UserError(cli.device_problem(args.device))
     run, budget = Path(args.run), (QUICK if args.quick else Budget())
-    if args.stage2_steps is not None:
-        if args.stage2_steps < 1:
-            raise cli.UserError(f"--stage2-steps {args.stage2_steps}: give at least 1")
-        budget = dataclasses.replace(budget, stage2_steps=args.stage2_steps)
+    budget = with_stage2_steps(budget, args.stage2_steps)
     if not run.is_dir():
         raise cli.UserError(f"{run}: no such run folder (train it with python toy/run.py --out {run})")
     seeds = [s for s in args.seeds if s != 0]
