@@ -37,6 +37,7 @@ from toy.world import write_dataset  # noqa: E402
 from training import load_checkpoint  # noqa: E402
 from unet.config import UNetConfig  # noqa: E402
 from unet.model import UNet  # noqa: E402
+from weights import read_metadata, read_state_dict, save_safetensors  # noqa: E402
 
 FRAMES, RESOLUTION, ORIGINAL_STEPS = 8, 32, 50
 BETA_SCHEDULE = "beta_linear"  # AnimateDiff's, for every stage and at sampling time
@@ -366,13 +367,11 @@ SHIPPED = {"toy_sd15.safetensors": "teacher_image/model.safetensors",
 
 
 def recast_file(source: Path, dest: Path, dtype: torch.dtype) -> None:
-    """Copy a safetensors file with its floating-point tensors cast to `dtype`, its metadata kept."""
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-    with safe_open(source, "pt") as f:
-        meta = f.metadata() or {}
-        state = {k: f.get_tensor(k) for k in f.keys()}
-    save_file({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}, dest, meta)
+    """Copy a safetensors file with its floating-point tensors cast to `dtype`, its metadata kept
+    (written atomically, as every save of the project)."""
+    state = read_state_dict(source)
+    save_safetensors({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}, dest,
+                     read_metadata(source))
 
 
 def ship(out: Path, folder: Path) -> None:
