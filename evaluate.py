@@ -31,9 +31,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import cli
+from runtime import cli
 import sample
-from cli import UserError
+from runtime.cli import UserError
 from metrics.scorers import FEATURES, PROMPT_SCORES
 
 ROOT = Path(__file__).resolve().parent
@@ -59,7 +59,7 @@ class Protocol:
     prompt_limit: int = 0      # only the first N prompts (0: all), for quick checks
 
 
-PROTOCOLS = {  # METHOD.md e.1: 101 prompts x 24 videos, 16 x 512 x 512; FVD 2048 generated vs 2048 real
+PROTOCOLS = {  # AnimateLCM v3 sec. 4.1 (docs/sources.md): 101 prompts x 24 videos, 16 x 512 x 512; FVD 2048 generated vs 2048 real
     "ucf101": Protocol(str(ROOT / "metrics" / "ucf101_prompts.yaml"), 24, (1, 2, 4, 8), 16, 512, 512,
                        "i3d-logits", "clipsim", 2048, 2048),
     "toy": Protocol("toy", 2, (1, 2, 4), 8, 32, 32, "toy-judge", "prompt-accuracy", 2048, 512, "squash", 1, "npy"),
@@ -240,53 +240,28 @@ def generate_all(model_args, protocol: Protocol, todo: list, path: dict, prompts
         path[missing[0]].parent.mkdir(parents=True, exist_ok=True)
         for start in range(0, len(missing), batch):
             chunk = missing[start:start + batch]
-            frames = generate_batch(model, request, [prompts[i] for _, i, _ in chunk], [seed for _, _, seed in chunk])
+            frames = uint8_videos(model, request, [prompts[i] for _, i, _ in chunk], [seed for _, _, seed in chunk])
             for key, video in zip(chunk, frames):
                 save_video(video, path[key])
             bar.update(len(chunk))
     bar.close()
 
 
-@torch.no_grad()
-def generate_batch(model, request, prompts: list[str], seeds: list[int]) -> np.ndarray:
-    """uint8 videos [B, F, H, W, 3]: video i is pipeline.generate's for (prompts[i], seeds[i]) up to rounding,
-    whatever the batch (each video's latents and LCM noise come from its own seeded generator)."""
-    from lcm.context import blend_windows
-    from lcm.sampler import lcm_step, sample_ddim, sample_dpmpp_2m
-    from pipeline import guided, request_timesteps, vae_dtype, vae_scale
-    from video_io import to_uint8
-    r, unet, vae = request, model.unet, model.vae
-    param = next(unet.parameters())
-    context = model.encode_prompts(prompts, r.clip_skip)
-    uncontext = model.encode_prompts([r.negative_prompt] * len(prompts), r.clip_skip) if r.guidance > 1 else None
-    generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-    shape = (1, unet.cfg.in_channels, r.frames, r.height // vae_scale(vae), r.width // vae_scale(vae))
-    x = torch.cat([torch.randn(shape, generator=g, dtype=param.dtype) for g in generators])  # [B, 4, F, h, w]
-    x = x.to(param.device)
-    denoiser = guided(unet, context, uncontext, r.guidance)
-    if unet.cfg.motion_modules and (r.context_frames or r.frames > unet.cfg.motion_max_frames):
-        denoiser = blend_windows(denoiser, r.frames, r.context_frames or unet.cfg.motion_max_frames, r.context_overlap)
-    timesteps = request_timesteps(r)
-    if r.sampler == "lcm":  # lcm/sampler.py:sample_lcm, with each video's noise drawn from its own generator
-        for i, t in enumerate(timesteps):
-            last = i == len(timesteps) - 1
-            eps = denoiser(x, torch.tensor(t, device=x.device))
-            noise = None if last else torch.cat([torch.randn(shape, generator=g, dtype=x.dtype)
-                                                 for g in generators]).to(x.device)
-            x, _ = lcm_step(r.schedule, eps, t, x, None if last else timesteps[i + 1], noise)
-    elif r.sampler == "ddim":
-        x = sample_ddim(denoiser, x, r.schedule, timesteps, progress=False, full_steps=r.steps)
-    else:
-        x = sample_dpmpp_2m(denoiser, x, r.schedule, timesteps, progress=False)
-    if not torch.isfinite(x).all():
-        raise UserError("the sampler produced non-finite latents (NaN/inf); try --dtype fp32 or bf16")
-    video = vae.decode_video(x.to(vae_dtype(vae)).to(next(vae.parameters()).device), chunk_frames=r.decode_chunk)
-    return np.stack([to_uint8((v.float() / 2 + 0.5).clamp(0, 1)) for v in video])
+def uint8_videos(model, request, prompts: list[str], seeds: list[int]) -> np.ndarray:
+    """uint8 videos [B, F, H, W, 3] from pipeline.generate: video i is the one for (prompts[i], seeds[i]), whatever
+    the batch (each video's noise comes from its own seeded generator)."""
+    from media.video import to_uint8
+    from pipeline import generate
+    try:
+        videos = generate(model, dataclasses.replace(request, prompt=prompts, seed=seeds))
+    except FloatingPointError as e:
+        raise UserError(str(e)) from e
+    return np.stack([to_uint8(v) for v in videos])
 
 
 def save_video(frames: np.ndarray, path: Path) -> None:
     """Write whole or not at all (a temporary name, then a rename): a cut-off run leaves no half video."""
-    from video_io import write_video
+    from media.video import write_video
     partial = path.with_name(path.stem + ".partial" + path.suffix)
     if path.suffix == ".npy":
         with open(partial, "wb") as f:
@@ -297,7 +272,7 @@ def save_video(frames: np.ndarray, path: Path) -> None:
 
 
 def load_video(path: Path) -> np.ndarray:
-    from video_io import read_video
+    from media.video import read_video
     return np.load(path, allow_pickle=False) if path.suffix == ".npy" else read_video(path)
 
 

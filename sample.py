@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-import cli
-from cli import UserError, device_problem
-from video_io import output_problem
+from runtime import cli
+from runtime.cli import UserError, device_problem
+from media.video import output_problem
 
 ROOT = Path(__file__).resolve().parent
 TOY = {"sd15": ROOT / "toy" / "weights" / "toy_sd15.safetensors",
@@ -127,7 +127,7 @@ def generate_video(argv=None) -> int:
 
     from pipeline import Request, generate, request_timesteps
     from sd15 import load_sd15
-    from video_io import old_frames, read_image, read_video, resize_crop, to_model, to_uint8, write_video
+    from media.video import old_frames, read_image, read_video, resize_crop, to_model, to_uint8, write_video
 
     # the input images and videos are read (and refused if unreadable) before any weights
     image = to_model(resize_crop(read_image(args.image)[None], height, width))[:, :, 0] if args.image else None
@@ -168,7 +168,7 @@ def generate_video(argv=None) -> int:
         request.control, request.control_scale = (to_model(resize_crop(control, height, width)) + 1) / 2, args.control_scale
     timings = {}
     try:
-        video = generate(model, request, timings)
+        video = generate(model, request, timings)[0]  # [3, F, H, W]: one video
     except (ValueError, FloatingPointError) as e:  # the request's checks against the loaded model
         raise UserError(str(e)) from e
     ran = len(request_timesteps(request))  # fewer than --steps where --strength keeps only the last ones

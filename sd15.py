@@ -21,7 +21,7 @@ from unet.lora import LoRANetwork
 from unet.model import UNet
 from vae import AutoencoderKL, load_vae
 from vae.load import vae_to_ldm
-from weights import HINTS_KEY, architecture_hints, read_state_dict, save_safetensors
+from runtime.weights import HINTS_KEY, architecture_hints, read_state_dict, save_safetensors
 
 
 @dataclass
@@ -39,6 +39,18 @@ class StableDiffusion:
         states = self.text_encoder(self.tokenizer(prompts).to(device), clip_skip=clip_skip)
         param = next(self.unet.parameters())
         return states.to(param.device, param.dtype)
+
+    @torch.no_grad()
+    def encode_latents(self, pixels: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+        """Scaled VAE latents of training images [B, 3, H, W] or videos [B, 3, F, H, W] in [-1, 1]; each
+        sample's posterior noise comes from its own generator."""
+        latents = []
+        for sample, generator in zip(pixels, generators):
+            if sample.dim() == 4:  # a video [3, F, H, W]
+                latents.append(self.vae.encode_video(sample[None], generator=generator))
+            else:
+                latents.append(self.vae.encode(sample[None]).sample(generator) * self.vae.cfg.scaling_factor)
+        return torch.cat(latents)
 
 
 def load_sd15(source, motion=None, loras=(), *, device="cpu", dtype: torch.dtype = torch.float32,

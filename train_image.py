@@ -3,16 +3,13 @@
     python train_image.py --sd15 v1-5-pruned-emaonly.safetensors --data my_images/ --out runs/stage1
     python train_image.py ... --resume true       # continue the run in --out (--overwrite true: start it over)
     torchrun --nproc_per_node 4 train_image.py ...
-    python train_image.py --objective diffusion --sd15 start.safetensors ...   # train a teacher instead
 
-Teacher: SD1.5 (or any personalized SD1.5 checkpoint), frozen, classifier-free guidance inside one
-DDIM solver step on the 50-point grid. Student: the same UNet with a trainable rank-64 LoRA on the
-LCM-LoRA layers. Target: the student's own current weights without gradient (the LCM-LoRA scripts
-keep no separate EMA copy), or an EMA copy of the LoRA with --ema-decay > 0.
-`--objective diffusion` trains the whole UNet with the plain epsilon-prediction loss instead (captions
-dropped with --caption-dropout so classifier-free guidance works): a teacher from scratch, as the toy
-world needs, or a fine-tune; it writes model.safetensors (SD1.5 single-file layout, the EMA weights with
---ema-decay > 0).
+Teacher: SD1.5 (or any personalized SD1.5 checkpoint), frozen; classifier-free guidance with a random
+weight w inside one DDIM step on the 50-point solver grid. Online student: the same UNet with a
+trainable rank-64 LoRA on the LCM-LoRA layers. Target: the student's own current weights without
+gradient (the LCM-LoRA scripts keep no separate EMA copy), or an EMA copy of the LoRA with
+--ema-decay > 0. The algorithm, step by step: lcm/distill.py; why it works:
+docs/consistency-distillation.md, sections 2-4 and 6.2.
 Outputs in --out: lora.safetensors (kohya format: ComfyUI, A1111 and diffusers load it; the schedule
 and settings in its metadata), checkpoint.pt (full resume state), log.jsonl, val/ PNGs.
 """
@@ -21,91 +18,72 @@ from __future__ import annotations
 import copy
 import dataclasses
 import sys
-from pathlib import Path
 
 import torch
 
-import cli
-from data import ImageCaptionDataset, ResumableSampler, collate
-from lcm.distill import DENOISING_WEIGHTS, LOSS_WEIGHTS, denoising_loss, distillation_loss
+from lcm.distill import LOSS_WEIGHTS, LOSSES, distillation_loss, guidance_weights, teacher_ddim_point
 from lcm.ema import ema_update
 from lcm.schedule import NoiseSchedule
-from sd15 import load_sd15, save_sd15
-from run_folder import one_run, restoring, start_run
-from training import (autocast, check_batch, check_settings, drop_captions, encode_latents, parse_settings, rng_state,
-                      save_checkpoint, set_rng_state, setup, teardown, train_loop, uniform)
+from media.data import ImageCaptionDataset, check_batch, endless_batches
+from pipeline import Request, generate
+from runtime import cli
+from runtime.distributed import autocast, clip_gradients, global_mean, rng_state, set_rng_state, setup, teardown
+from runtime.folder import restoring
+from runtime.run import TrainingRun, evaluating, learning_rate, one_run
+from runtime.settings import (AT_LEAST_1, DECAY, GRID, POSITIVE, SCHEDULE, WEIGHT, TrainSettings, check_settings,
+                              flag, one_of, parse_settings)
+from sd15 import load_sd15
 from unet.lora import LoRANetwork
 
 
 @dataclasses.dataclass
-class Settings:
-    sd15: str = ""
-    data: str = ""                 # folder of images with captions (see data.py)
-    objective: str = "consistency"  # or "diffusion": train the UNet itself (a teacher)
-    caption_dropout: float = 0.1   # --objective diffusion: share of empty captions (for CFG)
-    out: str = "runs/stage1"
-    resume: bool = False           # continue the run in --out from its checkpoint.pt
-    overwrite: bool = False        # delete the run in --out and start again
-    size: int = 512
-    batch: int = 4                 # per process
-    grad_accum: int = 1
-    steps: int = 2000
-    lr: float = 1e-4
-    warmup_steps: int = 100
-    lr_anneal_at: int = 0          # from this step on the learning rate is --lr x --lr-anneal-factor (0: never)
-    lr_anneal_factor: float = 0.2
-    grad_clip: float = 1.0
-    lora_rank: int = 64
-    lora_alpha: float = 8.0        # alpha/rank = 1/8, as the released AnimateLCM and LCM-LoRA files
-    ema_decay: float = 0.0         # 0: the target is the online model itself (LCM-LoRA recipe); diffusion: EMA
-    w_min: float = 5.0             # guidance w ~ U[w_min, w_max] in the LCM form (1 + w) c - w u
-    w_max: float = 15.0
-    original_steps: int = 50       # the DDIM solver grid: k = 1000 / 50 = 20
-    loss: str = "huber"
-    loss_weight: str = "uniform"   # lambda_n: uniform or sqrt_snr (loss_weight); diffusion: uniform, sqrt_v or v
-    beta_schedule: str = "sqrt_beta_linear"  # SD1.5's own training schedule
-    precision: str = "bf16"        # autocast on GPU: bf16, fp16 or fp32; CPU runs fp32
-    gradient_checkpointing: bool = True
-    save_every: int = 250
-    log_every: int = 10
-    val_every: int = 250
-    val_prompt: str = "a photo of a red apple on a wooden table"
-    val_score: str = ""            # "toy": log prompt accuracy of fixed samples at each validation
-    seed: int = 0
-    device: str = "auto"
-    workers: int = 2
+class Settings(TrainSettings):
+    out: str = flag("runs/stage1", "the run's folder", compared=False)
+    batch: int = flag(4, "images per process and micro-batch", AT_LEAST_1, may_change=True)
+    steps: int = flag(2000, "optimizer steps", AT_LEAST_1, may_change=True)
+    ema_decay: float = flag(0.0, "0: the target is the online model itself (LCM-LoRA); else an EMA copy of the LoRA",
+                            DECAY)
+    beta_schedule: str = flag("sqrt_beta_linear", "noise schedule; SD1.5's own training schedule",
+                              SCHEDULE)
+    lora_rank: int = flag(64, "rank of the spatial LoRA", AT_LEAST_1)
+    lora_alpha: float = flag(8.0, "LoRA alpha: alpha/rank = 1/8, as the released AnimateLCM and LCM-LoRA files",
+                             POSITIVE)
+    w_min: float = flag(5.0, "guidance w ~ U[w_min, w_max] in the LCM form (1 + w) c - w u", WEIGHT)
+    w_max: float = flag(15.0, "see --w-min", WEIGHT)
+    original_steps: int = flag(50, "the DDIM solver grid: k = 1000 / 50 = 20", GRID)
+    loss: str = flag("huber", "distance: pseudo-Huber or l2", one_of(*LOSSES))
+    loss_weight: str = flag("uniform", "lambda_n: uniform or sqrt_snr (lcm/distill.py:loss_weight)",
+                            one_of(*LOSS_WEIGHTS))
+    val_prompt: str = flag("a photo of a red apple on a wooden table", "validation prompt", may_change=True)
 
 
-PRODUCTS = ("lora.safetensors", "model.safetensors")  # what a run exports into --out
+PRODUCTS = ("lora.safetensors",)  # what a run exports into --out
 
 
 @one_run
-def main(argv=None):
+def main(argv=None, score=None):
+    """`score(model, schedule) -> dict`, if given, is logged at each validation (the toy world passes its
+    prompt-following measure: toy/health.py)."""
+    # ---- settings, device, data, the run's folder: every problem is refused before any model loads ----
     s = parse_settings(Settings, argv, __doc__.split("\n")[0])
-    check_settings(s, objective=("consistency", "diffusion"), val_score=("", "toy"),
-                   loss_weight=LOSS_WEIGHTS if s.objective == "consistency" else DENOISING_WEIGHTS)
-    distill = s.objective == "consistency"
+    check_settings(s)
     rt = setup(s.seed, s.device)
-    out = Path(s.out)
     if rt.main:
         print(f"settings: {dataclasses.asdict(s)}")
-    dataset = ImageCaptionDataset(s.data, size=s.size)  # bad data is refused before any model loads
-    check_batch(dataset, s, rt)
-    state = start_run(s, rt, PRODUCTS)  # the checkpoint to continue from (--resume true), or None
+    dataset = ImageCaptionDataset(s.data, size=s.size)
+    check_batch(dataset, s.batch, rt.world)
+    run = TrainingRun(s, rt, PRODUCTS, "stage 1")  # run.state: the checkpoint to continue from, or None
 
-    # ---- models: online = base + LoRA; teacher = the same UNet with the LoRA detached; ----------
-    # ---- target = the online model itself (no gradient), or an EMA copy of the LoRA -----------
+    # ---- models: online = base + LoRA (trained); teacher = the same UNet with the LoRA detached; --------
+    # ---- target = the online model itself without gradient, or an EMA copy of the LoRA ------------------
     model = load_sd15(s.sd15, device=rt.device)
-    online = model.unet.requires_grad_(not distill).train()  # a teacher being trained: the whole UNet
+    online = model.unet.requires_grad_(False).train()
     online.enable_gradient_checkpointing(s.gradient_checkpointing)
-    target = copy.deepcopy(online).requires_grad_(False).eval() if s.ema_decay > 0 else online  # before LoRA hooks
-    lora = target_lora = None
-    if distill:
-        lora = LoRANetwork.create(online, s.lora_rank, s.lora_alpha)
-        target_lora = lora
-        if s.ema_decay > 0:
-            target_lora = LoRANetwork.create(target, s.lora_rank, s.lora_alpha).requires_grad_(False)
-            target_lora.load_state_dict(lora.state_dict())
+    target = copy.deepcopy(online).eval() if s.ema_decay > 0 else online  # copied before the LoRA hooks
+    lora = target_lora = LoRANetwork.create(online, s.lora_rank, s.lora_alpha)
+    if s.ema_decay > 0:
+        target_lora = LoRANetwork.create(target, s.lora_rank, s.lora_alpha).requires_grad_(False)
+        target_lora.load_state_dict(lora.state_dict())
 
     def teacher(x, t, c):  # one UNet in memory: the base model is the online model minus its LoRA
         lora.detach()
@@ -114,99 +92,69 @@ def main(argv=None):
         finally:
             lora.attach()
 
-    # what trains, and what the EMA (if any) follows: the LoRA, or the whole UNet for a teacher
-    online_state, target_state = (lora, target_lora) if distill else (online, target)
-    trainable = list(online_state.parameters())
+    trainable = list(lora.parameters())
     if rt.main:
-        print(f"trainable parameters: {sum(p.numel() for p in trainable):,} "
-              f"({'LoRA' if distill else 'the whole UNet: diffusion objective'})")
+        print(f"trainable parameters: {sum(p.numel() for p in trainable):,} (LoRA)")
     schedule = NoiseSchedule(s.beta_schedule)
     optimizer = torch.optim.AdamW(trainable, lr=s.lr, weight_decay=1e-2)
+    if run.state is not None:
+        with restoring(run.out / "checkpoint.pt"):
+            lora.load_state_dict(run.state["online"])
+            target_lora.load_state_dict(run.state["target"])
+            optimizer.load_state_dict(run.state["optimizer"])
+        set_rng_state(run.state["rng"])
+    step = run.start_step
+    batches = endless_batches(dataset, s, rt.rank, rt.world, start=step * s.grad_accum)
 
-    step = 0
-    if state is not None:
-        with restoring(out / "checkpoint.pt"):
-            online_state.load_state_dict(state["online"])
-            target_state.load_state_dict(state["target"])
-            optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
-        step = state["step"]
-        if rt.main:
-            print(f"resumed from {out / 'checkpoint.pt'} at step {step}")
+    def save(step):
+        run.save_checkpoint({"step": step, "settings": dataclasses.asdict(s), "online": lora.state_dict(),
+                             "target": target_lora.state_dict(), "optimizer": optimizer.state_dict(),
+                             "rng": rng_state()})
+        target_lora.save(run.out / "lora.safetensors", metadata=run.metadata(step, schedule))
 
-    # ---- data: an endless, resumable stream (this rank's share of each global batch) ----------
-    sampler = ResumableSampler(len(dataset), s.batch, s.seed, rt.rank, rt.world, start=step * s.grad_accum)
-    batches = iter(torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
-                                               num_workers=s.workers))
+    def validate(step):  # fixed-seed images of the target, LCM at 1, 2 and 4 steps
+        view = dataclasses.replace(model, unet=target)
+        with evaluating(target):
+            for steps in (1, 2, 4):
+                image = generate(view, Request(prompt=s.val_prompt, frames=1, height=s.size, width=s.size,
+                                               steps=steps, schedule=schedule, original_steps=s.original_steps,
+                                               progress=False))
+                run.write_sample(image[0], f"step{step:06d}_{steps}steps.png")
+            return score(view, schedule) if score else None
 
-    # ---- one micro-batch of latent consistency distillation (lcm/distill.py, steps 1-6) --------
-    def loss_fn(batch, generators):
-        x0 = encode_latents(model.vae, batch["pixels"].to(rt.device), generators)  # [B, 4, h, w]
-        if not distill:  # a teacher: the DDPM objective, some captions dropped
-            context = model.encode_prompts(drop_captions(batch["captions"], generators, s.caption_dropout))
-            with autocast(rt, s.precision):
-                return denoising_loss(online, schedule, x0, context, generators, s.loss_weight)
-        context = model.encode_prompts(batch["captions"])
-        uncontext = model.encode_prompts([""] * len(batch["captions"]))
-        w = uniform(generators, s.w_min, s.w_max).to(rt.device)
-        with autocast(rt, s.precision):
-            return distillation_loss(online, target, teacher, schedule, x0, context, uncontext, w,
-                                     s.original_steps, s.loss, generators, s.loss_weight)
-
-    def after_step():  # step 7, when the target is a separate EMA copy (of the LoRA, or of a teacher)
-        if s.ema_decay > 0:
-            ema_update(target_state, online_state, s.ema_decay)
-
-    def checkpoint(step):
-        if not rt.main:
-            return
-        save_checkpoint(out / "checkpoint.pt", {
-            "step": step, "settings": dataclasses.asdict(s), "online": online_state.state_dict(),
-            "target": target_state.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state()})
-        meta = {"settings": dataclasses.asdict(s), "schedule": dataclasses.asdict(schedule), "step": step}
-        if distill:
-            target_lora.save(out / "lora.safetensors", metadata=meta)
-        else:
-            save_sd15(out / "model.safetensors", target, model.vae, model.text_encoder, meta)
-
-    def validate(step):
-        samples(model, target, s, out / "val", step)
-        if s.val_score == "toy":  # the toy world's prompt following, by its pixel detector (toy/health.py)
-            from toy.health import validation_record
-            return validation_record(dataclasses.replace(model, unet=target), s.objective, 1, s.original_steps)
-
-    train_loop(s, rt, batches, step, optimizer, trainable, loss_fn, after_step, checkpoint, validate,
-               "stage 1" if distill else "teacher (diffusion)")
+    # ---- the loop: latent consistency distillation (lcm/distill.py, steps 1-7) ----------------------
+    with run.watching(save, validate):
+        while step < s.steps:
+            lr = learning_rate(step, s)  # linear warm-up, then an optional drop
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            losses, timesteps = [], []
+            for micro in range(s.grad_accum):
+                batch, generators = next(batches), run.generators(step, micro)  # one generator per sample
+                x0 = model.encode_latents(batch["pixels"].to(rt.device), generators)  # [B, 4, h, w]
+                context = model.encode_prompts(batch["captions"])
+                uncontext = model.encode_prompts([""] * len(batch["captions"]))
+                w = guidance_weights(generators, s.w_min, s.w_max).to(rt.device)  # w ~ U[w_min, w_max]
+                with autocast(rt, s.precision):
+                    loss, t = distillation_loss(                                  # steps 1-6
+                        online=online, target=target, target_point=teacher_ddim_point(teacher, uncontext, w),
+                        schedule=schedule, x0=x0, context=context, original_steps=s.original_steps,
+                        loss=s.loss, weighting=s.loss_weight, generators=generators)
+                (loss.mean() / s.grad_accum).backward()
+                losses.append(loss.detach())
+                timesteps.append(t)
+            losses, timesteps = torch.cat(losses), torch.cat(timesteps)
+            loss = global_mean(losses.mean(), rt)
+            grad_norm = clip_gradients(trainable, s.grad_clip, rt)  # averaged over processes, then clipped
+            run.stop_if_not_finite(step, loss, grad_norm)  # before the step: the saved weights stay finite
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if s.ema_decay > 0:
+                ema_update(target_lora, lora, s.ema_decay)                        # step 7
+            step += 1
+            run.end_step(step, loss, grad_norm, lr, losses, timesteps)  # log, checkpoint, validate, signals
     teardown(rt)
     return {"unet": online, "target": target, "lora": lora, "target_lora": target_lora}
-
-
-@torch.no_grad()
-def samples(model, unet, s: Settings, folder: Path, step: int) -> None:
-    """Fixed-seed images of the target as PNGs: LCM at 1, 2 and 4 steps (the LoRA attached), or for a
-    teacher DDIM at 4 and 25 steps with guidance 7.5."""
-    from PIL import Image
-    from lcm.sampler import ddim_timesteps, lcm_timesteps, sample_ddim, sample_lcm
-    from pipeline import guided
-    folder.mkdir(parents=True, exist_ok=True)
-    context, uncontext = model.encode_prompts([s.val_prompt]), model.encode_prompts([""])
-    f = 2 ** (len(model.vae.cfg.block_out_channels) - 1)
-    schedule = NoiseSchedule(s.beta_schedule)
-    was_training = unet.training
-    unet.eval()
-    for steps in ((1, 2, 4) if s.objective == "consistency" else (4, 25)):
-        g = torch.Generator().manual_seed(0)
-        x = torch.randn(1, unet.cfg.in_channels, s.size // f, s.size // f, generator=g).to(context.device)
-        if s.objective == "consistency":
-            latent = sample_lcm(guided(unet, context, None, 1.0), x, schedule, lcm_timesteps(steps, s.original_steps),
-                                g, progress=False)
-        else:
-            latent = sample_ddim(guided(unet, context, uncontext, 7.5), x, schedule, ddim_timesteps(steps),
-                                 progress=False)
-        image = (model.vae.decode(latent / model.vae.cfg.scaling_factor)[0] / 2 + 0.5).clamp(0, 1)
-        Image.fromarray((image.permute(1, 2, 0) * 255).round().byte().cpu().numpy()).save(
-            folder / f"step{step:06d}_{steps}steps.png")
-    unet.train(was_training)
 
 
 if __name__ == "__main__":

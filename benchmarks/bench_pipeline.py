@@ -1,8 +1,8 @@
 """Whole text-to-video pipeline: ours vs diffusers' AnimateDiffPipeline + LCMScheduler, same weights.
 
-    python benchmarks/bench_pipeline.py                 # tiny random models, CPU
-    python benchmarks/bench_pipeline.py --frames 16 --size 128 --steps 4 --guidance 1.5
-    python benchmarks/bench_pipeline.py --model sd15 --size 512 --device cuda --dtype fp16   # full size
+    python -m benchmarks.bench_pipeline                 # tiny random models, CPU
+    python -m benchmarks.bench_pipeline --frames 16 --size 128 --steps 4 --guidance 1.5
+    python -m benchmarks.bench_pipeline --model sd15 --size 512 --device cuda --dtype fp16   # full size
 
 Both pipelines are built from the same random weights (tiny: tests/tiny.py; sd15: SD1.5-sized UNet,
 AnimateDiff-v2-sized motion module, SD VAE and CLIP ViT-L/14 text tower), run in one process, alternating;
@@ -19,16 +19,13 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
-
-import cli  # noqa: E402
-from bench_unet import PeakMemory, timed  # noqa: E402
-from pipeline import Request, generate  # noqa: E402
-from sd15 import load_sd15  # noqa: E402
-from test_unet import PerFrameGroupNorm  # noqa: E402
-from tiny import hf_clip_tokenizer, original_motion_file_state, sd15_file_state, tiny_reference_parts  # noqa: E402
-from weights import HINTS_KEY, save_safetensors  # noqa: E402
+from benchmarks.bench_unet import PeakMemory, timed
+from pipeline import Request, generate
+from runtime import cli
+from runtime.weights import HINTS_KEY, save_safetensors
+from sd15 import load_sd15
+from tests.tiny import (PerFrameGroupNorm, hf_clip_tokenizer, original_motion_file_state, sd15_file_state,
+                        tiny_reference_parts)
 
 
 def sd15_reference_parts():

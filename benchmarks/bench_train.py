@@ -1,7 +1,7 @@
 """Training-step time and peak memory of each stage, measured by running the real scripts.
 
-    python benchmarks/bench_train.py                                   # tiny models, CPU, all stages
-    python benchmarks/bench_train.py --size sd15 --stages video --frames 16 --resolution 256 \
+    python -m benchmarks.bench_train                                   # tiny models, CPU, all stages
+    python -m benchmarks.bench_train --size sd15 --stages video --frames 16 --resolution 256 \
         --device cuda --precision bf16                                 # stage 2 at full SD1.5 size
 
 Random weights of the chosen size are written in the real file formats (SD1.5 single file, AnimateDiff
@@ -22,11 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-import cli  # noqa: E402
-from tiny import write_clips, write_training_files  # noqa: E402
+from runtime import cli
+from tests.tiny import write_clips, write_training_files
 
 
 def step_times(log: Path) -> tuple[float, float | None]:

@@ -1,7 +1,7 @@
 """Video-UNet speed and memory: ours vs diffusers' UNetMotionModel, identical weights and inputs.
 
-    python benchmarks/bench_unet.py                      # CPU, a small SD1.5-shaped model, 8 frames
-    python benchmarks/bench_unet.py --size sd15 --frames 16 --latent 64 --dtype fp16 --device cuda
+    python -m benchmarks.bench_unet                      # CPU, a small SD1.5-shaped model, 8 frames
+    python -m benchmarks.bench_unet --size sd15 --frames 16 --latent 64 --dtype fp16 --device cuda
 
 Both models run in the same process, alternating (ours, theirs, ours, ...) so that machine noise
 hits both alike; the script prints the median time of each, the ratio ours/theirs (below 1 means
@@ -19,10 +19,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import cli  # noqa: E402
-from unet.load import load_unet  # noqa: E402
+from runtime import cli
+from unet.load import load_unet
 
 SIZES = {  # diffusers UNet2DConditionModel / MotionAdapter widths
     "tiny": dict(block_out_channels=(32, 64), down=("CrossAttnDownBlock2D", "DownBlock2D"), heads=4, context=32),

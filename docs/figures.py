@@ -1,9 +1,9 @@
 """Every figure of docs/consistency-distillation.md and docs/toy-world.md, drawn from the shipped toy model.
 
-    python docs/figures.py                          # all figures into docs/figures/
-    python docs/figures.py --only sampler_steps     # one figure (names: --help)
-    python docs/figures.py --quick --out /tmp/figs  # few samples and steps (tests/test_docs.py runs this)
-    python docs/figures.py --weights runs/toy_ship  # another toy run's shipped folder (toy/run.py --ship-to)
+    python -m docs.figures                          # all figures into docs/figures/
+    python -m docs.figures --only sampler_steps     # one figure (names: --help)
+    python -m docs.figures --quick --out /tmp/figs  # few samples and steps (tests/test_docs.py runs this)
+    python -m docs.figures --weights runs/toy_ship  # another toy run's shipped folder (toy/run.py --ship-to)
 
 Everything comes from the weight files in --weights and their metadata (noise schedule, solver grid,
 guidance range, loss, EMA rate and step count of each stage), toy.json (the teacher's guidance) and
@@ -29,11 +29,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
 from lcm.distill import (LOSS_WEIGHTS, ddim_grid, ddim_solver_step, distillation_loss, guided,  # noqa: E402
-                         loss_weight, teacher_free_point)
+                         loss_weight, teacher_ddim_point, teacher_free_point)
 from lcm.ema import ema_update  # noqa: E402
 from lcm.sampler import (ddim_step, ddim_timesteps, dpmpp_timesteps, lcm_step, lcm_timesteps, sample_ddim,  # noqa: E402
                          sample_lcm)
@@ -41,8 +38,10 @@ from lcm.schedule import NoiseSchedule, boundary_scalings, consistency_output  #
 from pipeline import guided as cfg_model, vae_scale  # noqa: E402
 from sd15 import load_sd15  # noqa: E402
 from toy.classifier import to_model  # noqa: E402
-from toy.evaluate import generate_batch  # noqa: E402
+from toy.evaluate import toy_videos  # noqa: E402
 from toy.world import sample_videos  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 PROMPTS = ["a red circle moving left", "a blue square moving up"]  # inputs for the sampling figures
 
@@ -290,7 +289,7 @@ def fig_teacher_step(ctx: Context) -> None:
         x_start = s.add_noise(x0, eps, torch.tensor([start]))
         x0_c, x0_u, x0_lo, _ = cfg_point(ctx, model.unet, x_start, start, end, context, uncontext, toy.w_min)
         _, _, x0_hi, x_end = cfg_point(ctx, model.unet, x_start, start, end, context, uncontext, toy.w_max)
-        free = teacher_free_point(s, x0, eps, torch.tensor([end]))
+        free = teacher_free_point(s, x0, eps, x_start, torch.tensor([start]), torch.tensor([end]))
         images = [x0, x_start, x0_u, x0_c, x0_lo, x0_hi, x_end, free]
         rows.append([pixels(model, z)[0] for z in images])
         labels.append(f"t_(n+k) = {start}\nt_n = {end}")
@@ -322,8 +321,9 @@ def fig_loss_weighting(ctx: Context) -> None:
                          ("after stage 1 (the shipped LoRA)", ctx.image_lcm.unet)):
         generators = [torch.Generator().manual_seed(ctx.seed * 100_000 + i) for i in range(count)]
         # stage 1's target is the online model itself (the LCM-LoRA recipe): target = online
-        loss, t = distillation_loss(online, online, teacher, s, x0, context, uncontext, w, toy.original_steps,
-                                    toy.loss, generators, toy.loss_weight)
+        loss, t = distillation_loss(online=online, target=online, target_point=teacher_ddim_point(teacher, uncontext, w),
+                                    schedule=s, x0=x0, context=context, original_steps=toy.original_steps,
+                                    loss=toy.loss, weighting=toy.loss_weight, generators=generators)
         plain = loss / loss_weight(s, t, toy.loss_weight, toy.original_steps)
         ts = sorted(set(t.tolist()))
         axes[1].semilogy(ts, [float(plain[t == v].mean()) for v in ts], ".-", ms=4, label=f"d, {name}")
@@ -388,8 +388,8 @@ def fig_videos(ctx: Context) -> None:
     rows_spec += [(f"teacher DDIM, {n} steps", ctx.teacher, n, "ddim", toy.guidance) for n in ddim_steps]
     rows, labels = [], []
     for label, model, steps, sampler, g in rows_spec:
-        videos = generate_batch(model, PROMPTS, steps, sampler, g, seed=ctx.seed, frames=toy.frames,
-                                resolution=toy.size, original_steps=toy.original_steps)  # [N, 3, F, H, W]
+        videos = toy_videos(model, PROMPTS, steps, sampler, g, seed=ctx.seed, frames=toy.frames, resolution=toy.size,
+                            original_steps=toy.original_steps, schedule=toy.schedule)  # [N, 3, F, H, W]
         frames = (videos / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 4, 1).numpy()  # [N, F, H, W, 3]
         gap = np.ones((toy.size, 4, 3))
         rows.append([np.concatenate(sum([[*video, gap] for video in frames], [])[:-1], 1)])  # one strip
@@ -481,7 +481,8 @@ def fig_teacher_free(ctx: Context) -> None:
         x_start = s.add_noise(x0, eps, torch.full((count,), start))
         guided_end, plain_end = (cfg_point(ctx, teacher.unet, x_start, start, end, context, uncontext, weight)[3]
                                  for weight in (w, 0.0))
-        return end, x_start, guided_end, plain_end, teacher_free_point(s, x0, eps, torch.full((count,), end))
+        free = teacher_free_point(s, x0, eps, x_start, torch.full((count,), start), torch.full((count,), end))
+        return end, x_start, guided_end, plain_end, free
 
     curve, gaps = ctx.grid()[:: 25 if ctx.quick else 2].tolist(), {w: [], 0.0: []}
     for start in curve:

@@ -18,9 +18,23 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .schedule import NoiseSchedule, boundary_scalings
+from .schedule import NoiseSchedule, consistency_output
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Generators = torch.Generator | list[torch.Generator] | None
+
+
+def randn(shape, generator: Generators, dtype=torch.float32, device="cpu") -> torch.Tensor:
+    """Gaussian noise as diffusers' randn_tensor draws it: from one generator for the whole batch, or from
+    one generator per sample (a list), so that each video's noise depends on its own seed only and not on
+    the batch it is drawn in. Drawn on the generator's device, then moved: same seed, same noise."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}: give one per sample")
+        return torch.cat([torch.randn((1, *shape[1:]), generator=g, dtype=dtype, device=g.device).to(device)
+                          for g in generator])
+    return torch.randn(shape, generator=generator, dtype=dtype,
+                       device=generator.device if generator is not None else "cpu").to(device)
 
 
 # ---- LCM ---------------------------------------------------------------------------------------
@@ -28,7 +42,7 @@ Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 def lcm_timesteps(steps: int, original_steps: int = 50, strength: float = 1.0, total: int = 1000) -> list[int]:
     """Pick `steps` timesteps from the LCM skipping grid {k i - 1}, k = total // original_steps.
 
-    The grid is the DDIM solver grid the model was distilled on (METHOD.md a.4); `strength` < 1
+    The grid is the DDIM solver grid the model was distilled on (docs/sources.md); `strength` < 1
     keeps only its least noisy int(original_steps * strength) points, so sampling starts part-way (V2V).
     """
     k = total // original_steps
@@ -43,20 +57,20 @@ def lcm_timesteps(steps: int, original_steps: int = 50, strength: float = 1.0, t
 
 def lcm_step(schedule: NoiseSchedule, eps: torch.Tensor, t: int, x: torch.Tensor, t_next: int | None,
              noise: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One LCM step: the consistency prediction at t, re-noised to t_next. Returns (x_next, denoised)."""
-    abar = schedule.alphas_cumprod
-    x0 = (x - (1 - abar[t]).sqrt() * eps) / abar[t].sqrt()
-    c_skip, c_out = boundary_scalings(torch.tensor(t))
-    denoised = c_out * x0 + c_skip * x
+    """One LCM step: the consistency function f(x, t) (the same `consistency_output` that training fits),
+    re-noised to t_next with fresh noise. Returns (x_next, denoised)."""
+    denoised = consistency_output(schedule, x, eps, torch.tensor(t)).to(x.dtype)
     if t_next is None:
         return denoised, denoised
+    abar = schedule.alphas_cumprod
     return abar[t_next].sqrt() * denoised + (1 - abar[t_next]).sqrt() * noise, denoised
 
 
 def sample_lcm(model: Model, x: torch.Tensor, schedule: NoiseSchedule, timesteps: list[int],
-               generator: torch.Generator | None = None, progress: bool = True,
+               generator: Generators = None, progress: bool = True,
                first_frame: torch.Tensor | None = None) -> torch.Tensor:
-    """Few-step consistency sampling; fresh noise is injected between steps (LCM Alg. 1).
+    """Few-step consistency sampling; fresh noise is injected between steps (LCM Alg. 1), from `generator`
+    or, a list, from each sample's own generator (`randn`).
 
     `first_frame` (image-to-video, a known clean latent [B, C, h, w] of frame 0 of x [B, C, F, h, w]):
     before each re-noising, frame 0 of the prediction is replaced by it, so every later step starts from
@@ -67,9 +81,7 @@ def sample_lcm(model: Model, x: torch.Tensor, schedule: NoiseSchedule, timesteps
     for i, t in enumerate(tqdm(timesteps, desc="LCM", disable=not progress)):
         last = i == len(timesteps) - 1
         eps = model(x, torch.tensor(t, device=x.device))
-        # Drawn on the generator's device and moved, like diffusers' randn_tensor: same seed, same noise.
-        noise = None if last else torch.randn(x.shape, generator=generator, dtype=x.dtype,
-                                              device=generator.device if generator else "cpu").to(x.device)
+        noise = None if last else randn(x.shape, generator, x.dtype, x.device)
         x, _ = lcm_step(schedule, eps, t, x, None if last else timesteps[i + 1], noise)
         if first_frame is not None and not last:  # frame 0 re-noised from the known latent, same draw
             x[:, :, 0] = schedule.add_noise(first_frame.to(x), noise[:, :, 0], timesteps[i + 1])
@@ -181,5 +193,5 @@ def sample_dpmpp_2m(model: Model, x: torch.Tensor, schedule: NoiseSchedule, time
     return x
 
 
-__all__ = ["lcm_timesteps", "lcm_step", "sample_lcm", "keep_last", "ddim_timesteps", "ddim_step", "sample_ddim",
+__all__ = ["randn", "lcm_timesteps", "lcm_step", "sample_lcm", "keep_last", "ddim_timesteps", "ddim_step", "sample_ddim",
            "dpmpp_timesteps", "dpmpp_sigmas", "dpmpp_2m_step", "sample_dpmpp_2m"]

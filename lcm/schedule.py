@@ -1,4 +1,4 @@
-"""Noise schedules and the latent-consistency parameterisation (METHOD.md a.1-a.3).
+"""Noise schedules and the latent-consistency parameterisation (docs/sources.md, the consistency model).
 
 Forward process: x_t = alpha_t x0 + sigma_t eps, with alpha_t = sqrt(abar_t), sigma_t = sqrt(1 - abar_t).
 
@@ -70,7 +70,7 @@ class NoiseSchedule:
 
 
 def boundary_scalings(t, sigma_data: float = 0.5, timestep_scaling: float = 10.0):
-    """LCM boundary conditions (METHOD.md a.2): c_skip = sd^2/((st)^2+sd^2), c_out = st/sqrt((st)^2+sd^2).
+    """LCM boundary conditions (Consistency Models eq. 5; values: docs/sources.md): c_skip = sd^2/((st)^2+sd^2), c_out = st/sqrt((st)^2+sd^2).
 
     c_skip(0) = 1 and c_out(0) = 0, so f(x, 0) = x exactly: the consistency function's boundary.
     """

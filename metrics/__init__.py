@@ -1,4 +1,4 @@
-"""Evaluation metrics of the paper (METHOD.md e.1), used by evaluate.py.
+"""Evaluation metrics of the paper (AnimateLCM v3 sec. 4.1; docs/sources.md), used by evaluate.py.
 
 * `i3d.py`: Inception-v1 I3D (Kinetics-400), loading `i3d_pretrained_400.pt`; its FVD input preparation.
 * `fvd.py`: Frechet distance of feature sets in float64, with a stable matrix square root.

@@ -1,7 +1,7 @@
 """CLIPSIM (Wu et al. 2021, as AnimateLCM reports it): 100 x cosine similarity between each frame and
 its prompt in CLIP space, averaged over the frames of a video and then over videos.
 
-The paper uses CLIP ViT-H/14 trained on LAION-2B (`CLIP-ViT-H-14-laion2B-s32B-b79K`, METHOD.md e.1)
+The paper uses CLIP ViT-H/14 trained on LAION-2B (`CLIP-ViT-H-14-laion2B-s32B-b79K`, docs/sources.md)
 and its image-text logit, which is 100 x cosine (that model's logit scale is 100). Here open_clip
 builds any of its architectures by name and loads the weights from a local file, never downloading.
 Frames are prepared by open_clip's own evaluation transform for that model (ViT-H/14: bicubic resize
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cli import UserError
+from runtime.cli import UserError
 
 
 class CLIPScorer:

@@ -2,7 +2,7 @@
 
     d^2 = ||mu_1 - mu_2||^2 + tr(S_1 + S_2 - 2 (S_1 S_2)^1/2)
 
-with unbiased covariances (AnimateLCM's metrics/fvd.py, METHOD.md e.1). tr (S_1 S_2)^1/2 is computed
+with unbiased covariances (AnimateLCM's metrics/fvd.py, docs/sources.md). tr (S_1 S_2)^1/2 is computed
 as tr (S_1^1/2 S_2 S_1^1/2)^1/2: the same eigenvalues, but of a symmetric positive semi-definite
 matrix, so two symmetric eigen-decompositions replace a general matrix square root. Eigenvalues
 below the rounding floor (largest x size x float64 epsilon), negative ones included, count as 0:

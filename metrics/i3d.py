@@ -2,7 +2,7 @@
 
 Written to load `i3d_pretrained_400.pt`, the PyTorch conversion of DeepMind's TF-Hub
 `i3d-kinetics-400` that AnimateLCM's `metrics/fvd.py` uses (piergiaj/pytorch-i3d's `InceptionI3d`
-layout, METHOD.md e.1). Module names are the checkpoint's, so loading is the identity on names:
+layout; docs/sources.md, evaluation). Module names are the checkpoint's, so loading is the identity on names:
 
     Conv3d_1a_7x7.conv3d.weight, Conv3d_1a_7x7.bn.{weight,bias,running_mean,running_var},
     Mixed_3b.b0 / b1a / b1b / b2a / b2b / b3b.(conv3d|bn).*, logits.conv3d.{weight,bias}
@@ -129,7 +129,7 @@ def load_i3d(path, device="cpu") -> InceptionI3d:
     The converted file has no BatchNorm `num_batches_tracked` counters (unused in evaluation): they may
     be absent; a `module.` prefix (a DataParallel re-save) is removed.
     """
-    from weights import load_strict, read_state_dict
+    from runtime.weights import load_strict, read_state_dict
     state = read_state_dict(path)
     if all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}

@@ -1,6 +1,6 @@
 """The real side of FVD: features of `count` randomly drawn real clips, reduced to (mean, covariance).
 
-The paper draws 2,048 random UCF-101 videos (METHOD.md e.1); how frames were taken from them is not
+The paper draws 2,048 random UCF-101 videos (AnimateLCM v3 sec. 4.1; docs/sources.md); how frames were taken from them is not
 specified. Here: the clips under a folder (any depth; .avi, .mp4, .gif, ...) in sorted order are
 shuffled by a seeded generator and read in that order, the first `frames` frames at `stride` each,
 until `count` clips have enough frames (shorter or unreadable ones are skipped and counted). The
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cli import UserError
+from runtime.cli import UserError
 from metrics.fvd import feature_statistics
 
 REAL_SUFFIXES = (".avi", ".mp4", ".webm", ".mov", ".mkv", ".gif", ".webp", ".mpg", ".mpeg")
@@ -34,7 +34,7 @@ def list_clips(folder: Path) -> list[Path]:
 
 def shuffled_clips(folder: Path, frames: int, stride: int, seed: int):
     """Yield (path, uint8 clip [frames, H, W, 3] or None when unreadable or too short), in seeded random order."""
-    from video_io import read_video
+    from media.video import read_video
     clips = list_clips(folder)
     for i in np.random.default_rng(seed).permutation(len(clips)):
         try:

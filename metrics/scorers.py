@@ -1,6 +1,6 @@
 """What a protocol measures videos with: FVD features, and a prompt score averaged over videos.
 
-* The paper's (METHOD.md e.1): I3D Kinetics-400 features (`i3d-logits`, AnimateLCM's, or the 1024-d
+* The paper's (docs/sources.md, evaluation): I3D Kinetics-400 features (`i3d-logits`, AnimateLCM's, or the 1024-d
   `i3d-pool`) and CLIPSIM.
 * The toy world's: the judge of toy/classifier.py (its 64-d features, as the toy FVD of toy/evaluate.py
   uses them) and its prompt accuracy (colour, shape and direction all as the prompt says: 1, else 0).
@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from cli import UserError
+from runtime.cli import UserError
 
 FEATURES = ("i3d-logits", "i3d-pool", "toy-judge")
 PROMPT_SCORES = ("clipsim", "prompt-accuracy")
@@ -67,7 +67,7 @@ def load_judge(weights: Path, frames: int, device="cpu"):
     """The toy world's VideoClassifier from its safetensors file (toy/weights/toy_classifier.safetensors)."""
     from safetensors.torch import load_file
     from toy.classifier import VideoClassifier
-    from weights import load_strict
+    from runtime.weights import load_strict
     model = VideoClassifier(frames)
     load_strict(model, load_file(str(weights)), f"{weights} (expected the toy judge, toy_classifier.safetensors)")
     return model.to(device).eval()

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cli import UserError
+from runtime.cli import UserError
 from metrics.clipsim import CLIPScorer
 
 TINY = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},

@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from colour import hsv_to_rgb, match_colours, rgb_to_hsv
+from media.colour import hsv_to_rgb, match_colours, rgb_to_hsv
 
 
 def test_hsv_equals_pillows_and_inverts():

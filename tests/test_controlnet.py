@@ -11,7 +11,7 @@ from unet.config import UNetConfig
 from unet.controlnet import (SD15_HINT_CHANNELS, ControlNet, controlnet_architecture, controlnet_state_to_ldm,
                              load_controlnet, read_controlnet)
 from unet.load import load_unet
-from weights import CheckpointError, save_safetensors
+from runtime.weights import CheckpointError, save_safetensors
 
 # Four hint widths, like SD1.5's (16, 32, 96, 256): control images are 8x the latent size and the
 # LDM indices (input_hint_block.0 ... 14) are the real ones, which diffusers' converter hard-codes.

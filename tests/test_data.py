@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from cli import UserError
-from data import ImageCaptionDataset, ResumableSampler, VideoCaptionDataset, collate
-from video_io import resize_crop, to_model, write_video
+from runtime.cli import UserError
+from media.data import ImageCaptionDataset, ResumableSampler, VideoCaptionDataset, collate
+from media.video import resize_crop, to_model, write_video
 
 
 def clip(n: int, h: int = 40, w: int = 48, channel: int = 0) -> np.ndarray:

@@ -5,8 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from lcm.distill import (consistency_loss, ddim_grid, ddim_solver_step, denoising_loss, denoising_weight, diffusion_loss,
-                         distillation_loss, grid_pairs, guided, loss_weight, pseudo_huber, teacher_free_point)
+from lcm.denoise import denoising_loss, denoising_weight, diffusion_loss, drop_captions
+from lcm.distill import (consistency_loss, ddim_grid, ddim_solver_step, distillation_loss, grid_pairs, guidance_weights,
+                         guided, loss_weight, pseudo_huber, teacher_ddim_point, teacher_free_point)
 from lcm.ema import ema_update
 from lcm.schedule import NoiseSchedule, boundary_scalings, consistency_output
 
@@ -54,8 +55,9 @@ def test_guidance_and_losses_against_direct_formulas():
 
 def test_teacher_free_point_shares_the_noise():
     schedule, x0, noise = NoiseSchedule(), torch.randn(2, 4, 8), torch.randn(2, 4, 8)
-    t_end = torch.tensor([0, 480])
-    point = teacher_free_point(schedule, x0, noise, t_end)
+    t_start, t_end = torch.tensor([19, 500]), torch.tensor([0, 480])
+    x_start = schedule.add_noise(x0, noise, t_start)
+    point = teacher_free_point(schedule, x0, noise, x_start, t_start, t_end)
     alpha, sigma = schedule.alphas_cumprod[t_end].sqrt(), (1 - schedule.alphas_cumprod[t_end]).sqrt()
     torch.testing.assert_close(point, alpha[:, None, None] * x0 + sigma[:, None, None] * noise)
 
@@ -76,8 +78,12 @@ def test_distillation_loss_is_the_direct_computation():
     target.w.data.fill_(0.4)
     teacher.w.data.fill_(0.9)
     context, uncontext, w = torch.full_like(x0, 0.1), torch.zeros_like(x0), torch.tensor([6.0] * 4)
-    loss, t = distillation_loss(online, target, teacher, schedule, x0, context, uncontext, w, 50, "huber",
-                                torch.Generator().manual_seed(3))
+
+    def loss_of(**kwargs):
+        return distillation_loss(online=online, target=target, target_point=teacher_ddim_point(teacher, uncontext, w),
+                                 schedule=schedule, x0=x0, context=context, original_steps=50, loss="huber",
+                                 generators=torch.Generator().manual_seed(3), **kwargs)
+    loss, t = loss_of()
     g = torch.Generator().manual_seed(3)
     t_start, t_end = grid_pairs(4, 50, generator=g)
     noise = torch.randn(x0.shape, generator=g)
@@ -94,9 +100,48 @@ def test_distillation_loss_is_the_direct_computation():
     torch.testing.assert_close(loss, pseudo_huber(f_online, f_target))
     loss.mean().backward()
     assert online.w.grad is not None and target.w.grad is None and teacher.w.grad is None
-    weighted, _ = distillation_loss(online, target, teacher, schedule, x0, context, uncontext, w, 50, "huber",
-                                    torch.Generator().manual_seed(3), weighting="sqrt_snr")
+    weighted, _ = loss_of(weighting="sqrt_snr")
     torch.testing.assert_close(weighted, loss.detach() * loss_weight(schedule, t_start, "sqrt_snr"))
+
+
+def test_teacher_free_loss_by_hand():
+    """Stage 3's step with no teacher, computed by hand: one scalar sample x0 = 1 at the lowest grid pair
+    (19 -> 0), where the target's f is its input whatever the target predicts (c_skip(0) = 1, c_out(0) = 0),
+    and an online model that predicts the true noise, so that its x0 estimate is exact."""
+    schedule = NoiseSchedule()
+    x0 = torch.ones(1, 1)
+    abar = schedule.alphas_cumprod
+    # a seed whose first draw is grid index 0 (t_{n+k} = 19); its next draw is the noise
+    seed = next(i for i in range(1000) if torch.randint(0, 50, (1,), generator=torch.Generator().manual_seed(i)) == 0)
+    g = torch.Generator().manual_seed(seed)
+    torch.randint(0, 50, (1,), generator=g)
+    noise = torch.randn(1, 1, generator=g)
+    x19 = abar[19].sqrt() * x0 + (1 - abar[19]).sqrt() * noise
+    x_end = abar[0].sqrt() * x0 + (1 - abar[0]).sqrt() * noise  # the same noise, at t_n = 0
+    c_skip, c_out = 0.25 / (190.0 ** 2 + 0.25), 190.0 / (190.0 ** 2 + 0.25) ** 0.5
+    f_online = c_skip * x19 + c_out * x0  # eps_hat = the true noise, so x0_hat = x0
+    f_target = x_end  # c_skip(0) = 1, c_out(0) = 0: whatever the target predicts
+    expected = ((f_online - f_target) ** 2 + 1e-6).sqrt() - 1e-3
+
+    def true_noise(x, t, c):  # the epsilon that made x from x0 = 1 at timestep t
+        a, s = schedule.alpha_sigma(t, x)
+        return (x - a * x0) / s
+    loss, t = distillation_loss(online=true_noise, target=lambda x, t, c: torch.full_like(x, 123.0),
+                                target_point=teacher_free_point, schedule=schedule, x0=x0, context=None,
+                                original_steps=50, generators=torch.Generator().manual_seed(seed))
+    assert t.tolist() == [19]
+    torch.testing.assert_close(loss, expected.flatten(), rtol=1e-5, atol=1e-7)
+
+
+def test_guidance_weights_and_caption_dropout_draw_one_number_per_sample():
+    generators = [torch.Generator().manual_seed(i) for i in range(200)]
+    w = guidance_weights(generators, 5.0, 15.0)
+    assert w.shape == (200,) and 5 <= w.min() and w.max() <= 15 and w.std() > 2
+    again = guidance_weights([torch.Generator().manual_seed(i) for i in range(200)], 5.0, 15.0)
+    assert torch.equal(w, again)  # a sample's draw depends on its generator only
+    captions = drop_captions(["c"] * 200, [torch.Generator().manual_seed(i) for i in range(200)], 0.25)
+    assert 30 < captions.count("") < 70 and set(captions) == {"", "c"}
+    assert drop_captions(["c"] * 5, [torch.Generator().manual_seed(i) for i in range(5)], 0.0) == ["c"] * 5
 
 
 def test_loss_weight_is_one_or_sqrt_snr_with_mean_one_over_the_grid():

@@ -54,7 +54,7 @@ def test_reference_resolution_rejects_what_is_not_there():
 
 
 def test_figures_script_makes_every_figure_the_docs_show(tmp_path):
-    done = subprocess.run([sys.executable, str(ROOT / "docs" / "figures.py"), "--quick", "--out", str(tmp_path)],
+    done = subprocess.run([sys.executable, "-m", "docs.figures", "--quick", "--out", str(tmp_path)],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     shown = {name for doc in DOCS for name in FIGURE.findall(doc.read_text())}

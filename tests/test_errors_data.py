@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import cli
+from runtime import cli
 import train_adapter
 import train_image
 import train_video

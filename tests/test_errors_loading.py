@@ -85,7 +85,7 @@ def test_a_diffusers_folder_brings_its_vae_config(tmp_path):
 
 def test_a_vae_that_fits_no_groupnorm_is_one_line(tmp_path):
     from vae import load_vae
-    from weights import CheckpointError
+    from runtime.weights import CheckpointError
     from diffusers import AutoencoderKL
     vae = AutoencoderKL(**{**TINY_VAE, "block_out_channels": (16, 32), "down_block_types": ("DownEncoderBlock2D",) * 2,
                            "up_block_types": ("UpDecoderBlock2D",) * 2})

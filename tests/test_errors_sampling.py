@@ -14,7 +14,7 @@ from PIL import Image
 import sample
 import sd15
 from test_sample_cli import run as generate, weights  # noqa: F401 - fixture
-from video_io import read_video, write_video
+from media.video import read_video, write_video
 
 ROOT = Path(__file__).resolve().parents[1]
 

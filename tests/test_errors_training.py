@@ -18,12 +18,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import cli
 import train_adapter
 import train_image
+import train_teacher
 import train_video
+from runtime import cli
+from runtime.weights import read_metadata
 from test_train import adapter_args, image_args, log_records, video_args, world  # noqa: F401 (a fixture)
-from weights import read_metadata
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,7 +37,7 @@ class Loaded(Exception):
 def no_loading(monkeypatch):
     def refuse(*args, **kwargs):
         raise Loaded
-    for script in (train_image, train_video, train_adapter):
+    for script in (train_image, train_video, train_adapter, train_teacher):
         monkeypatch.setattr(script, "load_sd15", refuse)
 
 
@@ -50,14 +51,15 @@ def run(main, argv, capsys) -> tuple[int, str]:
 def test_bad_flags_are_all_named_in_one_line_before_loading(world, tmp_path, capsys, no_loading):
     args = image_args(world, tmp_path / "x", "--save-every", "0", "--grad-accum", "0", "--loss", "l1",
                       "--precision", "fp8", "--lr", "nan", "--size", "30", "--steps", "0", "--device", "gpu",
-                      "--ema-decay", "1", "--objective", "teacher", "--lr-anneal-at", "-1", "--lr-anneal-factor", "2")
+                      "--ema-decay", "1", "--w-min", "9", "--w-max", "3", "--lr-anneal-at", "-1",
+                      "--lr-anneal-factor", "2")
     code, err = run(train_image.main, args, capsys)
     assert code == 2 and err.count("\n") == 1 and err.startswith("error: ")
     for problem in ("--save-every must be at least 1 (got 0)", "--grad-accum must be at least 1",
                     "--loss must be huber or l2 (got 'l1')", "--precision must be bf16 or fp16 or fp32",
                     "--lr must be a positive number (got nan)", "--size must be a positive multiple of 8",
                     "--steps must be at least 1", "--device 'gpu' is not a device", "--ema-decay must be in [0, 1)",
-                    "--objective must be consistency or diffusion (got 'teacher')",
+                    "--w-min 9.0 is above --w-max 3.0",
                     "--lr-anneal-at must be 0 or more (got -1)", "--lr-anneal-factor must be in (0, 1] (got 2.0)"):
         assert problem in err, problem
     assert not (tmp_path / "x").exists()  # nothing written either
@@ -67,6 +69,10 @@ def test_bad_flags_are_all_named_in_one_line_before_loading(world, tmp_path, cap
     if not torch.cuda.is_available():
         code, err = run(train_adapter.main, adapter_args(world, tmp_path / "y", "--device", "cuda"), capsys)
         assert code == 2 and "--device cuda: no CUDA GPU is available on this machine; use --device cpu" in err
+    code, err = run(train_teacher.main, adapter_args(world, tmp_path / "z", "--train", "controlnet", "--caption-dropout",
+                                                     "2", "--loss-weight", "sqrt_snr"), capsys)
+    assert code == 2 and "--caption-dropout must be in [0, 1] (got 2.0)" in err
+    assert "--loss-weight must be uniform or sqrt_v or v (got 'sqrt_snr')" in err and not (tmp_path / "z").exists()
 
 
 def test_boolean_flags_accept_only_true_or_false(world, tmp_path, capsys, no_loading):
@@ -171,15 +177,15 @@ def test_a_checkpoint_that_does_not_fit_is_one_line(world, tmp_path, capsys):
 def test_weights_that_become_inf_are_never_written(world, tmp_path, capsys, monkeypatch):
     """An optimizer step that leaves an inf in the LoRA (the loss before it was finite): the save
     refuses, the previous save stays, the message says which step it holds."""
-    import training
-    step = training.optimizer_step
+    step = torch.optim.AdamW.step
 
-    def diverging_step(optimizer, params, grad_clip, rt):
-        norm = step(optimizer, params, grad_clip, rt)
-        if optimizer.state[params[0]]["step"] == 2:
-            params[0].data.view(-1)[0] = float("inf")
-        return norm
-    monkeypatch.setattr(training, "optimizer_step", diverging_step)
+    def diverging_step(optimizer, *args, **kwargs):
+        result = step(optimizer, *args, **kwargs)
+        first = optimizer.param_groups[0]["params"][0]
+        if optimizer.state[first]["step"] == 2:
+            first.data.view(-1)[0] = float("inf")
+        return result
+    monkeypatch.setattr(torch.optim.AdamW, "step", diverging_step)
     out = tmp_path / "inf"
     code, err = run(train_image.main, image_args(world, out, "--steps", "3", "--lora-rank", "4", "--save-every", "1"),
                     capsys)
@@ -187,7 +193,7 @@ def test_weights_that_become_inf_are_never_written(world, tmp_path, capsys, monk
     assert f"{out / 'checkpoint.pt'} holds step 1 (finite weights)" in err
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 1 and not list(out.glob("*.tmp"))
     assert json.loads(read_metadata(out / "lora.safetensors")["step"]) == 1  # the export was not replaced either
-    from weights import NonFiniteError, save_safetensors
+    from runtime.weights import NonFiniteError, save_safetensors
     with pytest.raises(NonFiniteError, match="x.safetensors: not written: 1 tensor"):
         save_safetensors({"a": torch.ones(2), "b": torch.tensor([0.0, float("nan")])}, tmp_path / "x.safetensors")
     assert not (tmp_path / "x.safetensors").exists()
@@ -256,22 +262,24 @@ def test_toy_run_stops_non_zero_when_a_stage_is_interrupted(tmp_path, capsys, mo
 def test_the_toy_scripts_and_benchmarks_report_problems_in_one_line(tmp_path):
     """The sweeps (which run the training scripts), toy/health.py and a benchmark: exit code 2, one line,
     no traceback; the sweeps check --device and --weights before writing any data."""
-    commands = {"toy/sweep_stage1.py": (["--variant", "a=", "--weights", str(tmp_path), "--out", str(tmp_path / "s1"),
-                                         "--device", "gpu"], "--device 'gpu' is not a device"),
-                "toy/sweep_stage2.py": (["--weights", str(tmp_path), "--out", str(tmp_path / "s2")],
-                                        f"--weights {tmp_path} lacks toy_sd15.safetensors, "),
-                "toy/health.py": (["--sd15", str(tmp_path / "missing.safetensors")],
-                                  f"{tmp_path / 'missing.safetensors'}: no such file"),
-                "benchmarks/bench_unet.py": (["--device", "gpu"], "--device 'gpu' is not a device")}
-    for script, (args, message) in commands.items():
-        run_ = subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True, text=True, timeout=300)
+    commands = {"toy.studies.sweep_stage1": (["--variant", "a=", "--weights", str(tmp_path), "--out",
+                                              str(tmp_path / "s1"), "--device", "gpu"], "--device 'gpu' is not a device"),
+                "toy.studies.sweep_stage2": (["--weights", str(tmp_path), "--out", str(tmp_path / "s2")],
+                                             f"--weights {tmp_path} lacks toy_sd15.safetensors, "),
+                "toy.health": (["--sd15", str(tmp_path / "missing.safetensors")],
+                               f"{tmp_path / 'missing.safetensors'}: no such file"),
+                "benchmarks.bench_unet": (["--device", "gpu"], "--device 'gpu' is not a device")}
+    for module, (args, message) in commands.items():
+        run_ = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=300,
+                              cwd=ROOT)
+        script = module
         assert run_.returncode == 2 and "Traceback" not in run_.stderr, (script, run_.stderr[-2000:])
         assert run_.stderr.count("\n") == 1 and message in run_.stderr, (script, run_.stderr)
     assert not (tmp_path / "s1").exists() and not (tmp_path / "s2").exists()
 
 
 def test_a_sweep_stopped_by_a_signal_says_to_run_the_sweep_again():
-    from toy.compare import sweep_train
+    from toy.studies.compare import sweep_train
 
     def stopped(argv):
         raise cli.Interrupted("stopped by SIGTERM at step 2 of 4; ... continue with --resume true", 143)

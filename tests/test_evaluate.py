@@ -31,12 +31,12 @@ def tiny(out, real_clips, *extra) -> list[str]:
 
 def counting(monkeypatch) -> list:
     """Record the (prompt, seed) pairs evaluate.py generates."""
-    made, real = [], evaluate.generate_batch
+    made, real = [], evaluate.uint8_videos
 
-    def generate_batch(model, request, prompts, seeds):
+    def uint8_videos(model, request, prompts, seeds):
         made.extend((request.steps, p, s) for p, s in zip(prompts, seeds))
         return real(model, request, prompts, seeds)
-    monkeypatch.setattr(evaluate, "generate_batch", generate_batch)
+    monkeypatch.setattr(evaluate, "uint8_videos", uint8_videos)
     return made
 
 
@@ -126,14 +126,14 @@ def test_a_video_is_sample_pys_video_whatever_the_batch(toy_model, sampler, guid
     """Alone, exactly pipeline.generate's video for that prompt and seed; in a batch, within one level."""
     from lcm.schedule import NoiseSchedule
     from pipeline import Request, generate
-    from video_io import to_uint8
+    from media.video import to_uint8
     request = Request(prompt="", frames=8, height=32, width=32, steps=2, sampler=sampler, guidance=guidance,
                       original_steps=50, schedule=NoiseSchedule("beta_linear"), progress=False)
     prompts, seeds = ["a red circle moving left", "a blue square moving up"], [5, 6]
-    expected = [to_uint8(generate(toy_model, Request(**{**request.__dict__, "prompt": p, "seed": s})))
+    expected = [to_uint8(generate(toy_model, Request(**{**request.__dict__, "prompt": p, "seed": s}))[0])
                 for p, s in zip(prompts, seeds)]
-    alone = [evaluate.generate_batch(toy_model, request, [p], [s])[0] for p, s in zip(prompts, seeds)]
-    batched = evaluate.generate_batch(toy_model, request, prompts, seeds)
+    alone = [evaluate.uint8_videos(toy_model, request, [p], [s])[0] for p, s in zip(prompts, seeds)]
+    batched = evaluate.uint8_videos(toy_model, request, prompts, seeds)
     for e, a, b in zip(expected, alone, batched):
         assert np.array_equal(a, e)
         assert np.abs(b.astype(int) - e).max() <= 1 and (b != e).mean() < 1e-3

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from conftest import load_manifest
 from metrics.i3d import InceptionI3d, Unit3d, i3d_input, load_i3d, pad_same, same_padding
-from weights import CheckpointError
+from runtime.weights import CheckpointError
 
 
 def test_our_model_has_exactly_the_published_keys_and_shapes():

@@ -11,7 +11,7 @@ from unet.config import UNetConfig
 from unet.load import load_unet
 from unet.lora import LoRANetwork, kohya_from_peft, lora_targets
 from unet.model import UNet
-from weights import CheckpointError, save_safetensors
+from runtime.weights import CheckpointError, save_safetensors
 
 
 def random_kohya_lora(unet, rank=4, alpha=2.0, seed=0):

@@ -4,13 +4,14 @@ our video-to-video with --strength-convention diffusers its AnimateDiffVideoToVi
 import pytest
 import torch
 
+from conftest import FIXTURES
 from pipeline import Request, generate, request_timesteps
+from runtime.weights import HINTS_KEY, save_safetensors
 from sd15 import load_sd15
 from test_lora import random_kohya_lora
 from test_sampler import diffusers_kept
-from test_unet import PerFrameGroupNorm
-from tiny import hf_clip_tokenizer, original_motion_file_state, sd15_file_state, tiny_reference_parts
-from weights import HINTS_KEY, save_safetensors
+from tiny import (PerFrameGroupNorm, hf_clip_tokenizer, original_motion_file_state, sd15_file_state,
+                  tiny_reference_parts)
 
 HINTS = {"unet": {"attention_heads": 4, "motion_heads": 4, "norm_groups": 8}, "vae": {"norm_groups": 8},
          "text_encoder": {"heads": 4}}
@@ -70,13 +71,13 @@ def test_text_to_video_equals_diffusers(setup, tmp_path, guidance, lora):
     ours = load_sd15(d / "sd15.safetensors", d / "motion.safetensors", [lora_arg] if lora else [])
     request = Request(prompt="a red circle moving left", negative_prompt="blurry", frames=6, height=64,
                       width=64, steps=4, guidance=guidance, seed=3, progress=False)
-    video = generate(ours, request)
+    video = generate(ours, request)[0]
     expected = diffusers_video(parts, tmp_path, request.prompt, request.negative_prompt, guidance, 4, 6, 3,
                                lora_arg)
     assert video.shape == expected.shape == (3, 6, 64, 64)
     assert (video - expected).abs().max() < 1e-4
     # and the seed matters
-    other = generate(ours, Request(**{**request.__dict__, "seed": 4}))
+    other = generate(ours, Request(**{**request.__dict__, "seed": 4}))[0]
     assert (other - video).abs().max() > 1e-3
 
 
@@ -89,7 +90,7 @@ def test_video_to_video_with_diffusers_convention_equals_diffusers(setup, tmp_pa
     request = Request(prompt="a red circle moving left", negative_prompt="blurry", frames=6, height=64, width=64,
                       steps=4, guidance=guidance, seed=3, sampler=sampler, video=source * 2 - 1, strength=strength,
                       strength_convention="diffusers", progress=False)
-    video = generate(ours, request)
+    video = generate(ours, request)[0]
     pipe = diffusers_pipe(AnimateDiffVideoToVideoPipeline, parts, tmp_path, diffusers_scheduler(sampler))
     expected = pipe(video=source.transpose(1, 2), prompt=request.prompt, negative_prompt=request.negative_prompt,
                     height=64, width=64, num_inference_steps=4, guidance_scale=guidance, strength=strength,
@@ -97,8 +98,73 @@ def test_video_to_video_with_diffusers_convention_equals_diffusers(setup, tmp_pa
     assert video.shape == expected.shape == (3, 6, 64, 64)
     assert (video - expected).abs().max() < 1e-4
     # our default (AnimateLCM's convention) is another video for the same seed
-    default = generate(ours, Request(**{**request.__dict__, "strength_convention": "lcm"}))
+    default = generate(ours, Request(**{**request.__dict__, "strength_convention": "lcm"}))[0]
     assert (default - expected).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("sampler,guidance,kind", [("lcm", 1.0, "t2v"), ("ddim", 1.5, "t2v"), ("dpmpp_2m", 1.0, "t2v"),
+                                                   ("lcm", 1.0, "v2v"), ("lcm", 1.3, "i2v")])
+def test_a_video_does_not_depend_on_the_batch_it_is_drawn_in(setup, sampler, guidance, kind):
+    """Each video's noise comes from its own seed: drawn alone, in a batch, or in another order, the same
+    video (up to float rounding of batched matrix products)."""
+    d, _ = setup
+    ours = load_sd15(d / "sd15.safetensors", d / "motion.safetensors")
+    prompts, seeds = ["a red circle moving left", "a blue square moving up", "a cat"], [5, 6, 7]
+    g = torch.Generator().manual_seed(0)
+    extra = {"v2v": {"video": torch.rand(3, 3, 4, 64, 64, generator=g) * 2 - 1},
+             "i2v": {"image": torch.rand(3, 3, 64, 64, generator=g) * 2 - 1, "anchor_first_frame": True,
+                     "match_colours": False}}.get(kind, {})
+    request = Request(prompt=prompts, seed=seeds, frames=4, height=64, width=64, steps=3, sampler=sampler,
+                      guidance=guidance, progress=False, **extra)
+    batched = generate(ours, request)
+    assert batched.shape == (3, 3, 4, 64, 64)
+    for i in range(3):
+        alone = generate(ours, Request(**{**request.__dict__, "prompt": prompts[i], "seed": seeds[i],
+                                          **{k: v[i:i + 1] for k, v in extra.items() if torch.is_tensor(v)}}))[0]
+        assert (alone - batched[i]).abs().max() < 1e-5, i
+    order = [2, 0, 1]
+    shuffled = generate(ours, Request(**{**request.__dict__, "prompt": [prompts[i] for i in order],
+                                         "seed": [seeds[i] for i in order],
+                                         **{k: v[order] for k, v in extra.items() if torch.is_tensor(v)}}))
+    assert (shuffled - batched[order]).abs().max() < 1e-5
+    assert (batched[0] - batched[1]).abs().max() > 1e-2
+    with pytest.raises(ValueError, match="one seed per prompt"):
+        generate(ours, Request(**{**request.__dict__, "seed": 5}))
+
+
+def test_sample_py_writes_the_frames_it_always_wrote(tmp_path):
+    """`python sample.py` on the bundled toy model, eight ways (text-, image-, video-to-video, long videos,
+    ControlNet; LCM, DDIM, DPM-Solver++): the frames saved from the code before the generation paths were
+    joined into pipeline.generate (tests/fixtures/sample_frames.npz), within one level of rounding."""
+    import numpy as np
+    import sample
+    from media.video import read_video, write_video
+    from toy.world import clip_from_seed, render
+    from PIL import Image
+    expected = np.load(FIXTURES / "sample_frames.npz")
+    clip = clip_from_seed(123)
+    video, masks = render(clip)
+    Image.fromarray(video[0]).save(tmp_path / "first.png")
+    write_video(video, tmp_path / "source.gif", fps=8)
+    write_video(np.repeat(masks[..., None], 3, -1), tmp_path / "control.gif", fps=8)
+    weights = sample.ROOT / "toy" / "weights"
+    cases = {
+        "t2v_lcm4": [],
+        "t2v_lcm1_seed3": ["--steps", "1", "--seed", "3", "--prompt", "a blue square moving up"],
+        "t2v_ddim4": ["--sampler", "ddim", "--guidance", "4.5", "--prompt", "a green triangle moving down"],
+        "t2v_dpmpp4": ["--sampler", "dpmpp_2m", "--guidance", "4.5", "--steps", "4", "--seed", "2"],
+        "i2v": ["--image", str(tmp_path / "first.png"), "--prompt", clip.caption],
+        "v2v": ["--video", str(tmp_path / "source.gif"), "--strength", "0.6", "--prompt", clip.caption],
+        "long": ["--frames", "12", "--context-frames", "8", "--context-overlap", "4"],
+        "control": ["--controlnet", str(weights / "toy_layout_controlnet.safetensors"), "--controlnet-lora",
+                    str(weights / "toy_layout_controlnet_lora.safetensors"), "--control", str(tmp_path / "control.gif"),
+                    "--prompt", clip.caption]}
+    assert set(cases) == set(expected.files)
+    for name, flags in cases.items():
+        assert sample.main(["--upscale", "1", "--out", str(tmp_path / name), *flags]) == 0
+        frames = read_video(tmp_path / name)
+        assert frames.shape == expected[name].shape, name
+        assert np.abs(frames.astype(int) - expected[name]).max() <= 1, name
 
 
 @pytest.mark.parametrize("steps,strength", [(4, 0.7), (4, 0.5), (4, 0.75), (4, 0.25), (8, 0.6), (3, 0.9), (10, 0.29),

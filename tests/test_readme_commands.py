@@ -23,18 +23,22 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^[ \t]*```(?:bash|sh|shell)[ \t]*\n(.*?)^[ \t]*```", re.S | re.M)  # also indented
 
-TRAINS = {"train_image.py", "train_video.py", "train_adapter.py", "toy/run.py", "toy/train_vae.py",
-          "toy/sweep_stage1.py", "toy/sweep_stage2.py", "toy/seeds.py"}
-MEASURES = {"toy/compare.py", "toy/health.py", "toy/probe.py", "toy/decide.py", "evaluate.py",
-            "toy/diagnose_stage3.py"}  # hundreds of videos
+TRAINS = {"train_teacher.py", "train_image.py", "train_video.py", "train_adapter.py", "toy/run.py", "toy/train_vae.py",
+          "toy/studies/sweep_stage1.py", "toy/studies/sweep_stage2.py", "toy/seeds.py"}
+MEASURES = {"toy/studies/compare.py", "toy/health.py", "toy/studies/decide.py", "evaluate.py",
+            "toy/studies/diagnose_stage3.py"}  # hundreds of videos
 INPUTS = {"--sd15", "--motion", "--lora", "--teacher-motion", "--data", "--image", "--video", "--controlnet",
           "--control", "--control-data", "--controlnet-lora", "--run", "--weights"}
 CHEAP_FIGURES = {"schedule", "boundary", "solver_grid", "toy_results"}  # drawn without sampling a model
 
 
 def script(tokens: list[str]) -> str:
-    """The .py file a command runs ('' for `python -c`, `python -m`, and anything else)."""
-    return next((t for t in tokens[1:] if t.endswith(".py")), "") if tokens[0] in ("python", "torchrun") else ""
+    """The .py file a command runs, also as `python -m package.module` ('' for `python -c` and anything else)."""
+    if tokens[0] not in ("python", "torchrun"):
+        return ""
+    if tokens[1:2] == ["-m"] and len(tokens) > 2:  # this repository's modules; not `python -m pytest`
+        return tokens[2].replace(".", "/") + ".py" if (ROOT / tokens[2].split(".")[0]).is_dir() else ""
+    return next((t for t in tokens[1:] if t.endswith(".py")), "")
 
 
 def not_shipped(tokens: list[str]) -> list[str]:
@@ -146,6 +150,7 @@ def test_the_rules_run_the_fresh_machine_commands_and_sort_the_rest():
     assert found["pip install -r requirements.txt"] == "skip" and found["python -m pytest"] == "skip"
     assert sum(k == "run" for k in found.values()) >= 5
     assert kind(["python", "sample.py", "--sd15", "v1-5-pruned-emaonly.safetensors"])[0] == "skip"
-    assert kind(["python", "docs/figures.py", "--only", "videos", "--out", "x"])[0] == "slow"
-    assert kind(["python", "docs/figures.py", "--quick", "--out", "x"])[0] == "run"
-    assert kind(["python", "toy/run.py", "--help"])[0] == "run"
+    assert kind(["python", "-m", "docs.figures", "--only", "videos", "--out", "x"])[0] == "slow"
+    assert kind(["python", "-m", "docs.figures", "--quick", "--out", "x"])[0] == "run"
+    assert kind(["python", "-m", "toy.run", "--help"])[0] == "run"
+    assert kind(["python", "-m", "toy.run", "--quick"])[0] == "skip" and script(["python", "-m", "pytest"]) == ""

@@ -10,7 +10,7 @@ from test_sd15 import tiny_parts
 from tiny import randomize
 from unet.load import save_motion_module
 from unet.model import UNet
-from video_io import read_video, write_video
+from media.video import read_video, write_video
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +107,7 @@ def test_wrong_kind_of_file(weights, tmp_path, capsys):
     assert sample.main(args) == 2
     assert "motion module (pass it with --motion)" in capsys.readouterr().err
     sdxl = {"conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight": torch.zeros(2)}
-    from weights import save_safetensors
+    from runtime.weights import save_safetensors
     save_safetensors(sdxl, tmp_path / "sdxl.safetensors")
     assert sample.main(["--sd15", str(tmp_path / "sdxl.safetensors")]) == 2
     assert "SDXL" in capsys.readouterr().err
@@ -125,7 +125,7 @@ def test_controlnet_with_its_lora_steers_the_video(weights, tmp_path):
     from test_sd15 import tiny_parts
     from test_lora import random_kohya_lora
     from unet.controlnet import ControlNet, controlnet_state_to_ldm
-    from weights import save_safetensors
+    from runtime.weights import save_safetensors
     unet, _, _ = tiny_parts()
     identity = ControlNet.from_unet(unet, hint_channels=(8, 16))  # one 2x downsampling, as this tiny VAE
     save_safetensors(controlnet_state_to_ldm(identity), tmp_path / "identity.safetensors")

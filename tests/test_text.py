@@ -10,7 +10,7 @@ import torch
 from conftest import manifest_state
 from text import (CLIPTextEncoder, TextEncoderConfig, Tokenizer, load_text_encoder,
                   text_encoder_from_hf, text_encoder_state, text_encoder_to_hf)
-from weights import CheckpointError, save_safetensors
+from runtime.weights import CheckpointError, save_safetensors
 
 HEADS = 4
 

@@ -10,18 +10,17 @@ import numpy as np
 import pytest
 import torch
 
+import sample
+from runtime.cli import UserError
+from toy import run as toy_run
+from toy.classifier import frechet_distance, judge, load_classifier, real_reference
+from toy.constants import SHIPPED, WEIGHTS
+from toy.evaluate import prompts, toy_videos
+from toy.run import KEPT_FROM_WEIGHTS
+from toy.world import (ALL, COLOURS, HELD_OUT, SEEN, caption, clip_from_seed, parse_caption, render, sample_videos,
+                       write_dataset)
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import sample  # noqa: E402
-from cli import UserError  # noqa: E402
-from toy import run as toy_run  # noqa: E402
-from toy.classifier import frechet_distance, judge, real_reference  # noqa: E402
-from toy.evaluate import generate_batch, prompts  # noqa: E402
-from toy.world import (ALL, COLOURS, HELD_OUT, SEEN, caption, clip_from_seed, parse_caption, render,  # noqa: E402
-                       sample_videos, write_dataset)
-
-WEIGHTS = ROOT / "toy" / "weights"
 
 
 def test_world_is_deterministic_by_seed_and_masks_cover_the_shape():
@@ -93,7 +92,7 @@ def test_quick_pipeline_runs_every_stage_and_reports(quick_run):
     for row in results["text_to_video"]:
         assert np.isfinite(row["fvd"][0]) and 0 <= row["seen_accuracy"][0] <= 1
     assert (quick_run / "run" / "strip.gif").exists()
-    # every training stage logged its prompt following (--val-score toy) at its last step
+    # every training stage logged its prompt following (the toy's validation score) at its last step
     for stage, key in (("teacher_image", "toy_ddim_25"), ("teacher_motion", "toy_ddim_25"), ("stage1", "toy_lcm_4"),
                        ("stage2", "toy_lcm_1"), ("direct", "toy_lcm_4")):
         records = [json.loads(line) for line in (quick_run / "run" / stage / "log.jsonl").read_text().splitlines()]
@@ -115,10 +114,10 @@ def test_from_weights_keeps_a_folders_teachers_and_trains_stage_2_on(quick_run, 
     weights, out = quick_run / "weights", tmp_path / "again"
     flags = ["--quick", "--out", str(out), "--from-weights", str(weights), "--skip-eval", "--stage2-steps", "2"]
     assert toy_run.main(flags) == 0
-    for name, source in toy_run.SHIPPED.items():
+    for name, source in SHIPPED.items():
         stage = source.split("/")[0]
         assert (out / stage / "DONE").exists(), stage
-        kept = stage in toy_run.KEPT_FROM_WEIGHTS
+        kept = stage in KEPT_FROM_WEIGHTS
         assert (out / stage / "log.jsonl").exists() != kept, stage  # kept stages were not trained here
         if kept:
             shipped, copied = load_file(weights / name), load_file(out / source)
@@ -130,7 +129,7 @@ def test_from_weights_keeps_a_folders_teachers_and_trains_stage_2_on(quick_run, 
     assert max(steps) == 2
     times = json.loads((out / "times.json").read_text())
     shipped_times = json.loads((quick_run / "run" / "results.json").read_text())["times_s"]
-    assert all(times[k] == shipped_times[k] for k in toy_run.KEPT_FROM_WEIGHTS if k in shipped_times)
+    assert all(times[k] == shipped_times[k] for k in KEPT_FROM_WEIGHTS if k in shipped_times)
     assert {"stage2", "direct", "i2v", "layout"} <= set(times)
     assert toy_run.main(flags) == 0 and json.loads((out / "times.json").read_text()) == times  # nothing retrained
     with pytest.raises(UserError, match="trained stages of its own"):
@@ -147,7 +146,7 @@ def test_quick_weights_load_and_sample_through_sample_py(quick_run, tmp_path, mo
     assert sample.main(["--out", str(tmp_path / "toy.gif"), "--prompt", "a green square moving up"]) == 0
     assert sample.main(["--out", str(tmp_path / "native.gif"), "--prompt", "a green square moving up",
                         "--upscale", "1"]) == 0
-    from video_io import read_video
+    from media.video import read_video
     native, viewable = read_video(tmp_path / "native.gif"), read_video(tmp_path / "toy.gif")
     assert native.shape == (8, 32, 32, 3) and viewable.shape == (8, 256, 256, 3)  # toy output: 8x, nearest
     np.testing.assert_array_equal(viewable[:, ::8, ::8], native)
@@ -194,7 +193,7 @@ def test_seeds_retrains_the_distillations_and_counts_claims_per_seed(quick_run):
 def test_diagnose_stage3_breaks_down_a_runs_adapters(quick_run):
     """toy/diagnose_stage3.py on the --quick run: PSNR per texture (background and shape apart) and the
     ControlNet's masks against a zero control; its centroid and PSNR helpers checked on known inputs."""
-    from toy import diagnose_stage3
+    from toy.studies import diagnose_stage3
     masks = torch.zeros(2, 8, 8, dtype=torch.bool)
     masks[0, 2:4, 5:7] = True
     masks[1, 6, 1] = True
@@ -214,7 +213,7 @@ def test_diagnose_stage3_breaks_down_a_runs_adapters(quick_run):
 
 
 def test_compare_measures_a_run_and_the_real_clip_floor(quick_run, tmp_path):
-    from toy import compare
+    from toy.studies import compare
     out = tmp_path / "compare.json"
     assert compare.main(["--run", str(quick_run / "run"), "--steps", "1", "--sets", "2", "--count", "6",
                          "--reference", "16", "--json", str(out)]) == 0
@@ -235,7 +234,7 @@ def test_compare_measures_a_run_and_the_real_clip_floor(quick_run, tmp_path):
 
 
 def test_stage2_sweep_trains_each_variant_and_measures_it(quick_run, tmp_path):
-    from toy import sweep_stage2
+    from toy.studies import sweep_stage2
     out = tmp_path / "sweep.json"
     assert sweep_stage2.main(["--weights", str(quick_run / "weights"), "--out", str(tmp_path / "sweep"),
                               "--steps", "2", "--clips", "8", "--sets", "2", "--count", "4", "--skip-baselines",
@@ -249,7 +248,7 @@ def test_stage2_sweep_trains_each_variant_and_measures_it(quick_run, tmp_path):
 
 
 def test_stage2_sweep_measures_one_run_as_it_trains(quick_run, tmp_path):
-    from toy import sweep_stage2
+    from toy.studies import sweep_stage2
     flags = ["--weights", str(quick_run / "weights"), "--out", str(tmp_path / "sweep"), "--clips", "8", "--sets", "1",
              "--count", "4", "--skip-baselines", "--variant", "base="]
     out = tmp_path / "trajectory.json"
@@ -258,14 +257,14 @@ def test_stage2_sweep_measures_one_run_as_it_trains(quick_run, tmp_path):
     assert set(rows) == {f"base ({t} training steps), {s}" for t in (1, 2) for s in ("1 step", "4 steps")}
     assert rows["base (1 training steps), 1 step"] != rows["base (2 training steps), 1 step"]
     log = [json.loads(line) for line in (tmp_path / "sweep" / "base" / "log.jsonl").read_text().splitlines()]
-    # one run, continued: not retrained from the start (validation records, --val-score, carry no loss)
+    # one run, continued: not retrained from the start (validation records carry no loss)
     assert [r["step"] for r in log if "loss" in r] == [1, 2]
     with pytest.raises(UserError, match="trained past 1 steps"):  # one line and exit code 2 from the command line
         sweep_stage2.main([*flags, "--steps", "1"])
 
 
 def test_stage1_sweep_trains_each_variant_and_a_stage2_on_it(quick_run, tmp_path):
-    from toy import sweep_stage1
+    from toy.studies import sweep_stage1
     out = tmp_path / "sweep.json"
     assert sweep_stage1.main(["--weights", str(quick_run / "weights"), "--out", str(tmp_path / "sweep"),
                               "--stage2-steps", "1", "--clips", "8", "--sets", "2", "--count", "4", "--skip-baselines",
@@ -308,7 +307,7 @@ def shipped():
     return {"animatelcm": load_sd15(sd15, WEIGHTS / "toy_motion.safetensors", lora),
             "teacher": load_sd15(sd15, WEIGHTS / "toy_teacher_motion.safetensors"),
             "image": load_sd15(sd15),
-            "classifier": toy_run.load_classifier(WEIGHTS / "toy_classifier.safetensors"),
+            "classifier": load_classifier(WEIGHTS / "toy_classifier.safetensors"),
             "settings": json.loads((WEIGHTS / "toy.json").read_text())}
 
 
@@ -346,10 +345,10 @@ def test_shipped_animatelcm_beats_ddim_at_one_step_and_keeps_its_quality_at_four
     reference = real_reference(shipped["classifier"], 256, seed=321)
     guidance = shipped["settings"]["guidance_teacher"]
     fvd = {name: frechet_distance(judge(shipped["classifier"], videos)[0], reference) for name, videos in (
-        ("ours, 1 step", generate_batch(shipped["animatelcm"], caps, 1, "lcm", 1.0, seed=11)),
-        ("DDIM, 1 step", generate_batch(shipped["teacher"], caps, 1, "ddim", guidance, seed=11)),
-        ("ours, 4 steps", generate_batch(shipped["animatelcm"], caps, 4, "lcm", 1.0, seed=11)),
-        ("DDIM, 4 steps", generate_batch(shipped["teacher"], caps, 4, "ddim", guidance, seed=11)))}
+        ("ours, 1 step", toy_videos(shipped["animatelcm"], caps, 1, "lcm", 1.0, seed=11)),
+        ("DDIM, 1 step", toy_videos(shipped["teacher"], caps, 1, "ddim", guidance, seed=11)),
+        ("ours, 4 steps", toy_videos(shipped["animatelcm"], caps, 4, "lcm", 1.0, seed=11)),
+        ("DDIM, 4 steps", toy_videos(shipped["teacher"], caps, 4, "ddim", guidance, seed=11)))}
     print(f"toy FVD {fvd}")
     assert fvd["ours, 1 step"] < fvd["DDIM, 1 step"] / 3
     assert fvd["ours, 4 steps"] < 1.2 * fvd["DDIM, 4 steps"]
@@ -403,7 +402,7 @@ def test_sample_py_animates_an_image_with_the_toy_i2v_model(tmp_path):
     (toy.json); the written first frame keeps the image."""
     from PIL import Image
     from toy.evaluate import psnr
-    from video_io import read_video
+    from media.video import read_video
     for flags, anchored in (([], True), (["--anchor-first-frame", "false"], False), (["--sampler", "ddim"], False)):
         args = sample.parse_args(["--image", "first.png", *flags])
         sample.use_toy_model(args)
@@ -424,7 +423,7 @@ def test_sample_py_draws_the_prompted_motion(tmp_path):
     """The README's example: "a yellow square moving down" moves down (the pixel detector, native size)."""
     from toy.classifier import ATTRIBUTES
     from toy.detect import detect
-    from video_io import read_video
+    from media.video import read_video
     prompt, out = "a yellow square moving down", tmp_path / "down.gif"
     assert sample.main(["--out", str(out), "--prompt", prompt, "--upscale", "1"]) == 0
     video = torch.from_numpy(read_video(out)).float().permute(3, 0, 1, 2)[None] / 127.5 - 1  # [1, 3, F, H, W]
@@ -439,5 +438,5 @@ def test_python_sample_py_with_no_arguments_makes_a_toy_gif(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "wrote" in run.stdout and (tmp_path / "out.gif").exists()
-    from video_io import read_video
+    from media.video import read_video
     assert read_video(tmp_path / "out.gif").shape == (8, 256, 256, 3)  # the toy's 32 px, written 8x (--upscale)

@@ -2,18 +2,16 @@
 before its reading of generated videos means anything."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from toy.classifier import ATTRIBUTES, labels, to_model
+from toy.detect import detect, detect_stills
+from toy.world import ALL, sample_videos
 
-from toy.classifier import ATTRIBUTES, labels, to_model  # noqa: E402
-from toy.detect import detect, detect_stills  # noqa: E402
-from toy.world import ALL, sample_videos  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def accuracy(preds, clips, key, truth="direction"):
@@ -61,21 +59,12 @@ def test_health_scores_real_clips_of_its_fixed_prompts_as_right():
     assert shape_confusion(read, {"shape": torch.tensor([1, 1, 0, 0])}) == [[1, 0, 1, 0], [0, 1, 0, 1], [0, 0, 0, 0]]
 
 
-def test_linear_probe_reads_a_linear_label_and_not_noise():
-    from toy.probe import linear_probe
-    g = torch.Generator().manual_seed(0)
-    features = torch.randn(400, 16, generator=g)
-    label = features[:, :4].argmax(1)
-    assert linear_probe(features, label, 300, 4) >= 0.85  # argmax of 4 features: a linear rule (0.90 measured)
-    assert linear_probe(features, torch.randint(0, 4, (400,), generator=g), 300, 4) <= 0.45
-
-
 def test_decide_reads_the_clip_back_at_low_noise():
     """toy/decide.py's instrument on the shipped teacher: at t = 300 a clip's motion is plain in x_t, so
     the x0 prediction and a DDIM run from there move the way the clip does, whichever caption is given
     (a wrong noise level, latent scale or frame order would put this at chance, 0.25)."""
     from sd15 import load_sd15
-    from toy.decide import follows_clip, real_latents
+    from toy.studies.decide import follows_clip, real_latents
     from toy.world import SEEN
     weights = ROOT / "toy" / "weights"
     model = load_sd15(weights / "toy_sd15.safetensors", weights / "toy_teacher_motion.safetensors")
@@ -91,8 +80,8 @@ def test_health_separates_the_trail_from_the_motion(monkeypatch):
     """prompt_following's video record: real clips have the trail on the prompted side and move away
     from it; played backwards they keep the trail and move towards it."""
     import toy.evaluate
-    from toy.health import fixed_prompts, prompt_following
-    from toy.world import SEEN, Clip, parse_caption, render
+    from toy.health import prompt_following
+    from toy.world import Clip, parse_caption, render
 
     def real_clips(model, captions, *args, **kwargs):
         clips = [Clip(*parse_caption(c), size=11.0, start=(0.5, 0.5), speed=1.5, background=(110, 110, 110),
@@ -100,8 +89,8 @@ def test_health_separates_the_trail_from_the_motion(monkeypatch):
         videos = to_model(np.stack([render(c)[0] for c in clips]))
         return videos.flip(2) if model == "backwards" else videos
 
-    monkeypatch.setattr(toy.evaluate, "generate_batch", real_clips)
-    from toy.run import load_classifier
+    monkeypatch.setattr(toy.evaluate, "toy_videos", real_clips)
+    from toy.classifier import load_classifier
     judge = load_classifier(ROOT / "toy" / "weights" / "toy_classifier.safetensors")
     forwards = prompt_following("forwards", 4, "ddim", 4.5, frames=8, judge=judge)
     assert forwards["trail"] >= 0.95 and forwards["motion_follows_trail"] >= 0.95 and forwards["direction"] >= 0.95

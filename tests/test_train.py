@@ -14,15 +14,16 @@ import torch
 
 import train_adapter
 import train_image
+import train_teacher
 import train_video
-from cli import UserError
-from lcm.distill import distillation_loss
+from lcm.distill import distillation_loss, teacher_ddim_point
 from lcm.schedule import NoiseSchedule
+from runtime.cli import UserError
+from runtime.distributed import sample_generators
+from runtime.weights import read_metadata, read_state_dict
 from sd15 import load_sd15
 from tiny import write_clips, write_training_files
-from training import encode_latents, sample_generators
 from unet.lora import LoRANetwork
-from weights import read_metadata, read_state_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--size", "32", "--workers", "0", "--val-every", "0", "--log-every", "1", "--warmup-steps", "1",
@@ -66,18 +67,19 @@ def fixed_draw_loss(model, online, target, teacher, x0, captions, schedule, w=2.
     with torch.no_grad():
         for k in range(draws):
             gens = sample_generators(seed, k, 0, x0.shape[0])
-            loss, _ = distillation_loss(online, target, teacher, schedule, x0, context, uncontext,
-                                        torch.full((x0.shape[0],), w), 50, "huber", gens)
+            point = teacher_ddim_point(teacher, uncontext, torch.full((x0.shape[0],), w))
+            loss, _ = distillation_loss(online=online, target=target, target_point=point, schedule=schedule, x0=x0,
+                                        context=context, original_steps=50, loss="huber", generators=gens)
             total += loss.mean().item() / draws
     return total
 
 
-def image_batch(d, vae, video=False):
-    from data import ImageCaptionDataset, VideoCaptionDataset, collate
+def image_batch(d, model, video=False):
+    from media.data import ImageCaptionDataset, VideoCaptionDataset, collate
     dataset = VideoCaptionDataset(d / "clips", frames=4, stride=1, size=32) if video else \
         ImageCaptionDataset(d / "images", size=32)
     batch = collate([dataset[i] for i in range(len(dataset))])
-    return encode_latents(vae, batch["pixels"], sample_generators(0, 0, 0, len(dataset))), batch["captions"]
+    return model.encode_latents(batch["pixels"], sample_generators(0, 0, 0, len(dataset))), batch["captions"]
 
 
 def test_stage1_lora_learns_saves_in_kohya_format_and_leaves_the_base_alone(world, tmp_path):
@@ -91,7 +93,7 @@ def test_stage1_lora_learns_saves_in_kohya_format_and_leaves_the_base_alone(worl
     assert [r["step"] for r in records] == list(range(1, 31)) and all(r["loss"] > 0 for r in records)
     assert any(k.startswith("loss_t") for k in records[-1])
     # the trained LoRA lowers the consistency loss on the training images (fixed draws, before vs after)
-    x0, captions = image_batch(world, base.vae)
+    x0, captions = image_batch(world, base)
     trained = load_sd15(world / "sd15.safetensors")
     lora = LoRANetwork.load(trained.unet, out / "lora.safetensors")
     schedule = NoiseSchedule("sqrt_beta_linear")  # train_image's default
@@ -153,7 +155,7 @@ def test_stage2_target_init_follows_animatelcm(world, tmp_path):
     lora_file = tmp_path / "lora.safetensors"
     from test_lora import random_kohya_lora
     base = load_sd15(world / "sd15.safetensors", world / "motion.safetensors")
-    from weights import save_safetensors
+    from runtime.weights import save_safetensors
     save_safetensors(random_kohya_lora(base.unet, rank=4, alpha=4.0), lora_file)
     args = video_args(world, tmp_path / "s2", "--steps", "1", "--lora", str(lora_file), "--ema-decay", "0.5")
     result = train_video.main(args)
@@ -212,30 +214,31 @@ def test_stage3_controlnet_new_then_adapted_with_lora(world, tmp_path):
         train_adapter.main(adapter_args(world, tmp_path / "x", "--adapter", "controlnet"))
 
 
-def test_stage3_diffusion_objective_trains_an_adapter_for_the_diffusion_model(world, tmp_path, monkeypatch):
-    """--objective diffusion: the new ControlNet learns the DDPM loss on the frozen model (no consistency
-    target is ever built), validates with DDIM, and loads like any ControlNet."""
-    monkeypatch.setattr(train_adapter, "distillation_loss", lambda *a, **k: pytest.fail("consistency loss used"))
+def test_teacher_controlnet_learns_the_denoising_loss_for_the_diffusion_model(world, tmp_path, monkeypatch):
+    """train_teacher.py --train controlnet: a new ControlNet learns the DDPM loss on the frozen video model (no
+    consistency target is ever built), validates with DDIM, and loads like any ControlNet."""
     calls = []
-    real_denoising_loss = train_adapter.denoising_loss
+    real_denoising_loss = train_teacher.denoising_loss
 
     def denoising_loss(*args, **kwargs):
         calls.append(args[2].shape)  # x0 of the micro-batch
         return real_denoising_loss(*args, **kwargs)
-    monkeypatch.setattr(train_adapter, "denoising_loss", denoising_loss)
-    control = ["--adapter", "controlnet", "--control-data", str(world / "controls"), "--lr", "1e-3"]
-    result = train_adapter.main(adapter_args(world, tmp_path / "ddpm", *control, "--objective", "diffusion",
-                                             "--steps", "3", "--val-every", "3"))
+    monkeypatch.setattr(train_teacher, "denoising_loss", denoising_loss)
+    control = ["--train", "controlnet", "--control-data", str(world / "controls"), "--lr", "1e-3"]
+    result = train_teacher.main(adapter_args(world, tmp_path / "ddpm", *control, "--steps", "3", "--val-every", "3"))
     assert len(calls) == 3 and calls[0][2] == 4  # one loss per step, on video latents of 4 frames
     video = load_sd15(world / "sd15.safetensors", world / "motion.safetensors")
     for k, v in video.unet.state_dict().items():
-        assert torch.equal(v, result["unet"].state_dict()[k]), f"frozen {k} changed"
+        assert torch.equal(v, result["model"].unet.state_dict()[k]), f"frozen {k} changed"
     assert result["online"].controlnet_down_blocks[0].weight.abs().sum() > 0
     from unet.controlnet import load_controlnet
     load_controlnet(tmp_path / "ddpm" / "controlnet.safetensors")
-    assert [p.name for p in (tmp_path / "ddpm" / "val").iterdir()] == ["step000003_25steps.gif"]
-    with pytest.raises(UserError, match="--objective must be consistency or diffusion"):
-        train_adapter.main(adapter_args(world, tmp_path / "x", *control, "--objective", "ddpm"))
+    assert sorted(p.name for p in (tmp_path / "ddpm" / "val").iterdir()) == ["step000003_25steps.gif",
+                                                                           "step000003_4steps.gif"]
+    with pytest.raises(UserError, match="--train must be unet or motion or controlnet"):
+        train_teacher.main(adapter_args(world, tmp_path / "x", *control[2:], "--train", "ddpm"))
+    with pytest.raises(UserError, match="--train controlnet needs --motion"):
+        train_teacher.main(adapter_args(world, tmp_path / "x", *control[2:], "--train", "controlnet", "--motion", ""))
 
 
 def test_resume_continues_exactly(world, tmp_path):
@@ -331,38 +334,54 @@ def test_two_processes_match_one_process_on_the_combined_batch(world, tmp_path):
     assert [r["step"] for r in log_records(tmp_path / "ddp")] == [1, 2, 3]  # rank 0 alone writes
 
 
-def test_diffusion_objective_trains_teachers(world, tmp_path):
-    """--objective diffusion: train_image trains the whole UNet (a teacher) and writes an SD1.5 file;
-    train_video trains new motion modules on it (AnimateDiff recipe) and writes an AnimateDiff file."""
-    image = train_image.main(image_args(world, tmp_path / "t2i", "--objective", "diffusion", "--steps", "3",
-                                        "--lr", "1e-3", "--ema-decay", "0.5", "--val-every", "3",
-                                        "--lr-anneal-at", "2", "--lr-anneal-factor", "0.5"))
+def test_teacher_script_trains_the_image_model_and_new_motion_modules(world, tmp_path):
+    """train_teacher.py --train unet trains the whole UNet and writes an SD1.5 file; --train motion trains new
+    motion modules on it (AnimateDiff's recipe) and writes an AnimateDiff file."""
+    image = train_teacher.main(image_args(world, tmp_path / "t2i", "--train", "unet", "--steps", "3",
+                                          "--lr", "1e-3", "--ema-decay", "0.5", "--val-every", "3",
+                                          "--lr-anneal-at", "2", "--lr-anneal-factor", "0.5"))
     assert [r["lr"] for r in log_records(tmp_path / "t2i") if "lr" in r] == [1e-3, 1e-3, 5e-4]  # annealed at step 2
     start = load_sd15(world / "sd15.safetensors")
     trained = load_sd15(tmp_path / "t2i" / "model.safetensors")  # the EMA weights, loadable as --sd15
     key = "down_blocks.0.resnets.0.conv1.weight"
-    w0, w_online = start.unet.state_dict()[key], image["unet"].state_dict()[key]
+    w0, w_online = start.unet.state_dict()[key], image["online"].state_dict()[key]
     assert not torch.equal(w0, w_online)
     torch.testing.assert_close(trained.unet.state_dict()[key], image["target"].state_dict()[key])
     assert sorted(p.name for p in (tmp_path / "t2i" / "val").iterdir()) == ["step000003_25steps.png",
                                                                             "step000003_4steps.png"]
-    video_args_ = ["--sd15", str(tmp_path / "t2i" / "model.safetensors"), "--data", str(world / "clips"),
-                   "--out", str(tmp_path / "motion"), "--objective", "diffusion", "--steps", "3", "--lr", "1e-3",
+    video_args_ = ["--train", "motion", "--sd15", str(tmp_path / "t2i" / "model.safetensors"), "--data",
+                   str(world / "clips"), "--out", str(tmp_path / "motion"), "--steps", "3", "--lr", "1e-3",
                    "--ema-decay", "0", *SMALL, *VIDEO]
-    motion = train_video.main(video_args_)
+    motion = train_teacher.main(video_args_)
     changed = {k for k, v in motion["online"].state_dict().items() if not torch.equal(v, trained.unet.state_dict().get(k, v))}
     assert not changed  # spatial weights untouched (new motion modules are not in the image model)
     proj_out = [v for k, v in motion["online"].state_dict().items() if k.endswith("temporal_transformer.proj_out.weight")]
     assert proj_out and all(v.abs().sum() > 0 for v in proj_out)  # the zero-initialised outputs moved
     video = load_sd15(tmp_path / "t2i" / "model.safetensors", tmp_path / "motion" / "motion_module.safetensors")
     assert video.unet.cfg.motion_mid_block
-    with pytest.raises(UserError, match="--teacher-motion"):
-        train_video.main(video_args_[:-len(SMALL) - len(VIDEO)] + ["--objective", "consistency", "--lora",
-                                                                    str(world / "lora.safetensors"), *SMALL, *VIDEO])
     with pytest.raises(UserError, match="--loss-weight must be uniform or sqrt_v or v "):  # a teacher's weights
-        train_video.main(video_args_ + ["--loss-weight", "sqrt_snr"])
+        train_teacher.main(video_args_ + ["--loss-weight", "sqrt_snr"])
     with pytest.raises(UserError, match="--loss-weight must be uniform or sqrt_snr"):  # a distillation's
-        train_video.main(video_args_[:-len(SMALL) - len(VIDEO)] + ["--objective", "consistency", "--lora",
-                                                                    str(world / "lora.safetensors"), "--teacher-motion",
-                                                                    str(tmp_path / "motion" / "motion_module.safetensors"),
-                                                                    "--loss-weight", "v", *SMALL, *VIDEO])
+        train_video.main(video_args(world, tmp_path / "x", "--loss-weight", "v"))
+    with pytest.raises(UserError, match="--teacher-motion"):
+        train_video.main(video_args(world, tmp_path / "x", "--teacher-motion", ""))
+
+
+def test_validation_scores_with_the_schedule_the_run_trains_with(world, tmp_path):
+    """A `score` given to a training script is called at each validation with the target model and the run's
+    own noise schedule (stage 1's default sqrt_beta_linear; here also another), never a fixed one."""
+    seen = []
+
+    def score(model, schedule):
+        seen.append((schedule, model.unet))
+        return {"toy": 1.0}
+    for kind in ("sqrt_beta_linear", "beta_linear"):
+        out = tmp_path / kind
+        result = train_image.main(image_args(world, out, "--steps", "2", "--val-every", "1", "--lora-rank", "4",
+                                             "--beta-schedule", kind), score=score)
+        assert [s.kind for s, _ in seen[-2:]] == [kind, kind]
+        assert all(unet is result["target"] for _, unet in seen[-2:])
+        assert [r["step"] for r in log_records(out) if "toy" in r] == [1, 2]
+    video = train_video.main(video_args(world, tmp_path / "v", "--steps", "1", "--val-every", "1",
+                                        "--beta-schedule", "sqrt_beta_linear"), score=score)
+    assert seen[-1][0].kind == "sqrt_beta_linear" and seen[-1][1] is video["target"]

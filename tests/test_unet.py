@@ -6,35 +6,19 @@ import torch
 from torch import nn
 
 from conftest import manifest_state
-from tiny import (TINY_HEADS, TINY_UNET, ldm_unet_file_state, original_motion_file_state,
+from tiny import (PerFrameGroupNorm, TINY_HEADS, TINY_UNET, ldm_unet_file_state, original_motion_file_state,
                   tiny_diffusers_unet, tiny_motion_adapter)
 from unet.config import UNetConfig
 from unet.keymap import motion_from_diffusers, motion_to_diffusers, unet_to_ldm
 from unet.load import load_unet, read_motion_module, read_sd15_unet
 from unet.model import UNet
-from weights import CheckpointError, save_safetensors
+from runtime.weights import CheckpointError, save_safetensors
 
 
 def assert_close(ours, ref, rel=1e-5):
     scale = ref.abs().max().item()
     err = (ours - ref).abs().max().item()
     assert err <= rel * max(scale, 1.0), f"max abs diff {err:.3g} at output scale {scale:.3g}"
-
-
-class PerFrameGroupNorm(nn.GroupNorm):
-    """GroupNorm over each frame of a [B, C, F, H, W] tensor.
-
-    The official AnimateDiff/AnimateLCM code (which trained the released weights) normalises the
-    motion module's input per frame; diffusers' AnimateDiffTransformer3D normalises over all frames
-    (a different function: up to ~0.2 apart on these tiny models). Our model follows the official
-    code, so the reference gets this one norm made per-frame, nothing else.
-    """
-
-    def forward(self, x):
-        if x.dim() != 5:
-            return super().forward(x)
-        b, c, f, h, w = x.shape
-        return super().forward(x.transpose(1, 2).flatten(0, 1)).view(b, f, c, h, w).transpose(1, 2)
 
 
 class JointFrameGroupNorm(nn.GroupNorm):

@@ -4,7 +4,7 @@ import torch
 
 from conftest import load_manifest, manifest_state
 from vae import AutoencoderKL, VAEConfig, load_vae, vae_from_ldm, vae_to_ldm
-from weights import CheckpointError, read_state_dict, save_safetensors
+from runtime.weights import CheckpointError, read_state_dict, save_safetensors
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint  # noqa: E402

@@ -20,6 +20,22 @@ def randomize(module: torch.nn.Module, seed: int, scale: float = 0.1) -> torch.n
     return module.eval()
 
 
+class PerFrameGroupNorm(torch.nn.GroupNorm):
+    """GroupNorm over each frame of a [B, C, F, H, W] tensor.
+
+    The official AnimateDiff/AnimateLCM code (which trained the released weights) normalises the
+    motion module's input per frame; diffusers' AnimateDiffTransformer3D normalises over all frames
+    (a different function: up to ~0.2 apart on these tiny models). Our model follows the official
+    code, so the reference gets this one norm made per-frame, nothing else.
+    """
+
+    def forward(self, x):
+        if x.dim() != 5:
+            return super().forward(x)
+        b, c, f, h, w = x.shape
+        return super().forward(x.transpose(1, 2).flatten(0, 1)).view(b, f, c, h, w).transpose(1, 2)
+
+
 def tiny_diffusers_unet(seed: int = 0, **overrides):
     from diffusers import UNet2DConditionModel
     torch.manual_seed(seed)
@@ -143,7 +159,7 @@ def write_clips(folder, count: int, frames: int, resolution: int) -> None:
     """Captioned clips of a moving square (and same-named control clips) as GIFs, and still images."""
     import numpy as np
     from PIL import Image
-    from video_io import write_video
+    from media.video import write_video
     for sub in ("clips", "controls", "images"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)

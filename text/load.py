@@ -15,7 +15,7 @@ import re
 
 import torch
 
-from weights import CheckpointError, architecture_hints, describe_checkpoint, load_strict, read_component, strip_prefix
+from runtime.weights import CheckpointError, architecture_hints, describe_checkpoint, load_strict, read_component, strip_prefix
 
 from .encoder import CLIPTextEncoder, TextEncoderConfig
 

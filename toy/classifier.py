@@ -6,11 +6,14 @@ generated videos whose colour, shape and direction all match the prompt).
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from toy.constants import FRAMES
 from toy.world import COLOURS, DIRECTIONS, SEEN, SHAPES, sample_videos
 
 ATTRIBUTES = {"colour": tuple(COLOURS), "shape": SHAPES, "direction": tuple(DIRECTIONS)}
@@ -104,3 +107,11 @@ def real_reference(model: VideoClassifier, count: int, seed: int, combos=SEEN, f
     """Classifier features of `count` fresh real clips: the reference set of the toy FVD."""
     videos, _, _ = sample_videos(count, seed, combos, frames, resolution)
     return judge(model, to_model(videos))[0]
+
+
+def load_classifier(path: Path) -> VideoClassifier:
+    """The judge from its safetensors file (toy/weights/toy_classifier.safetensors)."""
+    from safetensors.torch import load_file
+    model = VideoClassifier(FRAMES)
+    model.load_state_dict(load_file(path))
+    return model.eval()

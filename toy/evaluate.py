@@ -12,12 +12,12 @@ import statistics
 import numpy as np
 import torch
 
-from colour import match_colours
-from lcm.sampler import ddim_timesteps, dpmpp_timesteps, lcm_timesteps, sample_ddim, sample_dpmpp_2m, sample_lcm
 from lcm.schedule import NoiseSchedule
-from pipeline import guided, vae_scale
+from media.colour import match_colours
+from pipeline import Request, generate
 from toy.classifier import (ATTRIBUTES, attribute_accuracy, frechet_distance, judge, labels, prompt_accuracy,
                              real_reference, to_model)
+from toy.constants import FRAMES, ORIGINAL_STEPS, RESOLUTION, SCHEDULE
 from toy.detect import detect
 from toy.world import COLOURS, HELD_OUT, SEEN, sample_videos
 
@@ -31,39 +31,24 @@ class Method:
     guidance: float = 1.0
 
 
-@torch.no_grad()
-def generate_batch(model, captions: list[str], steps: int, sampler: str, guidance: float, seed: int,
-                   frames: int = 8, resolution: int = 32, original_steps: int = 50, image: torch.Tensor | None = None,
-                   control: torch.Tensor | None = None, batch: int = 32, anchor: bool = False) -> torch.Tensor:
-    """Videos [N, 3, F, H, W] in [-1, 1] for many prompts at once (the pipeline's math, batched). `image`
-    (first frames [N, 3, H, W]) conditions the I2V encoder if the model has one; `anchor`: frame 0 is
-    anchored to its latent (pipeline.Request.anchor_first_frame), with or without an encoder."""
-    schedule = NoiseSchedule("beta_linear")
-    unet, vae = model.unet, model.vae
-    timesteps = {"lcm": lambda: lcm_timesteps(steps, original_steps), "ddim": lambda: ddim_timesteps(steps),
-                 "dpmpp_2m": lambda: dpmpp_timesteps(steps)}[sampler]()
-    sample = {"lcm": sample_lcm, "ddim": sample_ddim, "dpmpp_2m": sample_dpmpp_2m}[sampler]
-    f = vae_scale(vae)
-    device = next(unet.parameters()).device
+def toy_videos(model, captions: list[str], steps: int, sampler: str, guidance: float, seed: int,
+               frames: int = FRAMES, resolution: int = RESOLUTION, original_steps: int = ORIGINAL_STEPS,
+               schedule: NoiseSchedule = SCHEDULE, image: torch.Tensor | None = None,
+               control: torch.Tensor | None = None, batch: int = 32, anchor: bool = False) -> torch.Tensor:
+    """Videos [N, 3, F, H, W] in [-1, 1] of a toy model for many prompts, through pipeline.generate, `batch`
+    at a time: video i has its own noise (seed * 100003 + i), whatever the batch. `image` (first frames
+    [N, 3, H, W]) conditions the I2V encoder if the model has one; `anchor`: frame 0 is anchored to its
+    latent (pipeline.Request.anchor_first_frame), with or without an encoder; `control`: [N, 3, F, H, W]."""
     out = []
     for start in range(0, len(captions), batch):
-        chunk = captions[start:start + batch]
-        g = torch.Generator().manual_seed(seed * 100_003 + start)
-        context = model.encode_prompts(chunk)
-        uncontext = model.encode_prompts([""] * len(chunk)) if guidance > 1 else None
-        x = torch.randn(len(chunk), unet.cfg.in_channels, frames, resolution // f, resolution // f,
-                        generator=g).to(device)
-        image_latent = None
-        if image is not None:
-            image_latent = vae.encode(image[start:start + batch].to(device)).sample(g) * vae.cfg.scaling_factor
-        ctrl = control[start:start + batch].to(device) if control is not None else None
-        encoded = image_latent if unet.img_encoder is not None else None
-        denoiser = guided(unet, context, uncontext, guidance, encoded, 0.8, model.controlnet, ctrl)
-        extra = {"generator": g} if sampler == "lcm" else {}
-        if anchor:
-            extra["first_frame"] = image_latent
-        latents = sample(denoiser, x, schedule, timesteps, progress=False, **extra)
-        out.append(vae.decode_video(latents).clamp(-1, 1).cpu())
+        part = slice(start, start + batch)
+        chunk = captions[part]
+        request = Request(prompt=chunk, seed=[seed * 100_003 + start + i for i in range(len(chunk))], frames=frames,
+                          height=resolution, width=resolution, steps=steps, guidance=guidance, sampler=sampler,
+                          schedule=schedule, original_steps=original_steps, progress=False, match_colours=False,
+                          image=None if image is None else image[part], anchor_first_frame=anchor,
+                          control=None if control is None else control[part])
+        out.append(generate(model, request).cpu() * 2 - 1)
     return torch.cat(out)
 
 
@@ -91,7 +76,7 @@ def evaluate_text_to_video(methods: list[Method], steps_list, classifier, count:
             by_judge, by_detector = {k: [] for k in ATTRIBUTES}, {k: [] for k in ATTRIBUTES}
             for s in range(seeds):
                 caps, clips = prompts(count, 60_000 + s, SEEN)
-                videos = generate_batch(method.model, caps, steps, method.sampler, method.guidance, seed=s)
+                videos = toy_videos(method.model, caps, steps, method.sampler, method.guidance, seed=s)
                 feats, preds = judge(classifier, videos)
                 fvd.append(frechet_distance(feats, reference))
                 seen_acc.append(prompt_accuracy(preds, clips))
@@ -100,7 +85,7 @@ def evaluate_text_to_video(methods: list[Method], steps_list, classifier, count:
                 for k, v in attribute_accuracy(detect(videos), clips).items():
                     by_detector[k].append(v)
                 caps, clips = prompts(max(count // 2, 6), 70_000 + s, HELD_OUT)
-                _, preds = judge(classifier, generate_batch(method.model, caps, steps, method.sampler,
+                _, preds = judge(classifier, toy_videos(method.model, caps, steps, method.sampler,
                                                             method.guidance, seed=1000 + s))
                 held_acc.append(prompt_accuracy(preds, clips))
             row = {"method": method.name, "steps": steps, "fvd": mean_std(fvd), "seen_accuracy": mean_std(seen_acc),
@@ -127,7 +112,7 @@ def image_to_video_set(model, steps: int, set_index: int, count: int, anchor: bo
     uint8, clips), pixels in [-1, 1]."""
     videos, masks, clips = sample_videos(count, 80_000 + set_index, SEEN)
     first = to_model(videos[:, :1])[:, :, 0]
-    generated = generate_batch(model, [c.caption for c in clips], steps, "lcm", 1.0, seed=set_index, image=first,
+    generated = toy_videos(model, [c.caption for c in clips], steps, "lcm", 1.0, seed=set_index, image=first,
                                anchor=anchor)
     matched = match_colours(generated / 2 + 0.5, first / 2 + 0.5) * 2 - 1
     return first, generated, matched, masks, clips
@@ -197,7 +182,7 @@ def evaluate_layout(model, steps_list, classifier, count: int, seeds: int, progr
     for steps in steps_list:
         ious, acc = [], []
         for s, (_, truth, control, clips) in enumerate(sets):
-            generated = generate_batch(model, [c.caption for c in clips], steps, "lcm", 1.0, seed=s, control=control)
+            generated = toy_videos(model, [c.caption for c in clips], steps, "lcm", 1.0, seed=s, control=control)
             ious.append(mask_iou(coloured(generated, clips), truth))
             _, preds = judge(classifier, generated)
             acc.append(prompt_accuracy(preds, clips))

@@ -1,14 +1,15 @@
 """Is a toy model following its prompts? Per-attribute accuracy of a fixed batch of samples, by the
 pixel detector (cheap, no learned weights), at a few and at many steps.
 
-    python toy/health.py --sd15 runs/toy/teacher_image/model.safetensors                  # image teacher: stills
-    python toy/health.py --sd15 ... --motion runs/toy/teacher_motion/motion_module.safetensors \\
+    python -m toy.health --sd15 runs/toy/teacher_image/model.safetensors                  # image teacher: stills
+    python -m toy.health --sd15 ... --motion runs/toy/teacher_motion/motion_module.safetensors \
         --judge toy/weights/toy_classifier.safetensors      # and the judge's reading of the same videos
-    python toy/health.py --sd15 ... --motion runs/toy/stage2/motion_module.safetensors \\
+    python -m toy.health --sd15 ... --motion runs/toy/stage2/motion_module.safetensors \
         --lora runs/toy/stage1/lora.safetensors --sampler lcm --guidance 1
 
-The training scripts call `prompt_following` at every validation when given `--val-score toy`, and
-write its numbers into log.jsonl, so a run that is not learning the prompt shows it within minutes.
+The toy pipeline (toy/stages.py) gives the training scripts `validation_score(...)` as their `score`:
+its numbers go into log.jsonl at every validation, so a run that is not learning the prompt shows it
+within minutes.
 """
 from __future__ import annotations
 
@@ -18,11 +19,12 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import cli  # noqa: E402
-from toy.classifier import ATTRIBUTES  # noqa: E402
-from toy.detect import detect, detect_stills  # noqa: E402
-from toy.world import HELD_OUT, SEEN, caption  # noqa: E402
+from lcm.schedule import NoiseSchedule
+from runtime import cli
+from toy.classifier import ATTRIBUTES
+from toy.constants import FRAMES, ORIGINAL_STEPS, RESOLUTION, SCHEDULE, TEACHER_GUIDANCE
+from toy.detect import detect, detect_stills
+from toy.world import HELD_OUT, SEEN, caption
 
 
 def fixed_prompts(combos=SEEN, repeats: int = 1) -> tuple[list[str], dict[str, torch.Tensor]]:
@@ -53,17 +55,18 @@ def shape_confusion(preds: dict[str, torch.Tensor], target: dict[str, torch.Tens
 
 
 @torch.no_grad()
-def prompt_following(model, steps: int, sampler: str, guidance: float, frames: int = 8, resolution: int = 32,
-                     combos=SEEN, repeats: int = 1, seed: int = 0, original_steps: int = 50,
-                     judge=None, confusion: bool = False) -> dict:
+def prompt_following(model, steps: int, sampler: str, guidance: float, frames: int = FRAMES,
+                     resolution: int = RESOLUTION, combos=SEEN, repeats: int = 1, seed: int = 0,
+                     original_steps: int = ORIGINAL_STEPS, schedule: NoiseSchedule = SCHEDULE, judge=None,
+                     confusion: bool = False) -> dict:
     """Per-attribute accuracy of samples of every combination (frames=1: stills of an image model,
     whose direction is read from the trail; otherwise videos, whose direction is their motion, with
     the trail's side and whether the motion agrees with it). With `judge` (a toy/classifier.py model),
     videos are also scored by it, under "judge": the second, independent reading. With `confusion`,
     also the detector's shape_confusion, under "shape_confusion"."""
-    from toy.evaluate import generate_batch
+    from toy.evaluate import toy_videos
     captions, target = fixed_prompts(combos, repeats)
-    videos = generate_batch(model, captions, steps, sampler, guidance, seed, frames, resolution, original_steps)
+    videos = toy_videos(model, captions, steps, sampler, guidance, seed, frames, resolution, original_steps, schedule)
     preds = detect_stills(videos[:, :, 0]) if frames == 1 else detect(videos)
     extra = {"shape_confusion": shape_confusion(preds, target)} if confusion else {}
     if frames == 1:
@@ -78,16 +81,19 @@ def prompt_following(model, steps: int, sampler: str, guidance: float, frames: i
     return record
 
 
-def validation_record(model, objective: str, frames: int, original_steps: int = 50) -> dict:
-    """What the training scripts log with `--val-score toy`: seen-prompt accuracy at a few and at many
-    steps (a consistency model: LCM at 1 and 4 steps, no guidance; a teacher: DDIM at 4 and 25 steps
-    with the toy teacher's guidance)."""
-    from toy.run import TEACHER_GUIDANCE
+def validation_score(objective: str, frames: int, original_steps: int = ORIGINAL_STEPS, combos=SEEN):
+    """The `score` a training script calls at each validation, `score(model, schedule) -> dict`: seen-prompt
+    accuracy at a few and at many steps, sampled with the schedule the run trains with (a consistency
+    model: LCM at 1 and 4 steps, no guidance; a teacher: DDIM at 4 and 25 steps with the toy teacher's
+    guidance), on each of `combos` once. `frames` 1: stills of an image model."""
     runs = (("lcm", 1, 1.0), ("lcm", 4, 1.0)) if objective == "consistency" else \
         (("ddim", 4, TEACHER_GUIDANCE), ("ddim", 25, TEACHER_GUIDANCE))
-    return {f"toy_{sampler}_{steps}": prompt_following(model, steps, sampler, guidance, frames,
-                                                        original_steps=original_steps)
-            for sampler, steps, guidance in runs}
+
+    def score(model, schedule: NoiseSchedule) -> dict:
+        return {f"toy_{sampler}_{steps}": prompt_following(model, steps, sampler, guidance, frames, combos=combos,
+                                                            original_steps=original_steps, schedule=schedule)
+                for sampler, steps, guidance in runs}
+    return score
 
 
 def main(argv=None) -> int:
@@ -109,7 +115,7 @@ def main(argv=None) -> int:
     frames = 8 if args.motion else 1
     judge = None
     if args.judge and frames > 1:
-        from toy.run import load_classifier
+        from toy.classifier import load_classifier
         judge = load_classifier(Path(args.judge))
     for name, combos in (("seen", SEEN), ("held-out", HELD_OUT)):
         for steps in args.steps:

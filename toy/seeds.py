@@ -1,13 +1,13 @@
 """The toy world's distillations over several training seeds: which of the paper's claims hold, in how many.
 
-    python toy/seeds.py                     # seeds 1 and 2 beside runs/toy's own seed 0, then the table
-    python toy/seeds.py --seeds 1 2 3 --run runs/toy --device cuda
-    python toy/seeds.py --ship              # also copy the table and claims to toy/weights/seeds.json (the README's)
+    python -m toy.seeds                     # seeds 1 and 2 beside runs/toy's own seed 0, then the table
+    python -m toy.seeds --seeds 1 2 3 --run runs/toy --device cuda
+    python -m toy.seeds --ship              # also copy the table and claims to toy/weights/seeds.json (the README's)
 
 The teacher (data, VAE, image model, motion module) and the judge are the run's, trained once. Each
 extra seed retrains the four distillations of toy/run.py (stage 1, stage 2, stage 2 with the plain
 initialisation, the one-stage direct baseline) and stage 3 (the I2V encoder, the layout ControlNet and
-its teacher-free LoRA) with that seed, with toy/run.py's flags, into <run>/seeds/<seed>/; seed 0 is the
+its teacher-free LoRA) with that seed, with toy/stages.py's flags, into <run>/seeds/<seed>/; seed 0 is the
 run itself. Every seed is then measured the same way as toy/run.py
 measures (the same prompts and sampling seeds), and the teacher once. In the table each cell is the
 mean +- std over training seeds of a seed's mean over the sampling sets; the sampling spread (the
@@ -26,13 +26,14 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from runtime import cli
+from toy.classifier import load_classifier
+from toy.constants import TEACHER_GUIDANCE
+from toy.evaluate import Method, evaluate_text_to_video, mean_std
+from toy.run import evaluate_stage3, read_times, run_stages
+from toy.stages import QUICK, Budget, load_distilled, load_stage3, stages, with_stage2_steps
 
-import cli  # noqa: E402
-from toy.evaluate import Method, evaluate_text_to_video, mean_std  # noqa: E402
-from toy.run import (QUICK, TEACHER_GUIDANCE, Budget, evaluate_stage3, load_classifier, load_distilled,  # noqa: E402
-                     load_stage3, read_times, run_stages, stages, with_stage2_steps)
+ROOT = Path(__file__).resolve().parents[1]
 
 DISTILLATIONS = ("stage1", "stage2", "stage2_plain_init", "direct")
 STAGE3 = ("i2v", "layout_diffusion", "layout")  # on each seed's own stage 1 and 2
@@ -48,7 +49,7 @@ def train_seed(run: Path, seed: int, budget: Budget, device: str) -> dict:
     out = seed_folder(run, seed)
     for name in (*SHARED, "classifier"):
         if not (run / name / "DONE").exists():
-            raise cli.UserError(f"{run / name} has not finished: run python toy/run.py --out {run} first")
+            raise cli.UserError(f"{run / name} has not finished: run python -m toy.run --out {run} first")
     out.mkdir(parents=True, exist_ok=True)
     # the stages read the teacher from their own folder, toy/diagnose_stage3.py --run <seed folder> the judge
     for name in (*SHARED, "classifier"):
@@ -301,7 +302,7 @@ def main(argv=None) -> int:
     run, budget = Path(args.run), (QUICK if args.quick else Budget())
     budget = with_stage2_steps(budget, args.stage2_steps)
     if not run.is_dir():
-        raise cli.UserError(f"{run}: no such run folder (train it with python toy/run.py --out {run})")
+        raise cli.UserError(f"{run}: no such run folder (train it with python -m toy.run --out {run})")
     seeds = [s for s in args.seeds if s != 0]
     for seed in seeds:
         start = time.perf_counter()

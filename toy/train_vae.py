@@ -5,22 +5,20 @@ a posterior sample, plus a small KL to N(0, I) that keeps the latent space smoot
 is then measured (1 / std of the latents), as Rombach et al. did for SD (0.18215), and travels in
 the exported file's hints.
 
-    python toy/train_vae.py --out runs/toy/vae.safetensors
+    python -m toy.train_vae --out runs/toy/vae.safetensors
 """
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import cli  # noqa: E402
-from toy.world import SEEN, sample_videos  # noqa: E402
-from vae import AutoencoderKL, VAEConfig  # noqa: E402
+from runtime import cli
+from toy.world import SEEN, sample_videos
+from vae import AutoencoderKL, VAEConfig
 
 TOY_VAE = VAEConfig(block_out_channels=(32, 64, 64), layers_per_block=1, norm_groups=8)  # 32x32 -> 4x8x8
 

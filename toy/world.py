@@ -125,7 +125,7 @@ def write_dataset(folder, count: int, frames: int = 8, resolution: int = 32, see
     """`count` training clips (clips/: GIF + caption; controls/: mask GIFs of the same names) and as many
     stills (images/: one random frame of another clip, with that clip's full caption, so the image and
     video models share one prompt language). Held-out combinations never appear."""
-    from video_io import write_video
+    from media.video import write_video
     folder = Path(folder)
     for sub in ("clips", "controls", "images"):
         (folder / sub).mkdir(parents=True, exist_ok=True)

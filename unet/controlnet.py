@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from weights import (CheckpointError, architecture_hints, describe_checkpoint, load_strict, read_component,
+from runtime.weights import (CheckpointError, architecture_hints, describe_checkpoint, load_strict, read_component,
                      strip_prefix)
 
 from .blocks import TimestepMLP, timestep_embedding

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from weights import (HINTS_KEY, CheckpointError, architecture_hints, describe_checkpoint, load_strict,
+from runtime.weights import (HINTS_KEY, CheckpointError, architecture_hints, describe_checkpoint, load_strict,
                      read_component, save_safetensors, source_name, strip_prefix)
 
 from .config import MotionConfig, UNetConfig

@@ -15,10 +15,10 @@ import warnings
 import torch
 from torch import nn
 
-from weights import CheckpointError, describe_checkpoint, read_metadata, read_state_dict, save_safetensors
+from runtime.weights import CheckpointError, describe_checkpoint, read_metadata, read_state_dict, save_safetensors
 
 # The LCM-LoRA / AnimateLCM target list: every attention, feed-forward, ResNet conv, time projection
-# and resampling conv of the spatial UNet (METHOD.md a.8).
+# and resampling conv of the spatial UNet (LCM-LoRA's layer list; docs/sources.md).
 LCM_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
                     "conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj")
 PREFIX = "lora_unet_"

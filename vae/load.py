@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from weights import (CheckpointError, architecture_hints, describe_checkpoint, load_strict, read_component, source_name,
+from runtime.weights import (CheckpointError, architecture_hints, describe_checkpoint, load_strict, read_component, source_name,
                      strip_prefix)
 
 from .model import AutoencoderKL, VAEConfig

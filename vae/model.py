@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from weights import CheckpointError
+from runtime.weights import CheckpointError
 
 EPS = 1e-6  # every GroupNorm of the SD VAE
 

@@ -2,7 +2,7 @@
 
 The official image-to-video pipeline post-processes each decoded frame in HSV: the frame's mean
 saturation and mean value are moved onto the input image's, and its mean hue 3% of the way
-(METHOD.md c.2; AnimateLCM's utils/util.py `adjust_colors`). It fixes the overall brightness and
+(docs/sources.md; AnimateLCM's utils/util.py `adjust_colors`). It fixes the overall brightness and
 saturation a few-step sample gets slightly wrong, not its layout. Here it works in float on the
 frames the pipeline returns (hue in degrees, saturation and value in [0, 1]); the official code does
 the same in OpenCV's uint8 HSV (hue 0-180), which rounds each step, on the image file as read.

@@ -1,8 +1,8 @@
 """A closer look at one column of the results table: toy FVD at a few step counts, on larger samples.
 
-    python toy/compare.py                      # the shipped toy model, 4 steps, 4 sets of 96 seen prompts
-    python toy/compare.py --run runs/toy --steps 4 8
-    python toy/compare.py --teacher-steps 12         # also the teacher's DDIM at 12 steps: what distillation aims at
+    python -m toy.studies.compare                      # the shipped toy model, 4 steps, 4 sets of 96 seen prompts
+    python -m toy.studies.compare --run runs/toy --steps 4 8
+    python -m toy.studies.compare --teacher-steps 12         # also the teacher's DDIM at 12 steps: what distillation aims at
 
 The evaluation in toy/run.py uses 3 sets of 24 videos per cell, where a Frechet distance is both noisy
 and biased upwards by the small sample. This draws larger sets, samples every model on the same
@@ -16,15 +16,12 @@ import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import cli  # noqa: E402
-from sd15 import load_sd15  # noqa: E402
-from toy.classifier import frechet_distance, judge, real_reference, to_model  # noqa: E402
-from toy.evaluate import generate_batch, mean_std, prompts  # noqa: E402
-from toy.run import FRAMES, RESOLUTION, SHIPPED, TEACHER_GUIDANCE, load_classifier  # noqa: E402
-from toy.world import SEEN, sample_videos, write_dataset  # noqa: E402
+from runtime import cli
+from sd15 import load_sd15
+from toy.classifier import frechet_distance, judge, load_classifier, real_reference, to_model
+from toy.constants import FRAMES, RESOLUTION, SHIPPED, TEACHER_GUIDANCE, WEIGHTS
+from toy.evaluate import mean_std, prompts, toy_videos
+from toy.world import SEEN, sample_videos, write_dataset
 
 
 def seen_prompt_sets(count: int, sets: int) -> list[list[str]]:
@@ -54,12 +51,11 @@ def models(run: Path | None, weights: Path, guidance: float = TEACHER_GUIDANCE) 
 
 def measure(model, sampler: str, guidance: float, steps: int, prompt_sets: list[list[str]], classifier,
             reference, batch: int = 32, original_steps: int = 50) -> list[float]:
-    """Toy FVD of one model on each prompt set (set s sampled with seed 500 + s, `batch` videos at a time:
-    the initial noise is drawn per batch, so a different batch is a different sample)."""
+    """Toy FVD of one model on each prompt set (set s sampled with seed 500 + s; each video has its own noise)."""
     values = []
     for s, caps in enumerate(prompt_sets):
-        videos = generate_batch(model, caps, steps, sampler, guidance, seed=500 + s, batch=batch,
-                                original_steps=original_steps)
+        videos = toy_videos(model, caps, steps, sampler, guidance, seed=500 + s, batch=batch,
+                            original_steps=original_steps)
         values.append(frechet_distance(judge(classifier, videos)[0], reference))
     return values
 
@@ -74,8 +70,8 @@ def report(name: str, values: list[float]) -> None:
 
 
 def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
-    """The flags toy/sweep_stage1.py and toy/sweep_stage2.py share (besides --out and --variant)."""
-    p.add_argument("--weights", default=str(ROOT / "toy" / "weights"), help="shipped toy weights (teacher, judge, ...)")
+    """The flags toy/studies/sweep_stage1.py and toy/studies/sweep_stage2.py share (besides --out and --variant)."""
+    p.add_argument("--weights", default=str(WEIGHTS), help="shipped toy weights (teacher, judge, ...)")
     p.add_argument("--clips", type=int, default=2000, help="the training data: toy/run.py's, with seed 0")
     p.add_argument("--sets", type=int, default=4)
     p.add_argument("--count", type=int, default=96)
@@ -119,7 +115,7 @@ def sweep_train(main, argv: list[str], name: str) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--run", default=None, help="a toy/run.py output folder (default: the shipped weights)")
-    p.add_argument("--weights", default=str(ROOT / "toy" / "weights"), help="a folder of shipped toy weights")
+    p.add_argument("--weights", default=str(WEIGHTS), help="a folder of shipped toy weights")
     p.add_argument("--steps", type=int, nargs="+", default=[4])
     p.add_argument("--teacher-steps", type=int, nargs="*", default=[],
                    help="extra rows: the teacher's DDIM alone at these step counts")

@@ -1,7 +1,7 @@
 """Where is a video's direction decided, and does the prompt take part? Real clips noised to t, denoised
 by a video model once with their own caption and once with the opposite direction's caption.
 
-    python toy/decide.py --sd15 toy/weights/toy_sd15.safetensors --motion toy/weights/toy_teacher_motion.safetensors
+    python -m toy.studies.decide --sd15 toy/weights/toy_sd15.safetensors --motion toy/weights/toy_teacher_motion.safetensors
 
 For each t, over one clip of every other seen combination: how often the direction of motion of the
 model's x0 prediction at t, and of a DDIM run from t to 0, is the clip's own. With the clip's caption
@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import cli  # noqa: E402
-from lcm.sampler import sample_ddim  # noqa: E402
-from lcm.schedule import NoiseSchedule  # noqa: E402
-from toy.classifier import ATTRIBUTES  # noqa: E402
-from toy.detect import detect  # noqa: E402
-from toy.world import SEEN, caption, clip_from_seed, render  # noqa: E402
+from runtime import cli
+from lcm.sampler import sample_ddim
+from toy.constants import SCHEDULE
+from toy.classifier import ATTRIBUTES
+from toy.detect import detect
+from toy.world import SEEN, caption, clip_from_seed, render
 
 OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
 
@@ -44,7 +42,7 @@ def follows_clip(model, latents: torch.Tensor, combos, t: int, opposite: bool, g
                  solver_stride: int = 40, seed: int = 0) -> tuple[float, float]:
     """(share of x0 predictions at t, share of DDIM runs from t) that move the way their clip does."""
     from pipeline import guided
-    schedule = NoiseSchedule("beta_linear")
+    schedule = SCHEDULE
     clip_direction = torch.tensor([ATTRIBUTES["direction"].index(c[2]) for c in combos])
     captions = [caption(c[0], c[1], OPPOSITE[c[2]] if opposite else c[2]) for c in combos]
     denoiser = guided(model.unet, model.encode_prompts(captions), model.encode_prompts([""] * len(combos)),

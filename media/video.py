@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageSequence
 
-from cli import UserError
+from runtime.cli import UserError
 
 VIDEO_SUFFIXES = (".gif", ".webp", ".mp4", ".webm", ".mov", ".mkv")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")

@@ -1,12 +1,12 @@
 """Stage 1 alone, several ways, on the shipped teacher: how much do its LoRA, and the stage 2 on it, move?
 
-    python toy/sweep_stage1.py --variant "uniform=--loss-weight uniform" --variant "sqrt_snr="
-    python toy/sweep_stage1.py --variant "seed 1=--seed 1" --variant "1800 steps=--steps 1800" --device cuda
+    python -m toy.studies.sweep_stage1 --variant "uniform=--loss-weight uniform" --variant "sqrt_snr="
+    python -m toy.studies.sweep_stage1 --variant "seed 1=--seed 1" --variant "1800 steps=--steps 1800" --device cuda
 
 Each variant is one train_image.py run with toy/run.py's stage-1 flags (seed 0, fp32 also on a GPU) plus
 its own flags, measured as the image-only LCM (its LoRA + the teacher's motion module), then one stage 2
 on that LoRA (toy/run.py's, --stage2-steps steps) measured as AnimateLCM; each at 1 and 4 steps on
-toy/compare.py's 4 sets of 96 seen prompts, so the rows read beside compare's. Before the variants: the
+toy/studies/compare.py's 4 sets of 96 seen prompts, so the rows read beside compare's. Before the variants: the
 teacher's DDIM at 4, 8 and 12 steps and the shipped image-only LCM and AnimateLCM on the same sets.
 On the 2-core CPU a variant takes about 16 minutes (stage 1 ten, stage 2 one, four rows a minute each).
 A variant whose folder holds a finished LoRA is only measured: delete the folder to retrain it.
@@ -20,20 +20,18 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import cli  # noqa: E402
-import train_image  # noqa: E402
-import train_video  # noqa: E402
-from sd15 import load_sd15  # noqa: E402
-from toy.compare import add_sweep_arguments, measure, report, row_name, sweep_setup, sweep_train  # noqa: E402
-from toy.run import TEACHER_GUIDANCE, Budget, stage1_args, stage2_args  # noqa: E402
+from runtime import cli
+import train_image
+import train_video
+from sd15 import load_sd15
+from toy.studies.compare import add_sweep_arguments, measure, report, row_name, sweep_setup, sweep_train
+from toy.constants import TEACHER_GUIDANCE
+from toy.stages import Budget, stage1_args, stage2_args
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", default=str(ROOT / "runs" / "sweep_stage1"), help="data/ and two folders per variant")
+    p.add_argument("--out", default=str(Path("runs") / "sweep_stage1"), help="data/ and two folders per variant")
     p.add_argument("--variant", action="append", required=True, metavar="NAME=FLAGS",
                    help="a name and train_image.py flags added to stage 1's (repeatable; empty: run.py's stage 1)")
     p.add_argument("--stage2-steps", type=int, default=Budget().stage2_steps)

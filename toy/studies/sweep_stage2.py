@@ -1,12 +1,12 @@
 """Stage 2 alone, several ways, on the shipped teacher and stage-1 LoRA: what moves its 4-step result?
 
-    python toy/sweep_stage2.py --device cuda                           # the default variants
-    python toy/sweep_stage2.py --device cuda --variant "l2=--loss l2" --variant "lr 1e-4=--lr 1e-4"
+    python -m toy.studies.sweep_stage2 --device cuda                           # the default variants
+    python -m toy.studies.sweep_stage2 --device cuda --variant "l2=--loss l2" --variant "lr 1e-4=--lr 1e-4"
 
-    python toy/sweep_stage2.py --skip-baselines --steps 25 50 100 200 400  # one stage 2, measured as it trains
+    python -m toy.studies.sweep_stage2 --skip-baselines --steps 25 50 100 200 400  # one stage 2, measured as it trains
 
 Each variant is one train_video.py run with toy/run.py's stage-2 flags (seed 0, fp32, its 20-step
-warm-up; --steps, by default run.py's 25) plus its own flags, then toy/compare.py's measurement at 1
+warm-up; --steps, by default run.py's 25) plus its own flags, then toy/studies/compare.py's measurement at 1
 and 4 steps (4 sets of 96 seen prompts, each set sampled as one batch). Several --steps values train
 the variant on to each in turn and measure it there (the same run as one of the longest). The rows
 before the variants are the shipped teacher's 4-step DDIM, the image-only LCM and the shipped
@@ -23,15 +23,13 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import cli  # noqa: E402
-import train_video  # noqa: E402
-from sd15 import load_sd15  # noqa: E402
-from toy.compare import add_sweep_arguments, measure, report, row_name, sweep_setup, sweep_train  # noqa: E402
-from toy.run import ORIGINAL_STEPS, TEACHER_GUIDANCE, Budget, stage2_args  # noqa: E402
-from training import load_checkpoint  # noqa: E402
+from runtime import cli
+import train_video
+from sd15 import load_sd15
+from toy.studies.compare import add_sweep_arguments, measure, report, row_name, sweep_setup, sweep_train
+from toy.constants import ORIGINAL_STEPS, TEACHER_GUIDANCE
+from toy.stages import Budget, stage2_args
+from runtime.folder import load_checkpoint
 
 DEFAULT_VARIANTS = ["toy/run.py's stage 2=", "lr 1e-4=--lr 1e-4", "fixed w 3.5=--w-min 3.5 --w-max 3.5",
                     "lr 3e-5=--lr 3e-5", "seed 1=--seed 1", "L2 loss=--loss l2"]
@@ -39,7 +37,7 @@ DEFAULT_VARIANTS = ["toy/run.py's stage 2=", "lr 1e-4=--lr 1e-4", "fixed w 3.5=-
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", default=str(ROOT / "runs" / "sweep_stage2"), help="data/ and one folder per variant")
+    p.add_argument("--out", default=str(Path("runs") / "sweep_stage2"), help="data/ and one folder per variant")
     p.add_argument("--variant", action="append", default=None, metavar="NAME=FLAGS",
                    help="a name and train_video.py flags added to stage 2's (repeatable)")
     p.add_argument("--steps", type=int, nargs="+", default=[Budget().stage2_steps],

@@ -1,49 +1,40 @@
 """The --out folder of one training run: refused when it already holds a run (unless --resume true
 continues it or --overwrite true starts it over), locked while the run lasts, and on resume checked
-against the checkpoint's settings.
-
-    state = start_run(s, rt, PRODUCTS)   # None or the checkpoint to continue; after the flag and data checks
-                                         # (a refused command deletes nothing) and before any model loads
+against the checkpoint's settings; checkpoints written whole or not at all, and read without running code.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import json
 import os
+import pickle
 import shutil
 from pathlib import Path
-from typing import Callable
 
-from cli import UserError
-from training import Runtime, load_checkpoint
-from weights import atomic_write
+import torch
+
+from runtime.cli import UserError
+from runtime.distributed import Runtime
+from runtime.settings import compared, may_change
+from runtime.weights import atomic_write, check_finite
 
 try:
     import fcntl  # the lock (POSIX); without it, runs are not locked
 except ImportError:
     fcntl = None
 
-# Settings a resumed run may change (they are printed): how long and how fast it trains, what it logs,
-# where its files are. Any other difference is refused: it would change the model's shapes, the
-# data or the objective, and the checkpoint would no longer continue the same run.
-MAY_CHANGE = ("steps", "lr", "warmup_steps", "lr_anneal_at", "lr_anneal_factor", "grad_clip", "batch", "grad_accum",
-              "save_every", "log_every", "val_every", "val_prompt", "val_score", "workers", "device", "precision",
-              "gradient_checkpointing", "sd15", "teacher_motion", "lora", "motion", "controlnet", "data",
-              "control_data")
-NOT_COMPARED = ("resume", "overwrite", "out")
 _LOCKS: dict[Path, object] = {}  # --out folder -> this process's open lock file
 
 
-def start_run(s, rt: Runtime, products: tuple[str, ...]) -> dict | None:
+def claim_folder(s, rt: Runtime, products: tuple[str, ...]) -> dict | None:
     """Claim --out for this run; returns the checkpoint to continue from (None: start at step 0).
 
     A folder that already holds a run (checkpoint.pt, log.jsonl, the script's exported `products`)
     is refused unless --resume true continues it or --overwrite true deletes it first. Rank 0 locks
     the folder while the run lasts (a second run on it is refused; a crashed run's lock goes with
-    its process). On resume, the checkpoint's settings are compared with these (`MAY_CHANGE`), and
-    log.jsonl keeps only the records up to the checkpoint's step.
+    its process). On resume, the checkpoint's settings are compared with these, and log.jsonl keeps
+    only the records up to the checkpoint's step.
     """
     out = Path(s.out)
     if out.exists() and not out.is_dir():
@@ -82,12 +73,12 @@ def start_run(s, rt: Runtime, products: tuple[str, ...]) -> dict | None:
 
 
 def check_resume_settings(state: dict, s, checkpoint: Path, announce: bool) -> None:
-    """Refuse a resume whose settings differ from the checkpoint's, except those in MAY_CHANGE (printed)."""
-    current = dataclasses.asdict(s)
-    saved = state["settings"]
-    changed = [k for k, v in current.items() if k in saved and k not in NOT_COMPARED and saved[k] != v]
-    refused = [k for k in changed if k not in MAY_CHANGE]
-    allowed = [k for k in changed if k in MAY_CHANGE]
+    """Refuse a resume whose settings differ from the checkpoint's, except in fields that may change
+    (`flag(..., may_change=True)`), which are printed."""
+    current, saved = dataclasses.asdict(s), state["settings"]
+    changed = [k for k, v in current.items() if k in saved and k in compared(s) and saved[k] != v]
+    refused = [k for k in changed if k not in may_change(s)]
+    allowed = [k for k in changed if k in may_change(s)]
 
     def show(keys):
         return ", ".join(f"--{k.replace('_', '-')} {current[k]} (checkpoint: {saved[k]})" for k in keys)
@@ -131,18 +122,6 @@ def release_folders() -> None:
     _LOCKS.clear()
 
 
-def one_run(main: Callable) -> Callable:
-    """Decorates a training script's main: the --out lock it takes is released however main ends
-    (so `main(argv)` can be called again from Python after an error)."""
-    @functools.wraps(main)
-    def wrapper(argv=None):
-        try:
-            return main(argv)
-        finally:
-            release_folders()
-    return wrapper
-
-
 def trim_log(path: Path, step: int) -> None:
     """Keep the log's records up to `step`: a resumed run writes the later steps again."""
     if not path.exists():
@@ -156,6 +135,31 @@ def trim_log(path: Path, step: int) -> None:
             pass
     with atomic_write(path) as tmp:
         tmp.write_text("".join(line + "\n" for line in kept))
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """torch.save to a temp file of this process, then rename: a crash or a full disk never leaves a
+    half-written checkpoint. NaN or inf anywhere in `state` is refused (NonFiniteError), never written."""
+    check_finite(state, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A state written by `save_checkpoint` (weights_only: a pickle that would run code is refused)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UserError(f"{path}: refused to load: it holds objects other than tensors, and loading it could "
+                        "run code. These scripts did not write it; start over with --overwrite true") from e
+    except Exception as e:  # noqa: BLE001 - zip and EOF errors of a truncated file
+        raise UserError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e}); it may be cut short. "
+                        "Start over with --overwrite true, or put back a copy you kept") from e
+    if not isinstance(state, dict) or not {"step", "settings"} <= state.keys():
+        raise UserError(f"{path}: not a checkpoint of these scripts (no step and settings); "
+                        "start over with --overwrite true")
+    return state
 
 
 @contextlib.contextmanager

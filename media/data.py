@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cli import UserError
-from video_io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, resize_crop, to_model
+from runtime.cli import UserError
+from media.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, resize_crop, to_model
 
 CAPTION_FORMATS = ("a NAME.txt beside each file, or a captions.csv (columns file,caption) or "
                    'captions.jsonl ({"file": ..., "caption": ...} per line) in the folder')
@@ -288,6 +288,22 @@ class ResumableSampler(torch.utils.data.Sampler):
         while True:
             yield self.global_batch(g)[self.rank * self.batch:(self.rank + 1) * self.batch]
             g += 1
+
+
+def check_batch(dataset: CaptionFolder, batch: int, world: int) -> None:
+    """Refuse a global batch larger than the data (before any model loads)."""
+    if len(dataset) < batch * world:
+        processes = f" on {world} processes" if world > 1 else ""
+        raise UserError(f"--batch {batch}{processes} needs at least {batch * world} {dataset.kind}; "
+                        f"{dataset.folder} has {len(dataset)}: lower --batch or add data")
+
+
+def endless_batches(dataset: CaptionFolder, s, rank: int, world: int, start: int):
+    """This process's share of every global batch, from global batch `start` on, forever (`ResumableSampler`);
+    `s` gives --batch, --seed and --workers."""
+    sampler = ResumableSampler(len(dataset), s.batch, s.seed, rank, world, start)
+    return iter(torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
+                                            num_workers=s.workers))
 
 
 def collate(items: list[dict]) -> dict:

@@ -1,8 +1,8 @@
 """Where stage 3's error is made (docs/toy-world.md 7.5): the breakdowns behind its prose.
 
-    python toy/diagnose_stage3.py                       # the run's I2V encoder and ControlNet, 4 steps
-    python toy/diagnose_stage3.py --shipped             # the same for the shipped weights (toy/weights/)
-    python toy/diagnose_stage3.py --i2v runs/s3/x/i2v_motion_module.safetensors --controlnet ""
+    python -m toy.studies.diagnose_stage3                       # the run's I2V encoder and ControlNet, 4 steps
+    python -m toy.studies.diagnose_stage3 --shipped             # the same for the shipped weights (toy/weights/)
+    python -m toy.studies.diagnose_stage3 --i2v runs/s3/x/i2v_motion_module.safetensors --controlnet ""
 
 Image-to-video: the generated first frame against the given image, per background texture, as made
 and after AnimateLCM-I2V's colour matching, split into background and shape pixels, and the error of its
@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from toy.evaluate import (coloured, generate_batch, image_to_video_scores, image_to_video_set, layout_set,  # noqa: E402
+from toy.evaluate import (coloured, toy_videos, image_to_video_scores, image_to_video_set, layout_set,
                           mask_iou, psnr)
-from toy.world import SEEN, sample_videos  # noqa: E402
+from toy.world import SEEN, sample_videos
 
 
 @torch.no_grad()
@@ -98,7 +96,7 @@ def layout(model, steps: int, count: int, seed: int = 0) -> dict:
     _, truth, control, clips = layout_set(seed, count)
     result = {}
     for name, given in (("real masks", control), ("zero control", torch.zeros_like(control))):
-        drawn = coloured(generate_batch(model, [c.caption for c in clips], steps, "lcm", 1.0, seed=seed,
+        drawn = coloured(toy_videos(model, [c.caption for c in clips], steps, "lcm", 1.0, seed=seed,
                                         control=given), clips)
         result[name] = {"iou": mask_iou(drawn, truth),
                         "centroid_px": float((centroids(drawn) - centroids(truth)).norm(dim=-1).median()),
@@ -119,8 +117,9 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     from sd15 import load_sd15
     from unet.controlnet import load_controlnet
-    from toy.run import SHIPPED, load_classifier
-    shipped = {run_path: Path(__file__).parent / "weights" / name for name, run_path in SHIPPED.items()}
+    from toy.classifier import load_classifier
+    from toy.constants import SHIPPED, WEIGHTS
+    shipped = {run_path: WEIGHTS / name for name, run_path in SHIPPED.items()}
 
     def file(relative: str) -> Path:  # a file of the run, or the shipped file made from it
         return shipped[relative] if args.shipped else Path(args.run) / relative

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cli import UserError
+from runtime.cli import UserError
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")

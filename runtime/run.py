@@ -1,0 +1,219 @@
+"""What keeps a training run safe, around the loop that each training script writes out itself.
+
+    run = TrainingRun(s, rt, PRODUCTS, "stage 2")  # claims --out before any model loads; run.state: resume
+    ...                                            # models, optimizer, data
+    step = run.start_step
+    with run.watching(save, validate):             # SIGINT/SIGTERM: finish the step, save, stop
+        while step < s.steps:
+            ...                                    # the algorithm: loss, backward(), clipping
+            run.stop_if_not_finite(step, loss, grad_norm)   # before the optimizer step
+            ...                                    # optimizer step, EMA
+            step += 1
+            run.end_step(step, loss, grad_norm, lr, losses, timesteps)  # log, checkpoint, validate, signals
+
+What can go wrong, and what happens: a non-finite loss or gradient stops the run before the optimizer
+step, and NaN/inf weights are never saved, so checkpoint.pt always holds the last finite step (the
+message says which); a save that fails (a full disk) leaves the previous one whole; a signal finishes
+the step, saves, and raises `Interrupted` (exit code 130/143 from the command line). Problems the user
+can fix are `UserError`s naming what to do.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import json
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm import tqdm
+
+from runtime.cli import Interrupted, UserError, os_error
+from runtime.distributed import Runtime, agreed_signal, barrier, sample_generators
+from runtime.folder import claim_folder, release_folders, save_checkpoint
+from runtime.weights import NonFiniteError
+
+
+def learning_rate(step: int, s) -> float:
+    """The learning rate of optimizer step `step`: a linear warm-up to --lr (the LCM recipes' schedule),
+    times --lr-anneal-factor from step --lr-anneal-at on (0: never). A diffusion model that has learnt
+    the layout of its images at the full rate draws their details sharper after such a drop (the toy
+    teacher: docs/toy-world.md)."""
+    factor = s.lr_anneal_factor if s.lr_anneal_at and step >= s.lr_anneal_at else 1.0
+    return s.lr * min(1.0, (step + 1) / max(1, s.warmup_steps)) * factor
+
+
+class TrainingRun:
+    """One run's --out folder, log, checkpoints and stop signals. `state` is the checkpoint to continue
+    from (None: a new run), `start_step` its step."""
+
+    def __init__(self, s, rt: Runtime, products: tuple[str, ...], name: str):
+        self.s, self.rt, self.name, self.out = s, rt, name, Path(s.out)
+        self.state = claim_folder(s, rt, products)
+        self.start_step = self.saved = self.state["step"] if self.state is not None else 0
+        if self.state is not None and rt.main:
+            print(f"resuming from {self.out / 'checkpoint.pt'} at step {self.start_step}")
+        self.log = JsonlLog(self.out / "log.jsonl", rt.main)
+        self.signum = 0
+
+    def generators(self, step: int, micro: int = 0) -> list[torch.Generator]:
+        """One generator per sample of this process's micro-batch, keyed by the global batch number, so
+        the run draws the same numbers on 1 or N processes and after --resume."""
+        s = self.s
+        return sample_generators(s.seed, step * s.grad_accum + micro, self.rt.rank * s.batch, s.batch)
+
+    @contextlib.contextmanager
+    def watching(self, save: Callable[[int], None], validate: Callable[[int], dict | None] | None = None):
+        """Around the loop: `save(step)` writes a checkpoint (called every --save-every steps, at the end and
+        on a signal), `validate(step)` writes samples on rank 0 (a dict it returns joins the log)."""
+        self._save, self._validate = save, validate
+        self.step = self.start_step
+        self.bar = tqdm(total=self.s.steps, initial=self.start_step, disable=not self.rt.main, desc=self.name)
+        previous = {sig: signal.signal(sig, self._record_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        except (Interrupted, UserError):
+            raise
+        except Exception:
+            if not self.signum:  # a bug or an I/O error: as it is
+                raise
+            self._stop(self.signum)  # a signal can kill DataLoader workers mid-step: keep the last step
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.bar.close()
+        barrier(self.rt)
+
+    def stop_if_not_finite(self, step: int, loss: float, grad_norm: float) -> None:
+        """A NaN/inf loss or gradient stops the run before the optimizer step could spoil the weights."""
+        if math.isfinite(loss) and math.isfinite(grad_norm):
+            return
+        what = "loss" if not math.isfinite(loss) else "gradient"
+        precision = ", or --precision fp32" if self.rt.device.type == "cuda" else ""  # autocast is GPU only
+        raise UserError(f"non-finite {what} at step {step + 1}: stopped before the optimizer step; {self._kept()}: "
+                        f"run again with --resume true and a lower --lr{precision}")
+
+    def end_step(self, step: int, loss: float, grad_norm: float, lr: float, losses: torch.Tensor,
+                 timesteps: torch.Tensor) -> None:
+        """After optimizer step `step` (counted from 1): the progress bar; a log record with the loss per
+        timestep quarter; a checkpoint when due; validation when due; a stop when a signal came."""
+        s, self.step = self.s, step
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{loss:.4f}")
+        if step % s.log_every == 0 or step == s.steps:
+            memory = {"peak_memory_gb": round(torch.cuda.max_memory_allocated(self.rt.device) / 2 ** 30, 3)} \
+                if self.rt.device.type == "cuda" else {}
+            self.log.write(step=step, loss=loss, grad_norm=grad_norm, lr=lr,
+                           **timestep_buckets(timesteps.cpu(), losses.detach().cpu()), **memory)
+        signum = agreed_signal(self.signum, self.rt)
+        if step % s.save_every == 0 or step == s.steps or signum:
+            self._checkpoint(step)
+        due = s.val_every > 0 and (step % s.val_every == 0 or step == s.steps)
+        if self._validate is not None and self.rt.main and due:
+            record = self._validate(step)
+            if record:
+                self.log.write(step=step, **record)
+        if signum and step < s.steps:
+            self._stop(signum)
+
+    def save_checkpoint(self, state: dict) -> None:
+        """out/checkpoint.pt: the full resume state (written whole or not at all; never NaN or inf)."""
+        save_checkpoint(self.out / "checkpoint.pt", state)
+
+    def metadata(self, step: int, schedule) -> dict:
+        """What an exported weights file records of its run: settings, noise schedule, step."""
+        return {"settings": dataclasses.asdict(self.s), "schedule": dataclasses.asdict(schedule), "step": step}
+
+    def write_sample(self, video: torch.Tensor, name: str) -> None:
+        """A validation sample [3, F, H, W] in [0, 1] as out/val/NAME (.png: the first frame; .gif: a video)."""
+        from media.video import to_uint8, write_video
+        frames = to_uint8(video)
+        path = self.out / "val" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix == ".png":
+            from PIL import Image
+            Image.fromarray(frames[0]).save(path)
+        else:
+            write_video(frames, path, fps=8)
+
+    def _record_signal(self, signum, frame):
+        self.signum = signum
+
+    def _kept(self) -> str:
+        if not self.saved:
+            return "nothing was saved yet"
+        return f"{self.out / 'checkpoint.pt'} holds step {self.saved} (finite weights)"
+
+    def _checkpoint(self, step: int) -> None:
+        try:
+            if self.rt.main:
+                self._save(step)
+        except NonFiniteError as e:
+            raise UserError(f"the weights became NaN or inf by step {step} ({e}); {self._kept()}: run again with "
+                            "--resume true and a lower --lr") from e
+        except OSError as e:
+            raise UserError(f"could not save step {step} ({os_error(e)}); the last complete save is step "
+                            f"{self.saved}, and a failed save leaves it whole") from e
+        self.saved = step
+
+    def _stop(self, signum: int) -> None:
+        if self.saved != self.step:
+            self._checkpoint(self.step)
+        barrier(self.rt)
+        raise Interrupted(f"stopped by {signal.Signals(signum).name} at step {self.step} of {self.s.steps}; "
+                          f"{self.out / 'checkpoint.pt'} holds it: continue with the same command and --resume true",
+                          128 + signum)
+
+
+class JsonlLog:
+    """One JSON object per line, appended (rank 0 only), with wall time."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled, self.start = path, enabled, time.time()
+        if enabled:
+            path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, **record) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps({"time": round(time.time() - self.start, 3), **record}) + "\n")
+
+
+def timestep_buckets(t: torch.Tensor, losses: torch.Tensor, buckets: int = 4, total: int = 1000) -> dict:
+    """Mean per-sample loss by timestep quarter, so a run that stops improving somewhere shows it."""
+    out = {}
+    for b in range(buckets):
+        lo, hi = b * total // buckets, (b + 1) * total // buckets
+        mask = (t >= lo) & (t < hi)
+        if mask.any():
+            out[f"loss_t{lo}-{hi - 1}"] = round(losses[mask].mean().item(), 6)
+    return out
+
+
+@contextlib.contextmanager
+def evaluating(*modules: torch.nn.Module):
+    """Modules in eval mode for a validation, then back in the mode each was in."""
+    modes = [(m, m.training) for m in modules]
+    for m, _ in modes:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.train(training)
+
+
+def one_run(main: Callable) -> Callable:
+    """Decorates a training script's main: the --out lock it takes is released however main ends
+    (so `main(argv)` can be called again from Python after an error)."""
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        finally:
+            release_folders()
+    return wrapper
