@@ -148,10 +148,12 @@ def check(args, model_args, protocol: Protocol, out: Path) -> None:
     if out.exists() and not out.is_dir():
         problems.append(f"--out {out} is a file; name a folder for the videos and results")
     for sampler in args.sampler:  # sample.py's own checks, for the largest step count of every sampler
-        model_args.sampler, model_args.steps = sampler, max(protocol.steps)
-        model_args.out = str(out / "videos" / "v.mp4")  # where videos go: writable?
+        checked = argparse.Namespace(**vars(model_args))  # --timestep-spacing is for DDIM and DPM-Solver++ only
+        checked.sampler, checked.steps = sampler, max(protocol.steps)
+        checked.timestep_spacing = None if sampler == "lcm" else model_args.timestep_spacing
+        checked.out = str(out / "videos" / "v.mp4")  # where videos go: writable?
         try:
-            sample.check_args(model_args, protocol.height, protocol.width)
+            sample.check_args(checked, protocol.height, protocol.width)
         except UserError as e:
             problems += [str(e)] if str(e) not in problems else []
     if min(protocol.steps) < 1:
@@ -206,7 +208,8 @@ def evaluate(argv=None) -> int:
     for cell, d in tqdm(cells.items(), desc="scoring", unit="cell"):
         scores = score_cell([path[cell, i, seed] for i, seed in prompt_seeds], [prompts[i] for i, _ in prompt_seeds],
                             embedder, scorer, real, protocol)
-        rows.append({"method": name, "sampler": cell[0], "guidance": model_args.guidance, "steps": cell[1], **scores,
+        rows.append({"method": name, "sampler": cell[0], "guidance": model_args.guidance, "steps": cell[1],
+                     "timestep_spacing": model_args.timestep_spacing if cell[0] != "lcm" else None, **scores,
                      "videos_folder": str(d), "model": method})
     results = write_results(out, measures, real, rows)
     print(markdown_table(results["rows"], protocol.prompt_score))
@@ -228,7 +231,9 @@ def generate_all(model_args, protocol: Protocol, todo: list, path: dict, prompts
         sampler, steps = cell
         request = Request(prompt="", negative_prompt=model_args.negative_prompt, frames=protocol.frames,
                           height=protocol.height, width=protocol.width, steps=steps, guidance=model_args.guidance,
-                          sampler=sampler, schedule=schedule, original_steps=original_steps,
+                          sampler=sampler, timestep_spacing=None if sampler == "lcm" else model_args.timestep_spacing,
+                          schedule=schedule,
+                          original_steps=original_steps,
                           clip_skip=model_args.clip_skip,
                           context_frames=model_args.context_frames, context_overlap=model_args.context_overlap,
                           decode_chunk=model_args.decode_chunk, progress=False)
@@ -352,6 +357,7 @@ def method_settings(model_args, protocol: Protocol, prompts_sha: str) -> dict:
             "lora_scale": sample.lora_scales(model_args), "guidance": model_args.guidance,
             "negative_prompt": model_args.negative_prompt,
             "beta_schedule": model_args.beta_schedule, "beta_end": model_args.beta_end,
+            "timestep_spacing": model_args.timestep_spacing,
             "original_steps": model_args.original_steps, "clip_skip": model_args.clip_skip,
             "frames": protocol.frames, "height": protocol.height, "width": protocol.width,
             "dtype": sample.dtype_name(model_args),

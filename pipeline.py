@@ -32,6 +32,9 @@ from lcm.schedule import NoiseSchedule
 from sd15 import StableDiffusion
 
 SAMPLERS = ("lcm", "ddim", "dpmpp_2m")
+# each sampler's timestep spacings, its default first: DDIM's is AnimateDiff's config (leading, offset 1), the
+# paper's baseline; DPM-Solver++'s diffusers' (linspace); "trailing" starts every step count at t = 999
+SPACINGS = {"lcm": (), "ddim": ("leading", "trailing", "linspace"), "dpmpp_2m": ("linspace", "trailing")}
 STRENGTH_CONVENTIONS = ("lcm", "diffusers")
 
 
@@ -46,6 +49,7 @@ class Request:
     guidance: float = 1.0
     seed: int | list[int] = 0  # one seed a prompt: video i's noise comes from a generator seeded with seed[i]
     sampler: str = "lcm"
+    timestep_spacing: str | None = None  # DDIM, DPM-Solver++: None is the sampler's default (SPACINGS)
     schedule: NoiseSchedule = field(default_factory=NoiseSchedule)
     original_steps: int = 100  # AnimateLCM-T2V's LCM grid (I2V: 200)
     clip_skip: int = 0
@@ -88,6 +92,10 @@ def check_request(model: StableDiffusion, r: Request) -> None:
         problems.append(f"guidance must be at least 1 (1 disables classifier-free guidance; got {r.guidance})")
     if r.sampler not in SAMPLERS:
         problems.append(f"sampler must be one of {SAMPLERS} (got {r.sampler!r})")
+    elif r.timestep_spacing is not None and r.timestep_spacing not in SPACINGS[r.sampler]:
+        allowed = ", ".join(SPACINGS[r.sampler]) or "none: LCM samples its own grid"
+        problems.append(f"timestep spacing {r.timestep_spacing!r} does not apply to the {r.sampler} sampler "
+                        f"({allowed})")
     if r.frames < 1:
         problems.append(f"frames must be at least 1 (got {r.frames})")
     window = model.unet.cfg.motion_max_frames if model.unet.cfg.motion_modules else None
@@ -237,8 +245,10 @@ def request_timesteps(r: Request) -> list[int]:
     """The sampler's timesteps; for V2V as `r.strength_convention` says (see the module docstring)."""
     if r.sampler == "lcm" and (r.video is None or r.strength_convention == "lcm"):
         return lcm_timesteps(r.steps, r.original_steps, r.strength if r.video is not None else 1.0)
-    timesteps = {"lcm": lambda: lcm_timesteps(r.steps, r.original_steps), "ddim": lambda: ddim_timesteps(r.steps),
-                 "dpmpp_2m": lambda: dpmpp_timesteps(r.steps)}[r.sampler]()
+    spacing = r.timestep_spacing or (SPACINGS[r.sampler] or (None,))[0]
+    timesteps = {"lcm": lambda: lcm_timesteps(r.steps, r.original_steps),
+                 "ddim": lambda: ddim_timesteps(r.steps, spacing, offset=1 if spacing == "leading" else 0),
+                 "dpmpp_2m": lambda: dpmpp_timesteps(r.steps, spacing)}[r.sampler]()
     if r.video is None:
         return timesteps
     kept = keep_last(timesteps, r.strength)

@@ -64,6 +64,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lora-scale", type=float, action="append", default=[],
                    help="multiplier per --lora (default 0.8 each, AnimateLCM's app default)")
     p.add_argument("--sampler", default="lcm", choices=["lcm", "ddim", "dpmpp_2m"])
+    p.add_argument("--timestep-spacing", choices=["leading", "trailing", "linspace"], default=None,
+                   help="DDIM and DPM-Solver++ only: default leading for DDIM (AnimateDiff's config, the paper's "
+                        "baseline: 1 step runs at t = 1), linspace for DPM-Solver++; trailing starts at t = 999")
     p.add_argument("--beta-schedule", default="beta_linear", choices=["beta_linear", "sqrt_beta_linear"],
                    help="see README: AnimateLCM/AnimateDiff use beta_linear")
     p.add_argument("--beta-end", type=float, default=None, help="default 0.012 (AnimateLCM-I2V: 0.014)")
@@ -154,7 +157,7 @@ def generate_video(argv=None) -> int:
     schedule, original_steps = schedule_and_grid(args, model)
     request = Request(prompt=args.prompt, negative_prompt=args.negative_prompt, frames=args.frames,
                       height=height, width=width, steps=args.steps, guidance=args.guidance, seed=args.seed,
-                      sampler=args.sampler, schedule=schedule,
+                      sampler=args.sampler, timestep_spacing=args.timestep_spacing, schedule=schedule,
                       original_steps=original_steps, clip_skip=args.clip_skip,
                       motion_scale=args.motion_scale, match_colours=args.match_colours,
                       anchor_first_frame=bool(args.anchor_first_frame), strength=args.strength,
@@ -239,6 +242,10 @@ def check_args(args, height: int, width: int) -> None:
         problems.append(f"--guidance must be at least 1 (got {args.guidance}); 1 means no guidance")
     if not 0 < args.strength <= 1:
         problems.append(f"--strength must be in (0, 1] (got {args.strength})")
+    from pipeline import SPACINGS
+    if args.timestep_spacing and args.timestep_spacing not in SPACINGS[args.sampler]:
+        problems.append(f"--timestep-spacing {args.timestep_spacing} does not apply to --sampler {args.sampler} "
+                        f"({', '.join(SPACINGS[args.sampler]) or 'LCM samples its own grid'})")
     if args.anchor_first_frame and (not args.image or args.sampler != "lcm"):
         problems.append("--anchor-first-frame needs --image and --sampler lcm")
     if args.beta_end is not None and not 0 < args.beta_end < 1:

@@ -3,6 +3,9 @@ ControlNet were. AnimateLCM distils from such models; the toy world trains its o
 
     # the image model, whole, on captioned images (from scratch or a fine-tune); writes model.safetensors
     python train_teacher.py --train unet --sd15 start.safetensors --data my_images/ --out runs/teacher_image
+    # a style LoRA on the frozen image model, on captioned images (a personalization, the way people make
+    # them); writes lora.safetensors (kohya), to load with any SD1.5 model at a scale of your choice
+    python train_teacher.py --train lora --sd15 v1-5-pruned-emaonly.safetensors --data my_style/ --out runs/style
     # motion modules on captioned videos, the image model frozen (AnimateDiff's recipe); new modules
     # without --motion; writes motion_module.safetensors
     python train_teacher.py --train motion --sd15 model.safetensors --data my_videos/ --out runs/teacher_motion
@@ -14,8 +17,8 @@ ControlNet were. AnimateLCM distils from such models; the toy world trains its o
 
 One step: t ~ U{0..T-1}, x_t = alpha_t x0 + sigma_t eps, loss = lambda(t) ||eps_theta(x_t, c, t) - eps||^2
 (lcm/denoise.py), with a share of captions replaced by "" so that classifier-free guidance works.
-Outputs in --out: model.safetensors (SD1.5 single-file layout), motion_module.safetensors (AnimateDiff
-layout) or controlnet.safetensors (ControlNet-1.1 layout), from the EMA weights with --ema-decay > 0;
+Outputs in --out: model.safetensors (SD1.5 single-file layout), lora.safetensors (kohya), motion_module.safetensors
+(AnimateDiff layout) or controlnet.safetensors (ControlNet-1.1 layout), from the EMA weights with --ema-decay > 0;
 checkpoint.pt; log.jsonl; val/ samples (DDIM, 4 and 25 steps, guidance 7.5).
 """
 from __future__ import annotations
@@ -37,19 +40,20 @@ from runtime.distributed import (autocast, clip_gradients, global_mean, low_prec
                                  setup, teardown)
 from runtime.folder import restoring
 from runtime.run import TrainingRun, evaluating, learning_rate, one_run
-from runtime.settings import (AT_LEAST_1, DECAY, OPTIONAL_PATH, SHARE, TrainSettings, check_settings, flag, one_of,
-                              parse_settings)
+from runtime.settings import (AT_LEAST_1, DECAY, OPTIONAL_PATH, POSITIVE, SHARE, TrainSettings, check_settings, flag,
+                              one_of, parse_settings)
 from runtime.weights import HINTS_KEY, save_safetensors
 from sd15 import load_sd15, save_sd15
 from unet.controlnet import SD15_HINT_CHANNELS, ControlNet, controlnet_hints, controlnet_state_to_ldm
 from unet.load import add_motion_modules, save_motion_module
+from unet.lora import LoRANetwork
 
 
 @dataclasses.dataclass
 class Settings(TrainSettings):
-    train: str = flag("unet", "what learns: unet (the image model, on images), motion (motion modules, on "
-                      "videos) or controlnet (a new ControlNet, on videos and control videos)",
-                      one_of("unet", "motion", "controlnet"))
+    train: str = flag("unet", "what learns: unet (the image model, on images), lora (a LoRA on it, on images), "
+                      "motion (motion modules, on videos) or controlnet (a new ControlNet, on videos and control "
+                      "videos)", one_of("unet", "lora", "motion", "controlnet"))
     motion: str = flag("", "a motion module: --train motion continues it (none: new modules); --train "
                        "controlnet: the frozen video model's", OPTIONAL_PATH, may_change=True)
     control_data: str = flag("", "--train controlnet: control videos, named like the --data videos", OPTIONAL_PATH,
@@ -61,11 +65,14 @@ class Settings(TrainSettings):
     caption_dropout: float = flag(0.1, "share of captions replaced by '' (for classifier-free guidance)", SHARE)
     loss_weight: str = flag("uniform", "lambda(t): uniform (DDPM), v or sqrt_v (lcm/denoise.py:denoising_weight)",
                             one_of(*DENOISING_WEIGHTS))
-    val_prompt: str = flag("a boat sailing on a calm lake", "validation prompt (--train unet or motion)",
+    lora_rank: int = flag(16, "--train lora: its rank", AT_LEAST_1)
+    lora_alpha: float = flag(16.0, "--train lora: its alpha (scale alpha / rank)", POSITIVE)
+    val_prompt: str = flag("a boat sailing on a calm lake", "validation prompt (--train unet, lora or motion)",
                            may_change=True)
 
 
-PRODUCTS = ("model.safetensors", "motion_module.safetensors", "controlnet.safetensors")
+PRODUCTS = ("model.safetensors", "lora.safetensors", "motion_module.safetensors", "controlnet.safetensors")
+IMAGES = ("unet", "lora")  # the parts that learn from images
 
 
 @one_run
@@ -78,10 +85,12 @@ def main(argv=None, score=None):
     if s.train == "controlnet" and not (s.motion and s.control_data):
         raise UserError("--train controlnet needs --motion (the frozen video model's motion module) and "
                         "--control-data (control videos named like the --data videos)")
+    if s.train == "lora" and s.ema_decay > 0:
+        raise UserError("--train lora trains without an EMA copy: pass --ema-decay 0")
     rt = setup(s.seed, s.device)
     if rt.main:
         print(f"settings: {dataclasses.asdict(s)}")
-    dataset = ImageCaptionDataset(s.data, size=s.size) if s.train == "unet" else VideoCaptionDataset(
+    dataset = ImageCaptionDataset(s.data, size=s.size) if s.train in IMAGES else VideoCaptionDataset(
         s.data, frames=s.frames, stride=s.stride, size=s.size, seed=s.seed, control_folder=s.control_data or None)
     check_batch(dataset, s.batch, rt.world)
     run = TrainingRun(s, rt, PRODUCTS, f"teacher ({s.train})")
@@ -94,6 +103,9 @@ def main(argv=None, score=None):
     if s.train == "unet":  # the whole image model learns
         online = unet.requires_grad_(True).train()
         online.enable_gradient_checkpointing(s.gradient_checkpointing)
+    elif s.train == "lora":  # a LoRA learns; the image model stays as it is
+        unet.requires_grad_(False).train().enable_gradient_checkpointing(s.gradient_checkpointing)
+        online = LoRANetwork.create(unet, s.lora_rank, s.lora_alpha)
     elif s.train == "motion":  # the motion modules learn; the spatial layers stay as they are
         online = unet.requires_grad_(False).eval()
         for name, p in online.named_parameters():
@@ -115,7 +127,10 @@ def main(argv=None, score=None):
         print(f"trainable parameters: {sum(p.numel() for p in trainable):,} ({s.train})")
 
     def denoiser(net, control):
-        """eps_theta(x, t, c): the network itself, or the frozen video model steered by a ControlNet."""
+        """eps_theta(x, t, c): the network itself (a LoRA: the UNet it is attached to), or the frozen video
+        model steered by a ControlNet."""
+        if s.train == "lora":
+            return unet
         if s.train != "controlnet":
             return net
 
@@ -142,6 +157,8 @@ def main(argv=None, score=None):
         meta = run.metadata(step, schedule)
         if s.train == "unet":
             save_sd15(run.out / "model.safetensors", target, model.vae, model.text_encoder, meta)
+        elif s.train == "lora":
+            target.save(run.out / "lora.safetensors", metadata=meta)
         elif s.train == "motion":
             save_motion_module(target, run.out / "motion_module.safetensors", meta)
         else:
@@ -151,10 +168,10 @@ def main(argv=None, score=None):
     clip = dataset[0] if s.train == "controlnet" else None  # validation: a fixed clip's control video
 
     def validate(step):  # fixed-seed samples of the EMA weights: DDIM at 4 and 25 steps, guidance 7.5
-        view, condition = dataclasses.replace(model, unet=target), {}
+        view, condition = dataclasses.replace(model, unet=unet if s.train == "lora" else target), {}
         if s.train == "controlnet":
             view, condition = dataclasses.replace(model, controlnet=target), {"control": clip["control"][None]}
-        frames, suffix = (1, "png") if s.train == "unet" else (s.frames, "gif")
+        frames, suffix = (1, "png") if s.train in IMAGES else (s.frames, "gif")
         with evaluating(unet, target):
             for steps in (4, 25):
                 video = generate(view, Request(prompt=clip["caption"] if clip else s.val_prompt, frames=frames,

@@ -102,7 +102,11 @@ def keep_last(timesteps: list[int], strength: float) -> list[int]:
 # ---- DDIM (eta = 0) ----------------------------------------------------------------------------
 
 def ddim_timesteps(steps: int, spacing: str = "leading", offset: int = 1, total: int = 1000) -> list[int]:
-    """DDIM timesteps; defaults are AnimateDiff's scheduler config (leading spacing, steps_offset 1)."""
+    """DDIM timesteps; defaults are AnimateDiff's scheduler config (leading spacing, steps_offset 1).
+
+    "leading" starts low for few steps: one step runs at t = 1 only, two at (501, 1), four start at
+    751, so a few-step DDIM never sees pure noise. "trailing" starts at t = 999 whatever the count
+    (the fair few-step baseline; docs/consistency-distillation.md, section 5)."""
     if spacing == "leading":
         ts = (np.arange(0, steps) * (total // steps)).round()[::-1] + offset
     elif spacing == "linspace":
@@ -140,9 +144,14 @@ def sample_ddim(model: Model, x: torch.Tensor, schedule: NoiseSchedule, timestep
 
 # ---- DPM-Solver++ (2M) -------------------------------------------------------------------------
 
-def dpmpp_timesteps(steps: int, total: int = 1000) -> list[int]:
-    """Linspace timesteps, as diffusers' DPMSolverMultistepScheduler picks them by default."""
-    return [int(t) for t in np.linspace(0, total - 1, steps + 1).round()[::-1][:-1]]
+def dpmpp_timesteps(steps: int, spacing: str = "linspace", total: int = 1000) -> list[int]:
+    """DPM-Solver++ timesteps: "linspace" (diffusers' DPMSolverMultistepScheduler default) or "trailing"
+    (the first step at t = 999 whatever the count)."""
+    if spacing == "linspace":
+        return [int(t) for t in np.linspace(0, total - 1, steps + 1).round()[::-1][:-1]]
+    if spacing == "trailing":
+        return [int(t) for t in np.arange(total, 0, -total / steps).round() - 1]
+    raise ValueError(f"DPM-Solver++ spacing must be linspace or trailing, not {spacing!r}")
 
 
 def dpmpp_sigmas(schedule: NoiseSchedule, timesteps: list[int]) -> torch.Tensor:

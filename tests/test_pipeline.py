@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import FIXTURES
-from pipeline import Request, generate, request_timesteps
+from pipeline import Request, check_request, generate, request_timesteps
 from runtime.weights import HINTS_KEY, save_safetensors
 from sd15 import load_sd15
 from test_lora import random_kohya_lora
@@ -182,6 +182,23 @@ def test_kept_steps_match_diffusers(sampler, steps, strength):
         assert request_timesteps(request) == ref.timesteps.tolist()
     else:  # DDIM and DPM-Solver++ keep diffusers' steps in both conventions
         assert request_timesteps(request) == expected
+
+
+def test_timestep_spacing_picks_the_baselines_timesteps():
+    """DDIM defaults to AnimateDiff's leading spacing (1 step at t = 1), DPM-Solver++ to linspace; trailing
+    starts both at t = 999; LCM takes no spacing (tests/test_sampler.py checks each against diffusers)."""
+    def timesteps(sampler, steps, spacing=None):
+        return request_timesteps(Request(prompt="", sampler=sampler, steps=steps, timestep_spacing=spacing))
+    assert timesteps("ddim", 1) == [1] and timesteps("ddim", 2) == [501, 1] and timesteps("ddim", 4)[0] == 751
+    assert timesteps("ddim", 1, "trailing") == [999] and timesteps("ddim", 4, "trailing") == [999, 749, 499, 249]
+    assert timesteps("dpmpp_2m", 4) == [999, 749, 500, 250] and timesteps("dpmpp_2m", 2, "trailing") == [999, 499]
+    from types import SimpleNamespace
+    model = SimpleNamespace(vae=SimpleNamespace(cfg=SimpleNamespace(block_out_channels=(1, 1, 1, 1))),
+                            unet=SimpleNamespace(cfg=SimpleNamespace(motion_modules=False)), controlnet=None)
+    with pytest.raises(ValueError, match="'trailing' does not apply to the lcm sampler"):
+        check_request(model, Request(prompt="", sampler="lcm", timestep_spacing="trailing", height=64, width=64))
+    with pytest.raises(ValueError, match="'leading' does not apply to the dpmpp_2m sampler .linspace, trailing."):
+        check_request(model, Request(prompt="", sampler="dpmpp_2m", timestep_spacing="leading", height=64, width=64))
 
 
 def test_non_finite_latents_stop_with_a_message(setup):

@@ -83,6 +83,10 @@ def test_video_to_video_and_long_video(weights, tmp_path, capsys):
     assert run(weights, tmp_path, "--out", str(tmp_path / "v2v_ddim"), "--video", str(tmp_path / "source.gif"),
                "--strength", "0.5", "--sampler", "ddim") == 0
     assert "1 of 2 ddim steps, the last ones (--strength 0.5))" in capsys.readouterr().out  # the steps that ran
+    for spacing in ("leading", "trailing"):  # trailing starts at t = 999: another video from the same noise
+        assert run(weights, tmp_path, "--out", str(tmp_path / spacing), "--sampler", "ddim", "--timestep-spacing",
+                   spacing) == 0
+    assert not np.array_equal(read_video(tmp_path / "leading"), read_video(tmp_path / "trailing"))
     assert run(weights, tmp_path, "--out", str(tmp_path / "long"), "--frames", "30", "--context-frames", "8") == 0
     assert read_video(tmp_path / "long").shape == (30, 32, 48, 3)
 
@@ -94,6 +98,7 @@ def test_video_to_video_and_long_video(weights, tmp_path, capsys):
     (["--frames", "30"], "window of 24.*--context-frames"),
     (["--image", "missing.png"], "no such file"),
     (["--anchor-first-frame", "true"], "--anchor-first-frame needs --image and --sampler lcm"),
+    (["--timestep-spacing", "trailing"], "--timestep-spacing trailing does not apply to --sampler lcm"),
 ])
 def test_bad_input_gets_a_clear_message(weights, tmp_path, capsys, extra, message):
     assert run(weights, tmp_path, "--out", str(tmp_path / "x.gif"), *extra) == 2

@@ -117,13 +117,15 @@ def test_ddim_equals_diffusers(kind, steps, spacing, offset):
 
 @pytest.mark.parametrize("kind", DIFFUSERS_NAME)
 @pytest.mark.parametrize("steps", STEPS + [20])
-def test_dpmpp_2m_equals_diffusers(kind, steps):
+@pytest.mark.parametrize("spacing", ["linspace", "trailing"])
+def test_dpmpp_2m_equals_diffusers(kind, steps, spacing):
     from diffusers import DPMSolverMultistepScheduler
-    ref = DPMSolverMultistepScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule=DIFFUSERS_NAME[kind])
+    ref = DPMSolverMultistepScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule=DIFFUSERS_NAME[kind],
+                                      timestep_spacing=spacing)
     assert (ref.config.algorithm_type, ref.config.solver_order, ref.config.final_sigmas_type) == \
         ("dpmsolver++", 2, "zero")
     ref.set_timesteps(steps)
-    timesteps = dpmpp_timesteps(steps)
+    timesteps = dpmpp_timesteps(steps, spacing)
     assert timesteps == ref.timesteps.tolist()
     x_ref = start()
     for t in ref.timesteps:

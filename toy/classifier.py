@@ -103,9 +103,9 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def real_reference(model: VideoClassifier, count: int, seed: int, combos=SEEN, frames: int = 8,
-                   resolution: int = 32) -> torch.Tensor:
-    """Classifier features of `count` fresh real clips: the reference set of the toy FVD."""
-    videos, _, _ = sample_videos(count, seed, combos, frames, resolution)
+                   resolution: int = 32, style: str = "filled") -> torch.Tensor:
+    """Classifier features of `count` fresh real clips (in `style`): the reference set of the toy FVD."""
+    videos, _, _ = sample_videos(count, seed, combos, frames, resolution, style)
     return judge(model, to_model(videos))[0]
 
 

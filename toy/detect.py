@@ -8,7 +8,10 @@ background, so the pixel's chroma (p minus its own grey level) is about `a` time
 chroma. That gives, per pixel, the colour (the direction of its chroma) and the opacity `a`:
   - colour: the prompt colour whose chroma direction the strongly coloured pixels vote for;
   - core: pixels with a >= CORE (the shape itself; the trail is drawn at a <= 0.77);
-  - shape: a triangle is bottom-heavy; a square fills its bounding box (~1), a circle ~0.79 of it;
+  - shape: a triangle is bottom-heavy; a square fills its bounding box (~1), a circle ~0.79 of it (read on
+    the core with the background it encloses filled in, so an outline is read as its shape);
+  - style: "outline" where the core encloses background (a share HOLLOW or more of the filled-in shape),
+    else "filled";
   - motion: the displacement of the core's centroid from the first to the last frame;
   - trail: the side on which the faint pixels (TRAIL_LOW <= a < CORE) lie, in each frame; the
     shape moves away from it, so a single still shows its direction.
@@ -26,6 +29,8 @@ CHROMA = CHROMA - CHROMA.mean(1, keepdim=True)
 UNIT = torch.tensor(list(DIRECTIONS.values()), dtype=torch.float32)  # [4, 2] (x, y), y down
 CORE, TRAIL_LOW, VOTE = 0.75, 0.15, 0.35  # opacities: the shape; the faintest trail; pixels that vote on colour
 TRIANGLE_BALANCE, SQUARE_FILL = 0.6, 0.87  # upper / lower half mass below -> triangle; box fill above -> square
+HOLLOW = 0.12  # share of the filled-in shape that is not core: above, an outline (real clips: 0.18-0.54)
+STYLES = ("filled", "outline")
 
 
 def colour_and_opacity(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,6 +77,32 @@ def shape_of(core: torch.Tensor) -> torch.Tensor:
     return torch.where((height > 2) & (width > 2), shape, -1)
 
 
+def filled_in(core: torch.Tensor) -> torch.Tensor:
+    """Core masks [N, H, W] with the background they enclose: every pixel that cannot be reached from the
+    frame's border through pixels outside the core (4-neighbour flood fill)."""
+    free = ~core
+    reach = torch.zeros_like(core)
+    reach[:, 0], reach[:, -1], reach[:, :, 0], reach[:, :, -1] = free[:, 0], free[:, -1], free[:, :, 0], free[:, :, -1]
+    while True:
+        grown = reach.clone()
+        grown[:, 1:] |= reach[:, :-1]
+        grown[:, :-1] |= reach[:, 1:]
+        grown[:, :, 1:] |= reach[:, :, :-1]
+        grown[:, :, :-1] |= reach[:, :, 1:]
+        grown &= free
+        if torch.equal(grown, reach):
+            return ~reach
+        reach = grown
+
+
+def style_of(core: torch.Tensor, filled: torch.Tensor) -> torch.Tensor:
+    """Index into STYLES per frame [N]: outline where the core leaves a share HOLLOW of its filled-in shape
+    empty (-1 where there is no core)."""
+    area = filled.sum((1, 2))
+    hollow = 1 - core.sum((1, 2)) / area.clamp(min=1)
+    return torch.where(area > 0, (hollow >= HOLLOW).long(), -1)
+
+
 def trail_direction(opacity: torch.Tensor) -> torch.Tensor:
     """Per frame [N, H, W] of opacities: the direction the shape moves, read from its trail's side."""
     core = opacity >= CORE
@@ -88,7 +119,8 @@ def majority(labels: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def detect(videos: torch.Tensor) -> dict[str, torch.Tensor]:
     """Videos [N, 3, F, H, W] in [-1, 1] -> labels [N] for colour, shape, direction (the core's
-    motion, first to last frame) and trail (the majority of the frames' trail sides)."""
+    motion, first to last frame), trail (the majority of the frames' trail sides) and style (the majority
+    of the frames' styles, an index into STYLES)."""
     n, _, f, h, w = videos.shape
     frames = videos.float().clamp(-1, 1).transpose(1, 2).reshape(n * f, 3, h, w)
     colours, opacities = colour_and_opacity(frames)
@@ -96,16 +128,19 @@ def detect(videos: torch.Tensor) -> dict[str, torch.Tensor]:
     opacity = opacities[torch.arange(n * f), colour.clamp(min=0).repeat_interleave(f)]  # [N*F, H, W]
     core = (opacity >= CORE).view(n, f, h, w)
     centres = centroid(core.flatten(0, 1)).view(n, f, 2)
-    shapes = shape_of(core.flatten(0, 1)).view(n, f)
+    filled = filled_in(core.flatten(0, 1))
+    shapes = shape_of(filled).view(n, f)
+    styles = style_of(core.flatten(0, 1), filled).view(n, f)
     trails = trail_direction(opacity).view(n, f)
     none = colour < 0
     return {"colour": colour,
             "shape": torch.where(none, -1, majority(shapes)),
             "direction": torch.where(none, -1, nearest_direction(centres[:, -1] - centres[:, 0])),
-            "trail": torch.where(none, -1, majority(trails))}
+            "trail": torch.where(none, -1, majority(trails)),
+            "style": torch.where(none, -1, majority(styles))}
 
 
 def detect_stills(images: torch.Tensor) -> dict[str, torch.Tensor]:
     """Images [N, 3, H, W] in [-1, 1] -> labels [N] for colour, shape and direction (the trail's side)."""
     labels = detect(images[:, :, None])
-    return {"colour": labels["colour"], "shape": labels["shape"], "direction": labels["trail"]}
+    return {"colour": labels["colour"], "shape": labels["shape"], "direction": labels["trail"], "style": labels["style"]}

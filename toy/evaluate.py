@@ -34,17 +34,20 @@ class Method:
 def toy_videos(model, captions: list[str], steps: int, sampler: str, guidance: float, seed: int,
                frames: int = FRAMES, resolution: int = RESOLUTION, original_steps: int = ORIGINAL_STEPS,
                schedule: NoiseSchedule = SCHEDULE, image: torch.Tensor | None = None,
-               control: torch.Tensor | None = None, batch: int = 32, anchor: bool = False) -> torch.Tensor:
+               control: torch.Tensor | None = None, batch: int = 32, anchor: bool = False,
+               spacing: str | None = None) -> torch.Tensor:
     """Videos [N, 3, F, H, W] in [-1, 1] of a toy model for many prompts, through pipeline.generate, `batch`
     at a time: video i has its own noise (seed * 100003 + i), whatever the batch. `image` (first frames
     [N, 3, H, W]) conditions the I2V encoder if the model has one; `anchor`: frame 0 is anchored to its
-    latent (pipeline.Request.anchor_first_frame), with or without an encoder; `control`: [N, 3, F, H, W]."""
+    latent (pipeline.Request.anchor_first_frame), with or without an encoder; `control`: [N, 3, F, H, W];
+    `spacing`: DDIM's or DPM-Solver++'s timestep spacing (None: the sampler's default)."""
     out = []
     for start in range(0, len(captions), batch):
         part = slice(start, start + batch)
         chunk = captions[part]
         request = Request(prompt=chunk, seed=[seed * 100_003 + start + i for i in range(len(chunk))], frames=frames,
                           height=resolution, width=resolution, steps=steps, guidance=guidance, sampler=sampler,
+                          timestep_spacing=spacing,
                           schedule=schedule, original_steps=original_steps, progress=False, match_colours=False,
                           image=None if image is None else image[part], anchor_first_frame=anchor,
                           control=None if control is None else control[part])

@@ -23,7 +23,7 @@ from lcm.schedule import NoiseSchedule
 from runtime import cli
 from toy.classifier import ATTRIBUTES
 from toy.constants import FRAMES, ORIGINAL_STEPS, RESOLUTION, SCHEDULE, TEACHER_GUIDANCE
-from toy.detect import detect, detect_stills
+from toy.detect import STYLES, detect, detect_stills
 from toy.world import HELD_OUT, SEEN, caption
 
 
@@ -68,7 +68,9 @@ def prompt_following(model, steps: int, sampler: str, guidance: float, frames: i
     captions, target = fixed_prompts(combos, repeats)
     videos = toy_videos(model, captions, steps, sampler, guidance, seed, frames, resolution, original_steps, schedule)
     preds = detect_stills(videos[:, :, 0]) if frames == 1 else detect(videos)
-    extra = {"shape_confusion": shape_confusion(preds, target)} if confusion else {}
+    extra = {"outline": share(preds["style"] == STYLES.index("outline"))}  # the drawing style: toy/personalize.py
+    if confusion:
+        extra["shape_confusion"] = shape_confusion(preds, target)
     if frames == 1:
         return {**scores(preds, target), **extra}
     # the two halves of a video's direction: the image layers draw the trail on the prompted side in

@@ -137,12 +137,12 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def recast_file(source: Path, dest: Path, dtype: torch.dtype) -> None:
-    """Copy a safetensors file with its floating-point tensors cast to `dtype`, its metadata kept
-    (written atomically, as every save of the project)."""
+def recast_file(source: Path, dest: Path, dtype: torch.dtype, metadata: dict | None = None) -> None:
+    """Copy a safetensors file with its floating-point tensors cast to `dtype`, its metadata kept (and
+    `metadata` added), written atomically, as every save of the project."""
     state = read_state_dict(source)
     save_safetensors({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}, dest,
-                     read_metadata(source))
+                     {**read_metadata(source), **(metadata or {})})
 
 
 def ship(out: Path, folder: Path) -> None:
@@ -162,20 +162,22 @@ def ship(out: Path, folder: Path) -> None:
 
 
 # what --from-weights keeps: the stages before stage 2 and those that do not depend on it ("vae" has no file
-# of its own there: its weights are inside the teacher's)
+# of its own there: its weights are inside the teacher's); --keep-shipped keeps every shipped stage
 KEPT_FROM_WEIGHTS = ("vae", "teacher_image", "teacher_motion", "stage1", "layout_diffusion", "classifier")
+SHIPPED_STAGES = (*KEPT_FROM_WEIGHTS, "stage2", "i2v", "layout")
 
 
-def start_from_weights(out: Path, folder: Path) -> None:
-    """Make `out` a run whose VAE, teachers, stage-1 LoRA, diffusion ControlNet and judge are those of a
-    shipped folder (upcast to fp32, their times copied from its results.json), so that only the stages
-    that depend on stage 1 train: stage 2, its ablations and the rest of stage 3."""
-    if all((out / stage / "DONE").exists() for stage in KEPT_FROM_WEIGHTS):
-        print(f"== {out} already has its teachers and stage 1 (from --from-weights or its own run): keeping them")
+def start_from_weights(out: Path, folder: Path, keep: tuple[str, ...] = KEPT_FROM_WEIGHTS) -> None:
+    """Make `out` a run whose stages `keep` are those of a shipped folder (upcast to fp32, their times
+    copied from its results.json): by default its VAE, teachers, stage-1 LoRA, diffusion ControlNet and
+    judge, so that only the stages that depend on stage 1 train (stage 2, its ablations, the rest of
+    stage 3); with every shipped stage, only what is not shipped trains (the ablations' models)."""
+    if all((out / stage / "DONE").exists() for stage in keep):
+        print(f"== {out} already has {', '.join(keep)} (from --from-weights or its own run): keeping them")
         return
-    if any((out / stage / "DONE").exists() for stage in KEPT_FROM_WEIGHTS):
+    if any((out / stage / "DONE").exists() for stage in keep):
         raise cli.UserError(f"{out} has trained stages of its own; give --from-weights a new --out folder")
-    kept = {name: source for name, source in SHIPPED.items() if source.split("/")[0] in KEPT_FROM_WEIGHTS}
+    kept = {name: source for name, source in SHIPPED.items() if source.split("/")[0] in keep}
     missing = [name for name in kept if not (folder / name).exists()]
     if missing:
         raise cli.UserError(f"--from-weights {folder}: missing {', '.join(missing)} (a folder written by "
@@ -185,12 +187,12 @@ def start_from_weights(out: Path, folder: Path) -> None:
         recast_file(folder / name, out / source, torch.float32)
     shipped = folder / "results.json"
     shipped_times = json.loads(shipped.read_text()).get("times_s", {}) if shipped.exists() else {}
-    times = {**read_times(out), **{k: v for k, v in shipped_times.items() if k in KEPT_FROM_WEIGHTS}}
+    times = {**read_times(out), **{k: v for k, v in shipped_times.items() if k in keep}}
     (out / "times.json").write_text(json.dumps(times, indent=1) + "\n")
-    for stage in KEPT_FROM_WEIGHTS:
+    for stage in keep:
         (out / stage).mkdir(parents=True, exist_ok=True)
         (out / stage / "DONE").write_text("")
-    print(f"== kept from {folder}: {', '.join(KEPT_FROM_WEIGHTS)}")
+    print(f"== kept from {folder}: {', '.join(keep)}")
 
 
 def check_finished(folder: Path, product: Path) -> None:
@@ -245,6 +247,8 @@ def main(argv=None) -> int:
     p.add_argument("--skip-eval", action="store_true")
     p.add_argument("--from-weights", help="keep this shipped folder's VAE, teachers, stage 1, diffusion ControlNet "
                    "and judge; train stage 2 and what depends on it (a new --out)")
+    p.add_argument("--keep-shipped", action="store_true", help="with --from-weights: keep every shipped stage "
+                   "(stage 2 and stage 3 too); train only what is not shipped (the ablations' models)")
     p.add_argument("--stage2-steps", type=int, help="stage 2's steps (and the direct baseline's, which follow); "
                    f"default {Budget.stage2_steps}")
     args = p.parse_args(argv)
@@ -253,8 +257,10 @@ def main(argv=None) -> int:
     out, budget = Path(args.out), (QUICK if args.quick else Budget())
     budget = with_stage2_steps(budget, args.stage2_steps)
     out.mkdir(parents=True, exist_ok=True)
+    if args.keep_shipped and not args.from_weights:
+        raise cli.UserError("--keep-shipped goes with --from-weights FOLDER")
     if args.from_weights:
-        start_from_weights(out, Path(args.from_weights))
+        start_from_weights(out, Path(args.from_weights), SHIPPED_STAGES if args.keep_shipped else KEPT_FROM_WEIGHTS)
     torch.manual_seed(args.seed)
     times = run_stages(out, stages(out, budget, args.seed, args.device))
     times_file = out / "times.json"

@@ -22,7 +22,7 @@ from sd15 import load_sd15, save_sd15
 from text import CLIPTextEncoder
 from toy.constants import BETA_SCHEDULE, FRAMES, ORIGINAL_STEPS, RESOLUTION, TOY_TEXT, TOY_UNET, VAL_PROMPT
 from toy.health import validation_score
-from toy.world import SEEN, write_dataset
+from toy.world import SEEN, write_dataset, write_stills
 from unet.model import UNet
 
 # stages 1, 2 and direct: the loss weighted by lambda_n = alpha_t / sigma_t (docs/toy-world.md: why)
@@ -47,6 +47,8 @@ class Budget:
     i2v_steps: int = 600           # the I2V encoder, teacher-free from scratch; 1200 and 2400 gain <= 1 dB (7.5)
     layout_diffusion_steps: int = 600  # the ControlNet learnt on the teacher before its stage-3 adaptation (7.5)
     classifier_steps: int = 120
+    outline_stills: int = 1000     # the personalization data: stills in the outline style (never videos)
+    personalize_steps: int = 400   # the teacher fine-tuned on them, and a style LoRA on the teacher
     image_batch: int = 32
     video_batch: int = 8
     eval_count: int = 24           # videos per seed and cell (held-out prompts: half as many)
@@ -58,7 +60,7 @@ class Budget:
 
 QUICK = Budget(clips=24, vae_steps=10, teacher_image_steps=6, teacher_image_anneal_at=4, teacher_motion_steps=4,
                teacher_checks=1, val_every_nth=7, stage1_steps=4, stage2_steps=3, stage2_warmup=1, stage3_steps=3, i2v_steps=3,
-               layout_diffusion_steps=3, classifier_steps=5, image_batch=4, video_batch=2, eval_count=6, eval_seeds=2,
+               layout_diffusion_steps=3, classifier_steps=5, outline_stills=8, personalize_steps=3, image_batch=4, video_batch=2, eval_count=6, eval_seeds=2,
                eval_steps=(1, 4), reference_count=32, reference_steps=8)
 
 
@@ -89,9 +91,12 @@ def clips(out: Path) -> list[str]:
     return ["--data", str(out / "data" / "clips"), "--frames", str(FRAMES), "--stride", "1"]
 
 
-def stage1_args(out: Path, stage: str, teacher: Path, b: Budget, seed: int, device: str) -> list[str]:
-    """train_image.py's stage-1 command line: image consistency distillation into a rank-16 spatial LoRA."""
-    return ["--sd15", str(teacher), "--data", str(out / "data" / "images"), "--lora-rank", "16", "--lora-alpha", "16",
+def stage1_args(out: Path, stage: str, teacher: Path, b: Budget, seed: int, device: str,
+                images: Path | None = None) -> list[str]:
+    """train_image.py's stage-1 command line: image consistency distillation into a rank-16 spatial LoRA
+    (on the training stills, or on `images`)."""
+    return ["--sd15", str(teacher), "--data", str(images or out / "data" / "images"), "--lora-rank", "16",
+            "--lora-alpha", "16",
             "--original-steps", str(ORIGINAL_STEPS), *DISTILL_FLAGS,
             *common(out, stage, b.stage1_steps, b.image_batch, seed, device, 1e-3)]
 
@@ -112,6 +117,8 @@ def stages(out: Path, b: Budget, seed: int, device: str) -> dict:
     lora = out / "stage1" / "lora.safetensors"
     student = out / "stage2" / "motion_module.safetensors"
     control = out / "layout_diffusion" / "controlnet.safetensors"
+    outline = out / "outline_images"
+    personalized = out / "personalize" / "model.safetensors"
 
     def data():
         write_dataset(d, b.clips, FRAMES, RESOLUTION, seed)
@@ -181,6 +188,23 @@ def stages(out: Path, b: Budget, seed: int, device: str) -> dict:
             "--control-data", str(d / "controls"), *clips(out), "--original-steps", "10", "--ema-decay", "0",
             *common(out, "layout", b.stage3_steps, b.video_batch, seed, device, 1e-3)])),
         "classifier": (out / "classifier" / "classifier.safetensors", lambda: _classifier(out, b, seed)),
+        # personalization (toy/personalize.py measures it): stills of a style no video shows, new clips'
+        "outline_images": (outline / f"{b.outline_stills - 1:05d}.png", lambda: write_stills(
+            outline, b.outline_stills, FRAMES, RESOLUTION, seed, first=2 * b.clips, style="outline")),
+        # the image teacher fine-tuned on them, as personalized SD1.5 models are made
+        "personalize": (personalized, lambda: train_teacher.main([
+            "--train", "unet", "--sd15", str(teacher), "--data", str(outline), "--ema-decay", "0", *teacher_flags,
+            *common(out, "personalize", b.personalize_steps, b.image_batch, seed, device, 2e-4)],
+            score=score("diffusion", frames=1))),
+        # the same personalization as a style LoRA on the teacher (its scale: the fusion weight)
+        "style_lora": (out / "style_lora" / "lora.safetensors", lambda: train_teacher.main([
+            "--train", "lora", "--sd15", str(teacher), "--data", str(outline), "--ema-decay", "0", "--lora-rank", "16",
+            *teacher_flags, *common(out, "style_lora", b.personalize_steps, b.image_batch, seed, device, 1e-3)],
+            score=score("diffusion", frames=1))),
+        # the upper bound the paper says is not needed: stage 1 distilled on the personalized model itself
+        "stage1_outline": (out / "stage1_outline" / "lora.safetensors", lambda: train_image.main(
+            stage1_args(out, "stage1_outline", personalized, b, seed, device, images=outline),
+            score=score("consistency", frames=1))),
     }
 
 

@@ -1,7 +1,10 @@
 """The toy world: captioned videos of a coloured shape moving on a plain or textured background.
 
 Every clip is a function of one integer seed (`clip_from_seed`), so the dataset is deterministic and
-needs no download. Captions follow one template, "a {colour} {shape} moving {direction}", and some
+needs no download. A clip is drawn in one of two styles: "filled" (every training clip and still of the
+pipeline) or "outline" (the shape and its trail as outlines OUTLINE_WIDTH pixels wide, the background
+inside), a style the captions never mention: its stills personalize the image teacher (toy/stages.py),
+its videos are rendered only to measure the personalized models. Captions follow one template, "a {colour} {shape} moving {direction}", and some
 (colour, shape, direction) combinations never appear in training (`HELD_OUT`): each of their
 attributes, and each pair of them, is seen in other combinations, so a model that composes attributes
 can still draw them. Each clip also has its per-frame mask (the layout control of stage 3). A moving
@@ -19,6 +22,8 @@ from PIL import Image, ImageDraw
 COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (50, 80, 230), "yellow": (235, 215, 40)}
 SHAPES = ("circle", "square", "triangle")
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+STYLES = ("filled", "outline")
+OUTLINE_WIDTH = 2  # pixels at resolution 32
 HELD_OUT = (("red", "triangle", "up"), ("green", "square", "left"), ("blue", "circle", "down"),
             ("yellow", "triangle", "right"), ("red", "square", "down"), ("blue", "triangle", "left"))
 ALL = tuple(itertools.product(COLOURS, SHAPES, DIRECTIONS))
@@ -51,14 +56,18 @@ class Clip:
     speed: float          # pixels per frame at resolution 32
     background: tuple     # RGB of the plain background, or of the texture's light squares
     texture: int          # 0: plain; n > 0: a checkerboard of n-pixel squares (at resolution 32)
+    style: str = "filled"  # or "outline"
 
     @property
     def caption(self) -> str:
         return caption(self.colour, self.shape, self.direction)
 
 
-def clip_from_seed(seed: int, combos=SEEN, frames: int = 8) -> Clip:
-    """A random clip of one of `combos`, drawn so the shape stays inside the frame for `frames` frames."""
+def clip_from_seed(seed: int, combos=SEEN, frames: int = 8, style: str = "filled") -> Clip:
+    """A random clip of one of `combos`, drawn so the shape stays inside the frame for `frames` frames
+    (the same clip in either style)."""
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {STYLES}, not {style!r}")
     rng = np.random.default_rng(seed)
     colour, shape, direction = combos[rng.integers(len(combos))]
     size = float(rng.uniform(9, 13))
@@ -72,7 +81,7 @@ def clip_from_seed(seed: int, combos=SEEN, frames: int = 8) -> Clip:
     grey = int(rng.integers(70, 150))
     background = tuple(int(np.clip(grey + rng.integers(-15, 16), 0, 255)) for _ in range(3))
     texture = int(rng.choice([0, 0, 2, 4]))  # half of the clips plain, half checkerboard
-    return Clip(colour, shape, direction, size, start, speed, background, texture)
+    return Clip(colour, shape, direction, size, start, speed, background, texture, style)
 
 
 # A moving shape leaves a fading trail (pixels behind it at resolution 32, opacity), so a single still
@@ -82,22 +91,26 @@ def clip_from_seed(seed: int, combos=SEEN, frames: int = 8) -> Clip:
 TRAIL = ((6.0, 0.2), (4.0, 0.35), (2.0, 0.55))
 
 
-def shape_mask(shape: str, cx: float, cy: float, r: float, resolution: int) -> np.ndarray:
-    """uint8 [H, W] mask (255 inside) of a circle, square or triangle of half-size r centred at (cx, cy)."""
+def shape_mask(shape: str, cx: float, cy: float, r: float, resolution: int, outline: int = 0) -> np.ndarray:
+    """uint8 [H, W] mask (255 on the shape) of a circle, square or triangle of half-size r centred at (cx, cy):
+    the whole shape, or with `outline` > 0 only its outline, that many pixels wide, drawn inwards."""
     mask = Image.new("L", (resolution, resolution), 0)
     draw = ImageDraw.Draw(mask)
+    paint = {"outline": 255, "width": outline} if outline else {"fill": 255}
     if shape == "circle":
-        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], **paint)
     elif shape == "square":
-        draw.rectangle([cx - r, cy - r, cx + r, cy + r], fill=255)
+        draw.rectangle([cx - r, cy - r, cx + r, cy + r], **paint)
     else:
-        draw.polygon([(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)], fill=255)
+        draw.polygon([(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)], **paint)
     return np.asarray(mask)
 
 
 def render(clip: Clip, frames: int = 8, resolution: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 video [F, H, W, 3] and uint8 masks [F, H, W] (255 on the shape) of one clip."""
+    """uint8 video [F, H, W, 3] and uint8 masks [F, H, W] (255 on the shape's pixels: its outline, in that
+    style) of one clip."""
     scale = resolution / 32
+    outline = round(OUTLINE_WIDTH * scale) if clip.style == "outline" else 0
     ys, xs = np.mgrid[:resolution, :resolution]
     background = np.empty((resolution, resolution, 3), np.uint8)
     background[:] = clip.background
@@ -114,20 +127,20 @@ def render(clip: Clip, frames: int = 8, resolution: int = 32) -> tuple[np.ndarra
         frame = background.astype(np.float32)
         for back, alpha in TRAIL:  # the fading trail behind the shape, then the shape itself
             ghost = shape_mask(clip.shape, cx - dx * back * scale, cy - dy * back * scale, clip.size * scale / 2,
-                               resolution)
+                               resolution, outline)
             frame = np.where(ghost[..., None] > 0, (1 - alpha) * frame + alpha * colour, frame)
-        masks[f] = shape_mask(clip.shape, cx, cy, clip.size * scale / 2, resolution)
+        masks[f] = shape_mask(clip.shape, cx, cy, clip.size * scale / 2, resolution, outline)
         video[f] = np.where(masks[f][..., None] > 0, colour, frame).round().astype(np.uint8)
     return video, masks
 
 
 def write_dataset(folder, count: int, frames: int = 8, resolution: int = 32, seed: int = 0) -> None:
     """`count` training clips (clips/: GIF + caption; controls/: mask GIFs of the same names) and as many
-    stills (images/: one random frame of another clip, with that clip's full caption, so the image and
-    video models share one prompt language). Held-out combinations never appear."""
+    stills (images/: `write_stills`), with the clips' full captions, so the image and video models share
+    one prompt language. Held-out combinations never appear."""
     from media.video import write_video
     folder = Path(folder)
-    for sub in ("clips", "controls", "images"):
+    for sub in ("clips", "controls"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     for i in range(count):
         clip = clip_from_seed(seed * 1_000_003 + i, SEEN, frames)
@@ -135,15 +148,25 @@ def write_dataset(folder, count: int, frames: int = 8, resolution: int = 32, see
         write_video(video, folder / "clips" / f"{i:05d}.gif", fps=8)
         write_video(np.repeat(masks[..., None], 3, -1), folder / "controls" / f"{i:05d}.gif", fps=8)
         (folder / "clips" / f"{i:05d}.txt").write_text(clip.caption)
-        still = clip_from_seed(seed * 1_000_003 + count + i, SEEN, frames)
+    write_stills(folder / "images", count, frames, resolution, seed, first=count)
+
+
+def write_stills(folder, count: int, frames: int = 8, resolution: int = 32, seed: int = 0, first: int = 0,
+                 style: str = "filled") -> None:
+    """`count` captioned stills (PNG + caption): still i is a random frame of clip `seed * 1000003 + first + i`,
+    drawn in `style`, with that clip's caption (the outline stills are the personalization data)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        still = clip_from_seed(seed * 1_000_003 + first + i, SEEN, frames, style)
         video, _ = render(still, frames, resolution)
         frame = np.random.default_rng(i).integers(frames)
-        Image.fromarray(video[frame]).save(folder / "images" / f"{i:05d}.png")
-        (folder / "images" / f"{i:05d}.txt").write_text(still.caption)
+        Image.fromarray(video[frame]).save(folder / f"{i:05d}.png")
+        (folder / f"{i:05d}.txt").write_text(still.caption)
 
 
-def sample_videos(count: int, seed: int, combos=SEEN, frames: int = 8, resolution: int = 32):
+def sample_videos(count: int, seed: int, combos=SEEN, frames: int = 8, resolution: int = 32, style: str = "filled"):
     """`count` fresh clips in memory: (uint8 videos [N, F, H, W, 3], uint8 masks [N, F, H, W], clips)."""
-    clips = [clip_from_seed(seed * 1_000_003 + i, combos, frames) for i in range(count)]
+    clips = [clip_from_seed(seed * 1_000_003 + i, combos, frames, style) for i in range(count)]
     pairs = [render(c, frames, resolution) for c in clips]
     return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]), clips
