@@ -43,7 +43,7 @@ from toy.run import read_times, recast_file, run_stages
 from toy.stages import QUICK, Budget, stages
 from toy.world import SEEN
 
-STAGES = ("personalize", "style_lora", "stage1_outline")  # per seed; seed 0 (the run) also writes the stills
+STAGES = ("personalize", "style_lora", "stage1_outline")  # per seed; seed 0 (the run) also the stills and VAE
 SHARED = ("data", "teacher_image", "teacher_motion", "stage1", "stage2", "classifier")
 OUTLINE = STYLES.index("outline")
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,11 +60,11 @@ def train_seed(run: Path, seed: int, budget: Budget, device: str) -> dict:
         if not (run / name / "DONE").exists():
             raise cli.UserError(f"{run / name} has not finished: run python -m toy.run --out {run} first")
     out.mkdir(parents=True, exist_ok=True)
-    for name in (*SHARED, "outline_images") if seed else ():  # the run's teacher, stills and AnimateLCM
+    for name in (*SHARED, "outline_images", "style_vae") if seed else ():  # the run's teacher, stills, AnimateLCM
         if not (out / name).exists():
             (out / name).symlink_to((run / name).resolve(), target_is_directory=True)
     torch.manual_seed(seed)
-    names = STAGES if seed else ("outline_images", *STAGES)  # other seeds fine-tune on seed 0's stills
+    names = STAGES if seed else ("outline_images", "style_vae", *STAGES)  # others: seed 0's stills and VAE
     todo = {name: made for name, made in stages(out, budget, seed, device).items() if name in names}
     return run_stages(out, todo)
 
@@ -73,6 +73,7 @@ def models(folder: Path, scales: list[float], device: str, reference_steps: int 
     """name -> (model, sampler, guidance, step counts) of one seed's folder; the teachers' many-step
     reference at `reference_steps`."""
     teacher, personalized = folder / "teacher_image" / "model.safetensors", folder / "personalize" / "model.safetensors"
+    base = folder / "style_vae" / "model.safetensors"  # the teacher with a VAE that can draw outlines
     teacher_motion, motion = (folder / "teacher_motion" / "motion_module.safetensors",
                               folder / "stage2" / "motion_module.safetensors")
     lcm, style = (folder / "stage1" / "lora.safetensors", 1.0), folder / "style_lora" / "lora.safetensors"
@@ -86,11 +87,11 @@ def models(folder: Path, scales: list[float], device: str, reference_steps: int 
                                                                            "lora.safetensors", 1.0)], device=device),
                                          "lcm", 1.0, (1, 2, 4)),
         "AnimateLCM on the base model": (load_sd15(teacher, motion, [lcm], device=device), "lcm", 1.0, (1, 2, 4)),
-        "style LoRA teacher, DDIM": (load_sd15(teacher, teacher_motion, [(style, 1.0)], device=device), "ddim",
+        "style LoRA teacher, DDIM": (load_sd15(base, teacher_motion, [(style, 1.0)], device=device), "ddim",
                                      TEACHER_GUIDANCE, (reference_steps,)),
     }
     for a in scales:
-        found[f"AnimateLCM, style LoRA at {a:g}"] = (load_sd15(teacher, motion, [(style, a), lcm], device=device),
+        found[f"AnimateLCM, style LoRA at {a:g}"] = (load_sd15(base, motion, [(style, a), lcm], device=device),
                                                      "lcm", 1.0, (4,))
     for model, *_ in found.values():
         model.unet.eval()

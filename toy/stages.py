@@ -48,6 +48,7 @@ class Budget:
     layout_diffusion_steps: int = 600  # the ControlNet learnt on the teacher before its stage-3 adaptation (7.5)
     classifier_steps: int = 120
     outline_stills: int = 1000     # the personalization data: stills in the outline style (never videos)
+    style_vae_steps: int = 1500    # the VAE decoder fine-tuned on stills of both styles (docs/toy-world.md)
     personalize_steps: int = 400   # the teacher fine-tuned on them, and a style LoRA on the teacher
     image_batch: int = 32
     video_batch: int = 8
@@ -60,7 +61,7 @@ class Budget:
 
 QUICK = Budget(clips=24, vae_steps=10, teacher_image_steps=6, teacher_image_anneal_at=4, teacher_motion_steps=4,
                teacher_checks=1, val_every_nth=7, stage1_steps=4, stage2_steps=3, stage2_warmup=1, stage3_steps=3, i2v_steps=3,
-               layout_diffusion_steps=3, classifier_steps=5, outline_stills=8, personalize_steps=3, image_batch=4, video_batch=2, eval_count=6, eval_seeds=2,
+               layout_diffusion_steps=3, classifier_steps=5, outline_stills=8, style_vae_steps=3, personalize_steps=3, image_batch=4, video_batch=2, eval_count=6, eval_seeds=2,
                eval_steps=(1, 4), reference_count=32, reference_steps=8)
 
 
@@ -119,6 +120,7 @@ def stages(out: Path, b: Budget, seed: int, device: str) -> dict:
     control = out / "layout_diffusion" / "controlnet.safetensors"
     outline = out / "outline_images"
     personalized = out / "personalize" / "model.safetensors"
+    base = out / "style_vae" / "model.safetensors"  # the teacher with a VAE that can draw outlines
 
     def data():
         write_dataset(d, b.clips, FRAMES, RESOLUTION, seed)
@@ -191,14 +193,16 @@ def stages(out: Path, b: Budget, seed: int, device: str) -> dict:
         # personalization (toy/personalize.py measures it): stills of a style no video shows, new clips'
         "outline_images": (outline / f"{b.outline_stills - 1:05d}.png", lambda: write_stills(
             outline, b.outline_stills, FRAMES, RESOLUTION, seed, first=2 * b.clips, style="outline")),
+        # the teacher's VAE decoder fine-tuned on stills of both styles (its encoder, the latent space, unchanged)
+        "style_vae": (base, lambda: _style_vae(out, teacher, [d / "images", outline], b, seed, device)),
         # the image teacher fine-tuned on them, as personalized SD1.5 models are made
         "personalize": (personalized, lambda: train_teacher.main([
-            "--train", "unet", "--sd15", str(teacher), "--data", str(outline), "--ema-decay", "0", *teacher_flags,
+            "--train", "unet", "--sd15", str(base), "--data", str(outline), "--ema-decay", "0", *teacher_flags,
             *common(out, "personalize", b.personalize_steps, b.image_batch, seed, device, 2e-4)],
             score=score("diffusion", frames=1))),
         # the same personalization as a style LoRA on the teacher (its scale: the fusion weight)
         "style_lora": (out / "style_lora" / "lora.safetensors", lambda: train_teacher.main([
-            "--train", "lora", "--sd15", str(teacher), "--data", str(outline), "--ema-decay", "0", "--lora-rank", "16",
+            "--train", "lora", "--sd15", str(base), "--data", str(outline), "--ema-decay", "0", "--lora-rank", "16",
             *teacher_flags, *common(out, "style_lora", b.personalize_steps, b.image_batch, seed, device, 1e-3)],
             score=score("diffusion", frames=1))),
         # the upper bound the paper says is not needed: stage 1 distilled on the personalized model itself
@@ -213,6 +217,16 @@ def _classifier(out: Path, b: Budget, seed: int) -> None:
     from toy.classifier import train_classifier
     (out / "classifier").mkdir(parents=True, exist_ok=True)
     save_file(train_classifier(b.classifier_steps, seed=seed).state_dict(), out / "classifier" / "classifier.safetensors")
+
+
+def _style_vae(out: Path, teacher: Path, folders: list[Path], b: Budget, seed: int, device: str) -> None:
+    from toy.train_vae import finetune_decoder
+    model = load_sd15(teacher)
+    torch.manual_seed(seed)
+    vae = finetune_decoder(model.vae, folders, b.style_vae_steps, b.image_batch, size=RESOLUTION, seed=seed,
+                           device=device)
+    save_sd15(out / "style_vae" / "model.safetensors", model.unet, vae.cpu(), model.text_encoder,
+              {"toy": "the teacher with its VAE decoder fine-tuned on filled and outline stills"})
 
 
 def load_distilled(out: Path, device: str = "cpu") -> dict:

@@ -62,6 +62,38 @@ def train_vae(steps: int = 1500, batch: int = 32, lr: float = 1e-3, kl_weight: f
     return vae, {"psnr": psnr, "scaling_factor": vae.cfg.scaling_factor}
 
 
+def finetune_decoder(vae: AutoencoderKL, folders: list[Path], steps: int, batch: int = 32, lr: float = 1e-3,
+                     size: int = 32, seed: int = 0, device: str = "cpu", progress: bool = True) -> AutoencoderKL:
+    """The VAE's decoder fine-tuned on captioned stills (an equal share of each folder in every batch) with
+    the reconstruction loss; the encoder, hence the latent space every other model works in, is unchanged.
+
+    The toy VAE saw only filled shapes: its decoder draws an outline's latents as a filled shape, though
+    the latents tell the two apart (docs/toy-world.md, personalization). A personalized checkpoint ships
+    its own VAE; SD's ft-MSE VAE was made this way, by fine-tuning the decoder alone."""
+    from media.data import ImageCaptionDataset
+    sets = [ImageCaptionDataset(folder, size=size) for folder in folders]
+    draws = torch.Generator().manual_seed(seed)
+    vae = vae.to(device).train().requires_grad_(False)
+    trainable = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+    for p in trainable:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
+    bar = tqdm(range(steps), desc="VAE decoder", disable=not progress)
+    for step in bar:
+        x = torch.stack([dataset[int(i)]["pixels"] for dataset in sets
+                         for i in torch.randint(len(dataset), (batch // len(sets),), generator=draws)]).to(device)
+        with torch.no_grad():
+            z = vae.encode(x).sample(torch.Generator(device).manual_seed(seed * 1_000_003 + step))
+        recon = vae.decode(z)
+        loss = (recon - x).abs().mean() + (recon - x).square().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    return vae.eval()
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="where to write the VAE's state (safetensors)")
