@@ -1,6 +1,7 @@
 """Generate a video in a few steps with AnimateLCM.
 
     python sample.py                                   # the bundled toy model, when present
+    python sample.py --sd15 toy/weights/toy_outline_sd15.safetensors   # a personalized toy model, 4 steps
     python sample.py --sd15 v1-5-pruned-emaonly.safetensors --motion AnimateLCM_sd15_t2v.ckpt \\
         --lora AnimateLCM_sd15_t2v_lora.safetensors --prompt "a boat on a calm lake" --out boat.gif
     # image-to-video: the AnimateLCM-I2V motion module (and its LoRA), plus --image first_frame.png
@@ -109,10 +110,10 @@ def main(argv=None) -> int:
 def generate_video(argv=None) -> int:
     args = parse_args(argv)
     defaults = dict(DEFAULTS, upscale=1)
-    if args.sd15 is None:
-        if not TOY["sd15"].exists():
-            print(NO_WEIGHTS)
-            return 0
+    if args.sd15 is None and not TOY["sd15"].exists():
+        print(NO_WEIGHTS)
+        return 0
+    if args.sd15 is None or is_toy_model(args.sd15):  # the bundled toy model, or a personalized toy model
         toy = use_toy_model(args)
         defaults = {k: toy[k] for k in DEFAULTS}
         defaults["upscale"] = 8
@@ -187,11 +188,19 @@ def generate_video(argv=None) -> int:
     return 0
 
 
+def is_toy_model(path: str) -> bool:
+    """Whether --sd15 is a toy-world image model other than the bundled one (a personalized toy model, such as
+    toy/weights/toy_outline_sd15.safetensors): its file's metadata says so."""
+    from runtime.weights import read_metadata
+    return Path(path).is_file() and Path(path).suffix == ".safetensors" and "toy_world" in read_metadata(path)
+
+
 def use_toy_model(args) -> dict:
-    """Point unset model flags at the bundled toy model (toy/weights/); returns its settings (toy.json)."""
+    """Point unset model flags at the bundled toy model (toy/weights/): its image model unless --sd15 names
+    another toy-world model, its motion module, LCM LoRA and settings; returns the settings (toy.json)."""
     import json
     toy = json.loads(TOY["settings"].read_text())
-    args.sd15 = str(TOY["sd15"])
+    args.sd15 = args.sd15 or str(TOY["sd15"])
     args.motion = args.motion or str(TOY["i2v" if args.image else "motion"])
     if not args.lora:
         args.lora, args.lora_scale = [str(TOY["lora"])], args.lora_scale or [toy["lora_scale"]]

@@ -17,6 +17,7 @@ from toy.classifier import frechet_distance, judge, load_classifier, real_refere
 from toy.constants import SHIPPED, WEIGHTS
 from toy.evaluate import prompts, toy_videos
 from toy.run import KEPT_FROM_WEIGHTS
+from toy.stages import QUICK
 from toy.world import (ALL, COLOURS, HELD_OUT, SEEN, caption, clip_from_seed, parse_caption, render, sample_videos,
                        write_dataset)
 
@@ -84,14 +85,14 @@ def test_quick_pipeline_runs_every_stage_and_reports(quick_run):
     results = json.loads((quick_run / "run" / "results.json").read_text())
     stages = set(results["times_s"])
     assert {"data", "vae", "teacher_image", "teacher_motion", "stage1", "stage2", "stage2_plain_init", "direct",
-            "i2v", "layout_diffusion", "layout", "classifier", "evaluate"} <= stages
+            "i2v", "layout_diffusion", "layout", "classifier", "outline_images", "style_vae", "personalize",
+            "style_lora", "stage1_outline", "evaluate"} <= stages
     assert [r["steps"] for r in results["layout_plugged_in"]] == [r["steps"] for r in results["layout"]] == [1, 2, 4]
     methods = {r["method"] for r in results["text_to_video"]}
-    assert {"teacher DDIM", "teacher DPM-Solver++", "image-only LCM", "AnimateLCM (decoupled)",
-            "direct (VideoLCM-style)"} <= methods
+    assert {"teacher DDIM", "teacher DDIM, trailing", "teacher DPM-Solver++", "teacher DPM-Solver++, trailing",
+            "image-only LCM", "AnimateLCM (decoupled)", "direct (VideoLCM-style)"} <= methods
     for row in results["text_to_video"]:
         assert np.isfinite(row["fvd"][0]) and 0 <= row["seen_accuracy"][0] <= 1
-    assert (quick_run / "run" / "strip.gif").exists()
     # every training stage logged its prompt following (the toy's validation score) at its last step
     for stage, key in (("teacher_image", "toy_ddim_25"), ("teacher_motion", "toy_ddim_25"), ("stage1", "toy_lcm_4"),
                        ("stage2", "toy_lcm_1"), ("direct", "toy_lcm_4")):
@@ -99,7 +100,7 @@ def test_quick_pipeline_runs_every_stage_and_reports(quick_run):
         health = [r for r in records if key in r]
         assert health and health[-1]["step"] == records[-1]["step"], stage
         video = {"trail", "motion_follows_trail"} if stage not in ("teacher_image", "stage1") else set()
-        assert set(health[-1][key]) == {"colour", "shape", "direction", "all"} | video
+        assert set(health[-1][key]) == {"colour", "shape", "direction", "all", "outline"} | video
         assert all(0 <= v <= 1 for v in health[-1][key].values())
     # a second call finds every stage done and trains nothing
     code = toy_run.main(["--quick", "--out", str(quick_run / "run"), "--skip-eval"])
@@ -153,7 +154,7 @@ def test_quick_weights_load_and_sample_through_sample_py(quick_run, tmp_path, mo
     assert sample.main(["--out", str(tmp_path / "bad.gif"), "--prompt", "a purple cat"]) == 2
 
 
-@pytest.mark.slow  # about 3 minutes on a 2-core CPU: keeps the default run near its 10-minute budget
+@pytest.mark.slow  # about 3 minutes on a 2-core CPU: keeps the default run under its 5-minute budget
 def test_seeds_retrains_the_distillations_and_counts_claims_per_seed(quick_run):
     from safetensors.torch import load_file
     from toy import seeds
@@ -168,7 +169,7 @@ def test_seeds_retrains_the_distillations_and_counts_claims_per_seed(quick_run):
     results = json.loads((run / "seeds" / "results.json").read_text())
     assert results["seeds"] == [0, 1]
     ours = [r for r in results["table"] if r["method"] == "AnimateLCM (decoupled)"]
-    assert [r["steps"] for r in ours] == list(toy_run.QUICK.eval_steps) and all(r["seeds"] == 2 for r in ours)
+    assert [r["steps"] for r in ours] == list(QUICK.eval_steps) and all(r["seeds"] == 2 for r in ours)
     per_seed = [results["per_seed"][s] for s in ("0", "1")]
     for r in ours:  # the table's cell is the mean of the two seeds' means
         values = [next(x for x in rows if x["method"] == r["method"] and x["steps"] == r["steps"])["fvd"][0]
@@ -176,6 +177,8 @@ def test_seeds_retrains_the_distillations_and_counts_claims_per_seed(quick_run):
         assert r["fvd"]["mean"] == pytest.approx(np.mean(values))
     assert results["claims"] and all(len(v) == 2 for v in results["claims"].values())
     assert any(claim.startswith("I2V") for claim in results["claims"])
+    assert any("DDIM trailing" in claim for claim in results["claims"])  # the fair baseline's claims
+    assert {"teacher DDIM, trailing", "teacher DPM-Solver++, trailing"} <= {r["method"] for r in results["table"]}
     # stage 3: seed 0's rows are the run's own evaluation; seed 1's are measured on its own stage-3 weights
     run_rows = json.loads((run / "results.json").read_text())
     assert results["per_seed_stage3"]["0"]["layout"] == run_rows["layout"]
@@ -190,6 +193,31 @@ def test_seeds_retrains_the_distillations_and_counts_claims_per_seed(quick_run):
     assert json.loads((run / "seeds" / "results.json").read_text()) == results
 
 
+@pytest.mark.slow  # about 2 minutes on a 2-core CPU
+def test_personalize_trains_each_seed_measures_every_method_and_ships(quick_run, tmp_path):
+    """toy/personalize.py on the --quick run: seed 1's personalized model, style LoRA and upper bound on the
+    run's stills and VAE; every method measured on outline prompts; targets counted per seed; the shipped
+    model marked as the toy's, so that sample.py fills in the rest."""
+    from runtime.weights import read_metadata
+    from toy import personalize
+    run = quick_run / "run"
+    assert personalize.main(["--run", str(run), "--seeds", "1", "--quick", "--scales", "0", "1", "--ship",
+                             "--ship-to", str(tmp_path)]) == 0
+    for stage in personalize.STAGES:
+        assert (run / "personalize" / "1" / stage / "DONE").exists(), stage
+    assert (run / "personalize" / "1" / "style_vae").resolve() == (run / "style_vae").resolve()
+    results = json.loads((tmp_path / "personalized.json").read_text())
+    methods = {r["method"] for r in results["table"]}
+    assert {"personalized teacher, DDIM", "AnimateLCM on the personalized model", "upper bound: its own stage 1",
+            "AnimateLCM on the base model", "AnimateLCM, style LoRA at 0", "AnimateLCM, style LoRA at 1"} <= methods
+    assert all(0 <= r[k]["mean"] <= 1 for r in results["table"] for k in ("outline", "colour", "direction", "all"))
+    assert len(results["claims"]) == 5 and all(len(v) == 2 for v in results["claims"].values())
+    assert read_metadata(tmp_path / "toy_outline_sd15.safetensors")["toy_world"] == "outline"
+    assert sample.is_toy_model(str(tmp_path / "toy_outline_sd15.safetensors"))
+    assert not sample.is_toy_model(str(run / "personalize" / "model.safetensors"))
+
+
+@pytest.mark.slow  # an investigation (toy/studies/): minutes with the rest of them
 def test_diagnose_stage3_breaks_down_a_runs_adapters(quick_run):
     """toy/diagnose_stage3.py on the --quick run: PSNR per texture (background and shape apart) and the
     ControlNet's masks against a zero control; its centroid and PSNR helpers checked on known inputs."""
@@ -212,6 +240,7 @@ def test_diagnose_stage3_breaks_down_a_runs_adapters(quick_run):
     assert all(0 <= row["motion"] <= 1 for name, row in anchoring.items() if name != "real")
 
 
+@pytest.mark.slow  # an investigation (toy/studies/): minutes with the rest of them
 def test_compare_measures_a_run_and_the_real_clip_floor(quick_run, tmp_path):
     from toy.studies import compare
     out = tmp_path / "compare.json"
@@ -233,6 +262,7 @@ def test_compare_measures_a_run_and_the_real_clip_floor(quick_run, tmp_path):
     assert more["teacher DDIM, 1 step"] != rows["teacher DDIM, 1 step"]  # 1-step DDIM with guidance 2, not 4.5
 
 
+@pytest.mark.slow  # an investigation (toy/studies/): minutes with the rest of them
 def test_stage2_sweep_trains_each_variant_and_measures_it(quick_run, tmp_path):
     from toy.studies import sweep_stage2
     out = tmp_path / "sweep.json"
@@ -247,6 +277,7 @@ def test_stage2_sweep_trains_each_variant_and_measures_it(quick_run, tmp_path):
     assert rows["base, 4 steps"] != rows["coarse grid, 4 steps"]
 
 
+@pytest.mark.slow  # an investigation (toy/studies/): minutes with the rest of them
 def test_stage2_sweep_measures_one_run_as_it_trains(quick_run, tmp_path):
     from toy.studies import sweep_stage2
     flags = ["--weights", str(quick_run / "weights"), "--out", str(tmp_path / "sweep"), "--clips", "8", "--sets", "1",
@@ -263,6 +294,7 @@ def test_stage2_sweep_measures_one_run_as_it_trains(quick_run, tmp_path):
         sweep_stage2.main([*flags, "--steps", "1"])
 
 
+@pytest.mark.slow  # an investigation (toy/studies/): minutes with the rest of them
 def test_stage1_sweep_trains_each_variant_and_a_stage2_on_it(quick_run, tmp_path):
     from toy.studies import sweep_stage1
     out = tmp_path / "sweep.json"

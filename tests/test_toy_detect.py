@@ -29,6 +29,41 @@ def test_detector_reads_real_clips_and_stills():
         assert accuracy(stills, clips, key) >= 0.95, key
 
 
+def test_detector_reads_the_outline_style_and_every_attribute_of_outlined_clips():
+    """The style reading (toy/detect.py:style_of) on real clips of both styles, 480 each, every combination:
+    filled clips read filled, outline clips outline; colour, shape (read on the filled-in outline),
+    direction and the trail read as on filled clips; the same on single stills."""
+    from toy.detect import STYLES
+    for style in STYLES:
+        videos, _, clips = sample_videos(480, 321, ALL, style=style)
+        x = to_model(videos)
+        preds, stills = detect(x), detect_stills(x[:, :, 5])
+        for reading in (preds, stills):
+            assert float((reading["style"] == STYLES.index(style)).float().mean()) >= 0.99, style
+        for key in (*ATTRIBUTES, "trail"):
+            assert accuracy(preds, clips, key) >= 0.95, (style, key)
+        for key in ATTRIBUTES:
+            assert accuracy(stills, clips, key) >= 0.95, (style, key)
+
+
+def test_filling_in_an_outline_and_reading_its_style():
+    """A square outline is filled in; a closed or an open (gapped) outline reads as an outline (the open one by
+    its empty centre); a filled square as filled."""
+    from toy.detect import filled_in, grown, style_of
+    ring = torch.zeros(1, 9, 9, dtype=torch.bool)
+    ring[0, 2:7, 2:7] = True
+    ring[0, 3:6, 3:6] = False                                   # a 5x5 square outline, 1 px wide: 16 around 9
+    assert filled_in(ring)[0, 2:7, 2:7].all() and filled_in(ring).sum() == 25
+    assert style_of(ring, ring.float()).tolist() == [1]         # 9 of 25 pixels hollow
+    solid = filled_in(ring)
+    assert torch.equal(filled_in(solid), solid) and style_of(solid, solid.float()).tolist() == [0]
+    broken = ring.clone()
+    broken[0, 2, 4] = False                                     # a gap: the inside is reachable, nothing to fill ...
+    assert torch.equal(filled_in(broken), broken)
+    assert style_of(broken, broken.float()).tolist() == [1]     # ... but its centre is empty
+    assert filled_in(grown(broken))[0, 2:7, 2:7].all()          # and one pixel of growth closes the gap
+
+
 def test_detector_is_not_fooled_by_reversed_or_blank_videos():
     videos, _, clips = sample_videos(48, 7, ALL)
     x = to_model(videos)

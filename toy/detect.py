@@ -9,9 +9,10 @@ chroma. That gives, per pixel, the colour (the direction of its chroma) and the 
   - colour: the prompt colour whose chroma direction the strongly coloured pixels vote for;
   - core: pixels with a >= CORE (the shape itself; the trail is drawn at a <= 0.77);
   - shape: a triangle is bottom-heavy; a square fills its bounding box (~1), a circle ~0.79 of it (read on
-    the core with the background it encloses filled in, so an outline is read as its shape);
-  - style: "outline" where the core encloses background (a share HOLLOW or more of the filled-in shape),
-    else "filled";
+    the core with the background it encloses filled in, one-pixel gaps closed, so an outline is read as
+    its shape);
+  - style: "outline" where the core encloses background (a share HOLLOW or more of the filled-in shape)
+    or the core's centre is background (a generated outline with a gap encloses nothing), else "filled";
   - motion: the displacement of the core's centroid from the first to the last frame;
   - trail: the side on which the faint pixels (TRAIL_LOW <= a < CORE) lie, in each frame; the
     shape moves away from it, so a single still shows its direction.
@@ -30,6 +31,7 @@ UNIT = torch.tensor(list(DIRECTIONS.values()), dtype=torch.float32)  # [4, 2] (x
 CORE, TRAIL_LOW, VOTE = 0.75, 0.15, 0.35  # opacities: the shape; the faintest trail; pixels that vote on colour
 TRIANGLE_BALANCE, SQUARE_FILL = 0.6, 0.87  # upper / lower half mass below -> triangle; box fill above -> square
 HOLLOW = 0.12  # share of the filled-in shape that is not core: above, an outline (real clips: 0.18-0.54)
+EMPTY_CENTRE = 0.5  # opacity at the core's centre below which the shape is hollow
 STYLES = ("filled", "outline")
 
 
@@ -95,12 +97,29 @@ def filled_in(core: torch.Tensor) -> torch.Tensor:
         reach = grown
 
 
-def style_of(core: torch.Tensor, filled: torch.Tensor) -> torch.Tensor:
-    """Index into STYLES per frame [N]: outline where the core leaves a share HOLLOW of its filled-in shape
-    empty (-1 where there is no core)."""
-    area = filled.sum((1, 2))
+def grown(mask: torch.Tensor) -> torch.Tensor:
+    """Masks [N, H, W] grown by one pixel to each side (4-neighbours): closes one-pixel gaps."""
+    out = mask.clone()
+    out[:, 1:] |= mask[:, :-1]
+    out[:, :-1] |= mask[:, 1:]
+    out[:, :, 1:] |= mask[:, :, :-1]
+    out[:, :, :-1] |= mask[:, :, 1:]
+    return out
+
+
+def style_of(core: torch.Tensor, opacity: torch.Tensor) -> torch.Tensor:
+    """Index into STYLES per frame [N] (-1 where there is no core): outline where the core leaves a share
+    HOLLOW of its filled-in shape empty, or where the opacity at the core's centre (the 2x2 pixels
+    around its centroid) is below EMPTY_CENTRE."""
+    area = filled_in(core).sum((1, 2))
     hollow = 1 - core.sum((1, 2)) / area.clamp(min=1)
-    return torch.where(area > 0, (hollow >= HOLLOW).long(), -1)
+    x, y = centroid(core).nan_to_num(0).unbind(1)
+    h, w = core.shape[1:]
+    top, left = y.floor().long().clamp(0, h - 2), x.floor().long().clamp(0, w - 2)
+    rows, cols = top[:, None] + torch.tensor([0, 0, 1, 1]), left[:, None] + torch.tensor([0, 1, 0, 1])
+    centre = opacity[torch.arange(len(core))[:, None], rows, cols].mean(1)
+    outline = (hollow >= HOLLOW) | (centre < EMPTY_CENTRE)
+    return torch.where(area > 0, outline.long(), -1)
 
 
 def trail_direction(opacity: torch.Tensor) -> torch.Tensor:
@@ -128,9 +147,8 @@ def detect(videos: torch.Tensor) -> dict[str, torch.Tensor]:
     opacity = opacities[torch.arange(n * f), colour.clamp(min=0).repeat_interleave(f)]  # [N*F, H, W]
     core = (opacity >= CORE).view(n, f, h, w)
     centres = centroid(core.flatten(0, 1)).view(n, f, 2)
-    filled = filled_in(core.flatten(0, 1))
-    shapes = shape_of(filled).view(n, f)
-    styles = style_of(core.flatten(0, 1), filled).view(n, f)
+    shapes = shape_of(filled_in(grown(core.flatten(0, 1)))).view(n, f)
+    styles = style_of(core.flatten(0, 1), opacity).view(n, f)
     trails = trail_direction(opacity).view(n, f)
     none = colour < 0
     return {"colour": colour,

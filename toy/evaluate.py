@@ -24,11 +24,13 @@ from toy.world import COLOURS, HELD_OUT, SEEN, sample_videos
 
 @dataclasses.dataclass
 class Method:
-    """How a row samples: a model (StableDiffusion), a sampler and a guidance scale."""
+    """How a row samples: a model (StableDiffusion), a sampler, a guidance scale, and for DDIM or
+    DPM-Solver++ a timestep spacing (None: the sampler's default, pipeline.SPACINGS)."""
     name: str
     model: object
     sampler: str = "lcm"
     guidance: float = 1.0
+    spacing: str | None = None
 
 
 def toy_videos(model, captions: list[str], steps: int, sampler: str, guidance: float, seed: int,
@@ -79,7 +81,8 @@ def evaluate_text_to_video(methods: list[Method], steps_list, classifier, count:
             by_judge, by_detector = {k: [] for k in ATTRIBUTES}, {k: [] for k in ATTRIBUTES}
             for s in range(seeds):
                 caps, clips = prompts(count, 60_000 + s, SEEN)
-                videos = toy_videos(method.model, caps, steps, method.sampler, method.guidance, seed=s)
+                videos = toy_videos(method.model, caps, steps, method.sampler, method.guidance, seed=s,
+                                    spacing=method.spacing)
                 feats, preds = judge(classifier, videos)
                 fvd.append(frechet_distance(feats, reference))
                 seen_acc.append(prompt_accuracy(preds, clips))
@@ -89,7 +92,7 @@ def evaluate_text_to_video(methods: list[Method], steps_list, classifier, count:
                     by_detector[k].append(v)
                 caps, clips = prompts(max(count // 2, 6), 70_000 + s, HELD_OUT)
                 _, preds = judge(classifier, toy_videos(method.model, caps, steps, method.sampler,
-                                                            method.guidance, seed=1000 + s))
+                                                        method.guidance, seed=1000 + s, spacing=method.spacing))
                 held_acc.append(prompt_accuracy(preds, clips))
             row = {"method": method.name, "steps": steps, "fvd": mean_std(fvd), "seen_accuracy": mean_std(seen_acc),
                    "held_out_accuracy": mean_std(held_acc),

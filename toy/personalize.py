@@ -4,6 +4,8 @@ video of its style and without distilling it again.
     python -m toy.personalize --run runs/toy              # seeds 1 and 2 beside the run's 0, then the table
     python -m toy.personalize --run runs/toy --ship       # also the personalized model, its style LoRA and
                                                           # personalized.json into toy/weights/
+    python -m toy.personalize --from-weights toy/weights --run runs/personalize --seeds   # no run folder yet:
+                                  # the shipped teacher, AnimateLCM and judge; seed 0 only
 
 The run (toy/run.py) has the teacher, AnimateLCM's stage-1 LoRA and stage-2 motion module, all trained on
 the filled world, and its personalization stages (toy/stages.py): the image teacher fine-tuned on stills
@@ -39,13 +41,14 @@ from toy.classifier import ATTRIBUTES, frechet_distance, judge, labels, load_cla
 from toy.constants import TEACHER_GUIDANCE, WEIGHTS
 from toy.detect import STYLES, detect
 from toy.evaluate import mean_std, prompts, toy_videos
-from toy.run import read_times, recast_file, run_stages
+from toy.run import read_times, recast_file, run_stages, start_from_weights
 from toy.stages import QUICK, Budget, stages
 from toy.world import SEEN
 
 STAGES = ("personalize", "style_lora", "stage1_outline")  # per seed; seed 0 (the run) also the stills and VAE
 SHARED = ("data", "teacher_image", "teacher_motion", "stage1", "stage2", "classifier")
 OUTLINE = STYLES.index("outline")
+FROM_WEIGHTS = ("vae", "teacher_image", "teacher_motion", "stage1", "stage2", "classifier")  # --from-weights
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -217,7 +220,9 @@ def ship(run: Path, results: dict, to: Path) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--run", default=str(ROOT / "runs" / "toy"), help="a finished toy/run.py folder (its seed 0)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="personalization seeds besides the run's 0")
+    p.add_argument("--seeds", type=int, nargs="*", default=[1, 2], help="personalization seeds besides the run's 0")
+    p.add_argument("--from-weights", help="make --run from this shipped folder (teacher, AnimateLCM, judge) and the "
+                   "toy data, instead of a finished toy/run.py folder")
     p.add_argument("--scales", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0],
                    help="the style LoRA's fusion weights a")
     p.add_argument("--quick", action="store_true", help="toy/run.py --quick's budget (for a --quick run)")
@@ -229,6 +234,10 @@ def main(argv=None) -> int:
     if cli.device_problem(args.device):
         raise cli.UserError(cli.device_problem(args.device))
     run, budget = Path(args.run), (QUICK if args.quick else Budget())
+    if args.from_weights:
+        run.mkdir(parents=True, exist_ok=True)
+        start_from_weights(run, Path(args.from_weights), FROM_WEIGHTS)
+        run_stages(run, {"data": stages(run, budget, 0, args.device)["data"]})
     if not run.is_dir():
         raise cli.UserError(f"{run}: no such run folder (train it with python -m toy.run --out {run})")
     seeds = [0, *(s for s in args.seeds if s != 0)]

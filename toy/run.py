@@ -7,7 +7,7 @@
 
 The stages and their flags are in toy/stages.py. A stage whose outputs exist is skipped, so an
 interrupted run continues where it stopped (delete runs/toy/<stage>/ to redo one). Outputs in --out:
-data/, one folder per stage, times.json, results.json, results.md and the GIF strip.
+data/, one folder per stage, times.json, results.json and results.md.
 """
 from __future__ import annotations
 
@@ -37,7 +37,9 @@ def evaluate(out: Path, b: Budget, device: str) -> dict:
     classifier = load_classifier(out / "classifier" / "classifier.safetensors")
     guidance = TEACHER_GUIDANCE
     methods = [Method("teacher DDIM", models["teacher"], "ddim", guidance),
+               Method("teacher DDIM, trailing", models["teacher"], "ddim", guidance, "trailing"),
                Method("teacher DPM-Solver++", models["teacher"], "dpmpp_2m", guidance),
+               Method("teacher DPM-Solver++, trailing", models["teacher"], "dpmpp_2m", guidance, "trailing"),
                Method("image-only LCM", models["image_lcm"], "lcm"),
                Method("AnimateLCM (decoupled)", models["animatelcm"], "lcm"),
                Method("direct (VideoLCM-style)", models["direct"], "lcm")]
@@ -50,7 +52,6 @@ def evaluate(out: Path, b: Budget, device: str) -> dict:
                                        Method("plain init (target = online)", models["plain_init"])],
                                       (1, 2, 4), classifier, b.eval_count, b.eval_seeds, b.reference_count)
     stage3 = evaluate_stage3(models, classifier, b)
-    write_strip(models, out / "strip.gif", b.reference_steps)
     return {"text_to_video": table, "init_ablation": ablation, **stage3,
             "guidance": guidance, "eval_count": b.eval_count, "eval_seeds": b.eval_seeds}
 
@@ -68,24 +69,6 @@ def evaluate_stage3(models: dict, classifier, b: Budget) -> dict:
     print("layout control, the diffusion ControlNet plugged in without adaptation:")
     plugged_in = evaluate_layout(models["layout_plugged_in"], STAGE3_STEPS, classifier, b.eval_count, b.eval_seeds)
     return {"image_to_video": i2v, "layout": layout, "layout_plugged_in": plugged_in}
-
-
-STRIP_PROMPTS = ["a red circle moving left", "a blue square moving up", "a yellow triangle moving down",
-                 "a green circle moving right"]
-
-
-def write_strip(models: dict, path: Path, reference_steps: int) -> None:
-    """The GIF the README shows, one row per prompt: teacher DDIM at `reference_steps` | DDIM 4 steps |
-    AnimateLCM 4 steps | AnimateLCM 1 step, same prompts and noise."""
-    from toy.evaluate import strip, toy_videos
-    from media.video import write_video
-    teacher, ours = models["teacher"], models["animatelcm"]
-    rows = [toy_videos(teacher, STRIP_PROMPTS, reference_steps, "ddim", TEACHER_GUIDANCE, seed=7),
-            toy_videos(teacher, STRIP_PROMPTS, 4, "ddim", TEACHER_GUIDANCE, seed=7),
-            toy_videos(ours, STRIP_PROMPTS, 4, "lcm", 1.0, seed=7),
-            toy_videos(ours, STRIP_PROMPTS, 1, "lcm", 1.0, seed=7)]
-    frames = torch.cat([torch.from_numpy(strip([r[i] for r in rows])) for i in range(len(STRIP_PROMPTS))], dim=1)
-    write_video(frames.numpy(), path, fps=6)
 
 
 def markdown(results: dict) -> str:
@@ -151,7 +134,7 @@ def ship(out: Path, folder: Path) -> None:
     for name, source in SHIPPED.items():
         judge = name == "toy_classifier.safetensors"  # the judge stays fp32: its features feed the toy FVD
         recast_file(out / source, folder / name, torch.float32 if judge else torch.float16)
-    for name in ("results.json", "results.md", "strip.gif"):  # what the README shows, beside the weights
+    for name in ("results.json", "results.md"):  # the run's evaluation, beside the weights
         if (out / name).exists():
             shutil.copy(out / name, folder / name)
     settings = {"frames": FRAMES, "height": RESOLUTION, "width": RESOLUTION, "original_steps": ORIGINAL_STEPS,

@@ -49,7 +49,8 @@ class Budget:
     classifier_steps: int = 120
     outline_stills: int = 1000     # the personalization data: stills in the outline style (never videos)
     style_vae_steps: int = 1500    # the VAE decoder fine-tuned on stills of both styles (docs/toy-world.md)
-    personalize_steps: int = 400   # the teacher fine-tuned on them, and a style LoRA on the teacher
+    personalize_steps: int = 1200  # the teacher fine-tuned on them, and a style LoRA on the teacher: outline
+    personalize_anneal_at: int = 800  # share of stills 0.63-0.69 at 300 steps, 0.93 at 1200 (docs/toy-world.md)
     image_batch: int = 32
     video_batch: int = 8
     eval_count: int = 24           # videos per seed and cell (held-out prompts: half as many)
@@ -60,8 +61,9 @@ class Budget:
 
 
 QUICK = Budget(clips=24, vae_steps=10, teacher_image_steps=6, teacher_image_anneal_at=4, teacher_motion_steps=4,
-               teacher_checks=1, val_every_nth=7, stage1_steps=4, stage2_steps=3, stage2_warmup=1, stage3_steps=3, i2v_steps=3,
-               layout_diffusion_steps=3, classifier_steps=5, outline_stills=8, style_vae_steps=3, personalize_steps=3, image_batch=4, video_batch=2, eval_count=6, eval_seeds=2,
+               teacher_checks=1, val_every_nth=7, stage1_steps=4, stage2_steps=3, stage2_warmup=1, stage3_steps=3,
+               i2v_steps=3, layout_diffusion_steps=3, classifier_steps=5, outline_stills=8, style_vae_steps=3,
+               personalize_steps=3, personalize_anneal_at=2, image_batch=4, video_batch=2, eval_count=4, eval_seeds=1,
                eval_steps=(1, 4), reference_count=32, reference_steps=8)
 
 
@@ -198,12 +200,14 @@ def stages(out: Path, b: Budget, seed: int, device: str) -> dict:
         # the image teacher fine-tuned on them, as personalized SD1.5 models are made
         "personalize": (personalized, lambda: train_teacher.main([
             "--train", "unet", "--sd15", str(base), "--data", str(outline), "--ema-decay", "0", *teacher_flags,
-            *common(out, "personalize", b.personalize_steps, b.image_batch, seed, device, 2e-4)],
+            "--lr-anneal-at", str(b.personalize_anneal_at), "--lr-anneal-factor", "0.2",
+            *common(out, "personalize", b.personalize_steps, b.image_batch, seed, device, 1e-3)],
             score=score("diffusion", frames=1))),
         # the same personalization as a style LoRA on the teacher (its scale: the fusion weight)
         "style_lora": (out / "style_lora" / "lora.safetensors", lambda: train_teacher.main([
             "--train", "lora", "--sd15", str(base), "--data", str(outline), "--ema-decay", "0", "--lora-rank", "16",
-            *teacher_flags, *common(out, "style_lora", b.personalize_steps, b.image_batch, seed, device, 1e-3)],
+            *teacher_flags, "--lr-anneal-at", str(b.personalize_anneal_at), "--lr-anneal-factor", "0.2",
+            *common(out, "style_lora", b.personalize_steps, b.image_batch, seed, device, 1e-3)],
             score=score("diffusion", frames=1))),
         # the upper bound the paper says is not needed: stage 1 distilled on the personalized model itself
         "stage1_outline": (out / "stage1_outline" / "lora.safetensors", lambda: train_image.main(

@@ -10,6 +10,7 @@ the exported file's hints.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import sys
 
 import numpy as np
