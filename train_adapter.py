@@ -37,9 +37,8 @@ from media.data import VideoCaptionDataset, check_batch, endless_batches
 from pipeline import Request, generate
 from runtime import cli
 from runtime.cli import UserError
-from runtime.distributed import autocast, clip_gradients, global_mean, rng_state, set_rng_state, setup, teardown
-from runtime.folder import restoring
-from runtime.run import TrainingRun, evaluating, learning_rate, one_run
+from runtime.distributed import autocast, clip_gradients, setup, teardown
+from runtime.run import TrainingRun, evaluating, one_run, set_learning_rate
 from runtime.settings import (AT_LEAST_1, FINITE, GRID, OPTIONAL_PATH, PIXELS, TrainSettings, check_settings, flag,
                               one_of, parse_settings)
 from runtime.weights import HINTS_KEY, save_safetensors
@@ -127,19 +126,13 @@ def main(argv=None):
             return unet(x, t, context, down_residuals=down, mid_residual=mid)
         return call
 
-    if run.state is not None:
-        with restoring(run.out / "checkpoint.pt"):
-            online_state.load_state_dict(run.state["online"])
-            target_state.load_state_dict(run.state["target"])
-            optimizer.load_state_dict(run.state["optimizer"])
-        set_rng_state(run.state["rng"])
+    if run.state is not None:  # --resume true: continue bit for bit
+        run.restore(optimizer, online=online_state, target=target_state)
     step = run.start_step
     batches = endless_batches(dataset, s, rt.rank, rt.world, start=step * s.grad_accum)
 
-    def save(step):
-        run.save_checkpoint({"step": step, "settings": dataclasses.asdict(s), "online": online_state.state_dict(),
-                             "target": target_state.state_dict(), "optimizer": optimizer.state_dict(),
-                             "rng": rng_state()})
+    def save(step):  # the full resume state, and the EMA adapter in the layout its users load
+        run.save_checkpoint(step, optimizer, online=online_state, target=target_state)
         meta = run.metadata(step, schedule)
         if s.adapter == "image_encoder":  # the AnimateLCM-I2V layout: motion modules + the EMA encoder
             online_encoder, unet.img_encoder = unet.img_encoder, target_net
@@ -171,10 +164,7 @@ def main(argv=None):
     # ---- the loop: teacher-free consistency training of the adapter (lcm/distill.py, steps 1-7) --------
     with run.watching(save, validate):
         while step < s.steps:
-            lr = learning_rate(step, s)  # linear warm-up, then an optional drop
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            losses, timesteps = [], []
+            lr = set_learning_rate(optimizer, step, s)  # linear warm-up, then an optional drop
             for micro in range(s.grad_accum):
                 batch, generators = next(batches), run.generators(step, micro)  # one generator per sample
                 x0 = model.encode_latents(batch["pixels"].to(rt.device), generators)  # [B, 4, F, h, w]
@@ -187,17 +177,14 @@ def main(argv=None):
                         target_point=teacher_free_point, schedule=schedule, x0=x0, context=context,
                         original_steps=s.original_steps, loss=s.loss, generators=generators)
                 (loss.mean() / s.grad_accum).backward()
-                losses.append(loss.detach())
-                timesteps.append(t)
-            losses, timesteps = torch.cat(losses), torch.cat(timesteps)
-            loss = global_mean(losses.mean(), rt)
+                run.record(loss, t)  # for the log: the loss per timestep
             grad_norm = clip_gradients(trainable, s.grad_clip, rt)  # averaged over processes, then clipped
-            run.stop_if_not_finite(step, loss, grad_norm)  # before the step: the saved weights stay finite
+            loss = run.stop_if_not_finite(step, grad_norm)  # NaN/inf stops here: the saved weights stay finite
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             ema_update(target_state, online_state, s.ema_decay)                   # step 7
             step += 1
-            run.end_step(step, loss, grad_norm, lr, losses, timesteps)  # log, checkpoint, validate, signals
+            run.end_step(step, loss, grad_norm, lr)  # log, checkpoint, validate, signals
     teardown(rt)
     return {"unet": unet, "online": online_net, "target": target_net}
 

@@ -27,9 +27,8 @@ from lcm.schedule import NoiseSchedule
 from media.data import ImageCaptionDataset, check_batch, endless_batches
 from pipeline import Request, generate
 from runtime import cli
-from runtime.distributed import autocast, clip_gradients, global_mean, rng_state, set_rng_state, setup, teardown
-from runtime.folder import restoring
-from runtime.run import TrainingRun, evaluating, learning_rate, one_run
+from runtime.distributed import autocast, clip_gradients, setup, teardown
+from runtime.run import TrainingRun, evaluating, one_run, set_learning_rate
 from runtime.settings import (AT_LEAST_1, DECAY, GRID, POSITIVE, SCHEDULE, WEIGHT, TrainSettings, check_settings,
                               flag, one_of, parse_settings)
 from sd15 import load_sd15
@@ -97,19 +96,13 @@ def main(argv=None, score=None):
         print(f"trainable parameters: {sum(p.numel() for p in trainable):,} (LoRA)")
     schedule = NoiseSchedule(s.beta_schedule)
     optimizer = torch.optim.AdamW(trainable, lr=s.lr, weight_decay=1e-2)
-    if run.state is not None:
-        with restoring(run.out / "checkpoint.pt"):
-            lora.load_state_dict(run.state["online"])
-            target_lora.load_state_dict(run.state["target"])
-            optimizer.load_state_dict(run.state["optimizer"])
-        set_rng_state(run.state["rng"])
+    if run.state is not None:  # --resume true: continue bit for bit
+        run.restore(optimizer, online=lora, target=target_lora)
     step = run.start_step
     batches = endless_batches(dataset, s, rt.rank, rt.world, start=step * s.grad_accum)
 
-    def save(step):
-        run.save_checkpoint({"step": step, "settings": dataclasses.asdict(s), "online": lora.state_dict(),
-                             "target": target_lora.state_dict(), "optimizer": optimizer.state_dict(),
-                             "rng": rng_state()})
+    def save(step):  # the full resume state, and the LoRA file (kohya names, the EMA copy if any)
+        run.save_checkpoint(step, optimizer, online=lora, target=target_lora)
         target_lora.save(run.out / "lora.safetensors", metadata=run.metadata(step, schedule))
 
     def validate(step):  # fixed-seed images of the target, LCM at 1, 2 and 4 steps
@@ -125,10 +118,7 @@ def main(argv=None, score=None):
     # ---- the loop: latent consistency distillation (lcm/distill.py, steps 1-7) ----------------------
     with run.watching(save, validate):
         while step < s.steps:
-            lr = learning_rate(step, s)  # linear warm-up, then an optional drop
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            losses, timesteps = [], []
+            lr = set_learning_rate(optimizer, step, s)  # linear warm-up, then an optional drop
             for micro in range(s.grad_accum):
                 batch, generators = next(batches), run.generators(step, micro)  # one generator per sample
                 x0 = model.encode_latents(batch["pixels"].to(rt.device), generators)  # [B, 4, h, w]
@@ -141,18 +131,15 @@ def main(argv=None, score=None):
                         schedule=schedule, x0=x0, context=context, original_steps=s.original_steps,
                         loss=s.loss, weighting=s.loss_weight, generators=generators)
                 (loss.mean() / s.grad_accum).backward()
-                losses.append(loss.detach())
-                timesteps.append(t)
-            losses, timesteps = torch.cat(losses), torch.cat(timesteps)
-            loss = global_mean(losses.mean(), rt)
+                run.record(loss, t)  # for the log: the loss per timestep
             grad_norm = clip_gradients(trainable, s.grad_clip, rt)  # averaged over processes, then clipped
-            run.stop_if_not_finite(step, loss, grad_norm)  # before the step: the saved weights stay finite
+            loss = run.stop_if_not_finite(step, grad_norm)  # NaN/inf stops here: the saved weights stay finite
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if s.ema_decay > 0:
                 ema_update(target_lora, lora, s.ema_decay)                        # step 7
             step += 1
-            run.end_step(step, loss, grad_norm, lr, losses, timesteps)  # log, checkpoint, validate, signals
+            run.end_step(step, loss, grad_norm, lr)  # log, checkpoint, validate, signals
     teardown(rt)
     return {"unet": online, "target": target, "lora": lora, "target_lora": target_lora}
 

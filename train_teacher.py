@@ -36,10 +36,8 @@ from media.data import ImageCaptionDataset, VideoCaptionDataset, check_batch, en
 from pipeline import Request, generate
 from runtime import cli
 from runtime.cli import UserError
-from runtime.distributed import (autocast, clip_gradients, global_mean, low_precision, rng_state, set_rng_state,
-                                 setup, teardown)
-from runtime.folder import restoring
-from runtime.run import TrainingRun, evaluating, learning_rate, one_run
+from runtime.distributed import autocast, clip_gradients, low_precision, setup, teardown
+from runtime.run import TrainingRun, evaluating, one_run, set_learning_rate
 from runtime.settings import (AT_LEAST_1, DECAY, OPTIONAL_PATH, POSITIVE, SHARE, TrainSettings, check_settings, flag,
                               one_of, parse_settings)
 from runtime.weights import HINTS_KEY, save_safetensors
@@ -141,19 +139,14 @@ def main(argv=None, score=None):
 
     schedule = NoiseSchedule(s.beta_schedule)
     optimizer = torch.optim.AdamW(trainable, lr=s.lr, weight_decay=1e-2)
-    if run.state is not None:
-        with restoring(run.out / "checkpoint.pt"):
-            online.load_state_dict({**online.state_dict(), **run.state["online"]})
-            target.load_state_dict(run.state["target"])
-            optimizer.load_state_dict(run.state["optimizer"])
-        set_rng_state(run.state["rng"])
+    if run.state is not None:  # --resume true: continue bit for bit
+        run.restore(optimizer, online=online, target=target)
     step = run.start_step
     batches = endless_batches(dataset, s, rt.rank, rt.world, start=step * s.grad_accum)
 
-    def save(step):
+    def save(step):  # the full resume state, and what learnt in the layout its users load
         learnt = {n: p for n, p in online.state_dict().items() if s.train != "motion" or "motion_modules." in n}
-        run.save_checkpoint({"step": step, "settings": dataclasses.asdict(s), "online": learnt,
-                             "target": target.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state()})
+        run.save_checkpoint(step, optimizer, online=learnt, target=target)
         meta = run.metadata(step, schedule)
         if s.train == "unet":
             save_sd15(run.out / "model.safetensors", target, model.vae, model.text_encoder, meta)
@@ -183,10 +176,7 @@ def main(argv=None, score=None):
     # ---- the loop: the denoising objective (lcm/denoise.py) -----------------------------------------
     with run.watching(save, validate):
         while step < s.steps:
-            lr = learning_rate(step, s)  # linear warm-up, then an optional drop
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            losses, timesteps = [], []
+            lr = set_learning_rate(optimizer, step, s)  # linear warm-up, then an optional drop
             for micro in range(s.grad_accum):
                 batch, generators = next(batches), run.generators(step, micro)  # one generator per sample
                 x0 = model.encode_latents(batch["pixels"].to(rt.device), generators)  # [B, 4, (F,) h, w]
@@ -197,18 +187,15 @@ def main(argv=None, score=None):
                     loss, t = denoising_loss(denoiser(online, control), schedule, x0, model.encode_prompts(captions),
                                              generators, s.loss_weight)
                 (loss.mean() / s.grad_accum).backward()
-                losses.append(loss.detach())
-                timesteps.append(t)
-            losses, timesteps = torch.cat(losses), torch.cat(timesteps)
-            loss = global_mean(losses.mean(), rt)
+                run.record(loss, t)  # for the log: the loss per timestep
             grad_norm = clip_gradients(trainable, s.grad_clip, rt)  # averaged over processes, then clipped
-            run.stop_if_not_finite(step, loss, grad_norm)  # before the step: the saved weights stay finite
+            loss = run.stop_if_not_finite(step, grad_norm)  # NaN/inf stops here: the saved weights stay finite
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if target is not online:
                 ema_update(target, online, s.ema_decay)
             step += 1
-            run.end_step(step, loss, grad_norm, lr, losses, timesteps)  # log, checkpoint, validate, signals
+            run.end_step(step, loss, grad_norm, lr)  # log, checkpoint, validate, signals
     teardown(rt)
     return {"online": online, "target": target, "model": model}
 

@@ -35,10 +35,8 @@ from media.data import VideoCaptionDataset, check_batch, endless_batches
 from pipeline import Request, generate
 from runtime import cli
 from runtime.cli import UserError
-from runtime.distributed import (autocast, clip_gradients, global_mean, low_precision, rng_state, set_rng_state,
-                                 setup, teardown)
-from runtime.folder import restoring
-from runtime.run import TrainingRun, learning_rate, one_run
+from runtime.distributed import autocast, clip_gradients, low_precision, setup, teardown
+from runtime.run import TrainingRun, one_run, set_learning_rate
 from runtime.settings import (AT_LEAST_1, GRID, OPTIONAL_PATH, PIXELS, POSITIVE, WEIGHT, TrainSettings, check_settings,
                               flag, one_of, parse_settings)
 from sd15 import load_sd15
@@ -123,23 +121,15 @@ def main(argv=None, score=None):
               f"(motion modules{' + spatial LoRA' if lora is not None else ''})")
     schedule = NoiseSchedule(s.beta_schedule)
     optimizer = torch.optim.AdamW(trainable, lr=s.lr, weight_decay=1e-2)
-    if run.state is not None:
-        with restoring(run.out / "checkpoint.pt"):
-            online.load_state_dict({**online.state_dict(), **run.state["online"]})
-            target.load_state_dict(run.state["target"])
-            if lora is not None:
-                lora.load_state_dict(run.state["lora"])
-                target_lora.load_state_dict(run.state["target_lora"])
-            optimizer.load_state_dict(run.state["optimizer"])
-        set_rng_state(run.state["rng"])
+    loras = {"lora": lora, "target_lora": target_lora} if lora is not None else {}  # --direct
+    if run.state is not None:  # --resume true: continue bit for bit
+        run.restore(optimizer, online=online, target=target, **loras)
     step = run.start_step
     batches = endless_batches(dataset, s, rt.rank, rt.world, start=step * s.grad_accum)
 
-    def save(step):
-        loras = {"lora": lora.state_dict(), "target_lora": target_lora.state_dict()} if lora is not None else {}
-        run.save_checkpoint({"step": step, "settings": dataclasses.asdict(s), "optimizer": optimizer.state_dict(),
-                             "online": {n: p for n, p in online.state_dict().items() if "motion_modules." in n},
-                             "target": target.state_dict(), "rng": rng_state(), **loras})
+    def save(step):  # the full resume state, and the target's motion modules as an AnimateDiff file
+        motion = {n: p for n, p in online.state_dict().items() if "motion_modules." in n}  # the rest is frozen
+        run.save_checkpoint(step, optimizer, online=motion, target=target, **loras)
         save_motion_module(target, run.out / "motion_module.safetensors", run.metadata(step, schedule))
         if target_lora is not None:
             target_lora.save(run.out / "lora.safetensors", metadata=run.metadata(step, schedule))
@@ -156,10 +146,7 @@ def main(argv=None, score=None):
     # ---- the loop: motion consistency distillation (lcm/distill.py, steps 1-7) ----------------------
     with run.watching(save, validate):
         while step < s.steps:
-            lr = learning_rate(step, s)  # linear warm-up, then an optional drop
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            losses, timesteps = [], []
+            lr = set_learning_rate(optimizer, step, s)  # linear warm-up, then an optional drop
             for micro in range(s.grad_accum):
                 batch, generators = next(batches), run.generators(step, micro)  # one generator per sample
                 x0 = teacher.encode_latents(batch["pixels"].to(rt.device), generators)  # [B, 4, F, h, w]
@@ -174,19 +161,16 @@ def main(argv=None, score=None):
                         schedule=schedule, x0=x0, context=context, original_steps=s.original_steps,
                         loss=s.loss, weighting=s.loss_weight, generators=generators)
                 (loss.mean() / s.grad_accum).backward()
-                losses.append(loss.detach())
-                timesteps.append(t)
-            losses, timesteps = torch.cat(losses), torch.cat(timesteps)
-            loss = global_mean(losses.mean(), rt)
+                run.record(loss, t)  # for the log: the loss per timestep
             grad_norm = clip_gradients(trainable, s.grad_clip, rt)  # averaged over processes, then clipped
-            run.stop_if_not_finite(step, loss, grad_norm)  # before the step: the saved weights stay finite
+            loss = run.stop_if_not_finite(step, grad_norm)  # NaN/inf stops here: the saved weights stay finite
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             ema_update(target, online, s.ema_decay)  # step 7, all weights: the spatial part drifts to base + LoRA
             if lora is not None:
                 ema_update(target_lora, lora, s.ema_decay)
             step += 1
-            run.end_step(step, loss, grad_norm, lr, losses, timesteps)  # log, checkpoint, validate, signals
+            run.end_step(step, loss, grad_norm, lr)  # log, checkpoint, validate, signals
     teardown(rt)
     return {"online": online, "target": target, "teacher": teacher, "lora": lora}
 

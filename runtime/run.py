@@ -2,14 +2,16 @@
 
     run = TrainingRun(s, rt, PRODUCTS, "stage 2")  # claims --out before any model loads; run.state: resume
     ...                                            # models, optimizer, data
+    if run.state is not None:
+        run.restore(optimizer, online=..., target=...)   # continue bit for bit
     step = run.start_step
     with run.watching(save, validate):             # SIGINT/SIGTERM: finish the step, save, stop
         while step < s.steps:
-            ...                                    # the algorithm: loss, backward(), clipping
-            run.stop_if_not_finite(step, loss, grad_norm)   # before the optimizer step
+            ...                                    # the algorithm: loss, backward(); run.record(loss, t)
+            loss = run.stop_if_not_finite(step, grad_norm)   # before the optimizer step
             ...                                    # optimizer step, EMA
             step += 1
-            run.end_step(step, loss, grad_norm, lr, losses, timesteps)  # log, checkpoint, validate, signals
+            run.end_step(step, loss, grad_norm, lr)  # log, checkpoint, validate, signals
 
 What can go wrong, and what happens: a non-finite loss or gradient stops the run before the optimizer
 step, and NaN/inf weights are never saved, so checkpoint.pt always holds the last finite step (the
@@ -33,9 +35,18 @@ import torch
 from tqdm import tqdm
 
 from runtime.cli import Interrupted, UserError, os_error
-from runtime.distributed import Runtime, agreed_signal, barrier, sample_generators
-from runtime.folder import claim_folder, release_folders, save_checkpoint
+from runtime.distributed import (Runtime, agreed_signal, barrier, global_mean, rng_state, sample_generators,
+                                 set_rng_state)
+from runtime.folder import claim_folder, release_folders, restoring, save_checkpoint
 from runtime.weights import NonFiniteError
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, step: int, s) -> float:
+    """Set every parameter group's learning rate for optimizer step `step` (`learning_rate`); returns it."""
+    lr = learning_rate(step, s)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
 
 
 def learning_rate(step: int, s) -> float:
@@ -59,12 +70,23 @@ class TrainingRun:
             print(f"resuming from {self.out / 'checkpoint.pt'} at step {self.start_step}")
         self.log = JsonlLog(self.out / "log.jsonl", rt.main)
         self.signum = 0
+        self._losses, self._timesteps = [], []  # this optimizer step's per-sample losses and timesteps
 
     def generators(self, step: int, micro: int = 0) -> list[torch.Generator]:
         """One generator per sample of this process's micro-batch, keyed by the global batch number, so
         the run draws the same numbers on 1 or N processes and after --resume."""
         s = self.s
         return sample_generators(s.seed, step * s.grad_accum + micro, self.rt.rank * s.batch, s.batch)
+
+    def restore(self, optimizer: torch.optim.Optimizer, **modules) -> None:
+        """Continue from `state`: the checkpoint's tensors into each of `modules` (its name in the checkpoint ->
+        a module; a partial state, such as stage 2's motion modules alone, loads over the module's own), the
+        optimizer's and the RNG's state, so that a resumed run goes on bit for bit."""
+        with restoring(self.out / "checkpoint.pt"):
+            for name, module in modules.items():
+                module.load_state_dict({**module.state_dict(), **self.state[name]})
+            optimizer.load_state_dict(self.state["optimizer"])
+        set_rng_state(self.state["rng"])
 
     @contextlib.contextmanager
     def watching(self, save: Callable[[int], None], validate: Callable[[int], dict | None] | None = None):
@@ -88,27 +110,35 @@ class TrainingRun:
             self.bar.close()
         barrier(self.rt)
 
-    def stop_if_not_finite(self, step: int, loss: float, grad_norm: float) -> None:
-        """A NaN/inf loss or gradient stops the run before the optimizer step could spoil the weights."""
+    def record(self, losses: torch.Tensor, timesteps: torch.Tensor) -> None:
+        """A micro-batch's per-sample losses [B] and timesteps [B], for this step's log record."""
+        self._losses.append(losses.detach())
+        self._timesteps.append(timesteps.detach())
+
+    def stop_if_not_finite(self, step: int, grad_norm: float) -> float:
+        """The step's loss (the mean of what `record` got, over all processes); a NaN/inf loss or gradient
+        stops the run here, before the optimizer step could spoil the weights."""
+        loss = global_mean(torch.cat(self._losses).mean(), self.rt)
         if math.isfinite(loss) and math.isfinite(grad_norm):
-            return
+            return loss
         what = "loss" if not math.isfinite(loss) else "gradient"
         precision = ", or --precision fp32" if self.rt.device.type == "cuda" else ""  # autocast is GPU only
         raise UserError(f"non-finite {what} at step {step + 1}: stopped before the optimizer step; {self._kept()}: "
                         f"run again with --resume true and a lower --lr{precision}")
 
-    def end_step(self, step: int, loss: float, grad_norm: float, lr: float, losses: torch.Tensor,
-                 timesteps: torch.Tensor) -> None:
+    def end_step(self, step: int, loss: float, grad_norm: float, lr: float) -> None:
         """After optimizer step `step` (counted from 1): the progress bar; a log record with the loss per
         timestep quarter; a checkpoint when due; validation when due; a stop when a signal came."""
         s, self.step = self.s, step
+        losses, timesteps = torch.cat(self._losses), torch.cat(self._timesteps)
+        self._losses, self._timesteps = [], []
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{loss:.4f}")
         if step % s.log_every == 0 or step == s.steps:
             memory = {"peak_memory_gb": round(torch.cuda.max_memory_allocated(self.rt.device) / 2 ** 30, 3)} \
                 if self.rt.device.type == "cuda" else {}
             self.log.write(step=step, loss=loss, grad_norm=grad_norm, lr=lr,
-                           **timestep_buckets(timesteps.cpu(), losses.detach().cpu()), **memory)
+                           **timestep_buckets(timesteps.cpu(), losses.cpu()), **memory)
         signum = agreed_signal(self.signum, self.rt)
         if step % s.save_every == 0 or step == s.steps or signum:
             self._checkpoint(step)
@@ -120,9 +150,12 @@ class TrainingRun:
         if signum and step < s.steps:
             self._stop(signum)
 
-    def save_checkpoint(self, state: dict) -> None:
-        """out/checkpoint.pt: the full resume state (written whole or not at all; never NaN or inf)."""
-        save_checkpoint(self.out / "checkpoint.pt", state)
+    def save_checkpoint(self, step: int, optimizer: torch.optim.Optimizer, **states) -> None:
+        """out/checkpoint.pt: the full resume state (written whole or not at all; never NaN or inf): the step,
+        the settings, the optimizer, the RNG, and each of `states` (a module, or a dict of its tensors)."""
+        tensors = {name: value.state_dict() if hasattr(value, "state_dict") else value for name, value in states.items()}
+        save_checkpoint(self.out / "checkpoint.pt", {"step": step, "settings": dataclasses.asdict(self.s),
+                                                     "optimizer": optimizer.state_dict(), "rng": rng_state(), **tensors})
 
     def metadata(self, step: int, schedule) -> dict:
         """What an exported weights file records of its run: settings, noise schedule, step."""

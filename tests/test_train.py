@@ -235,7 +235,7 @@ def test_teacher_controlnet_learns_the_denoising_loss_for_the_diffusion_model(wo
     load_controlnet(tmp_path / "ddpm" / "controlnet.safetensors")
     assert sorted(p.name for p in (tmp_path / "ddpm" / "val").iterdir()) == ["step000003_25steps.gif",
                                                                            "step000003_4steps.gif"]
-    with pytest.raises(UserError, match="--train must be unet or motion or controlnet"):
+    with pytest.raises(UserError, match="--train must be unet or lora or motion or controlnet"):
         train_teacher.main(adapter_args(world, tmp_path / "x", *control[2:], "--train", "ddpm"))
     with pytest.raises(UserError, match="--train controlnet needs --motion"):
         train_teacher.main(adapter_args(world, tmp_path / "x", *control[2:], "--train", "controlnet", "--motion", ""))
