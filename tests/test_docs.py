@@ -1,8 +1,10 @@
 """docs/: the figures script runs and makes every figure the docs show; every code reference in the
-docs names a function, class or constant that exists."""
+README and the docs names a function, class or constant that exists; no document cites a file the
+repository lacks."""
 from __future__ import annotations
 
 import ast
+import os
 import re
 import subprocess
 import sys
@@ -40,7 +42,8 @@ def resolves(path: Path, dotted: str) -> bool:
 
 
 def test_every_code_reference_in_the_docs_exists():
-    references = [(doc.name, file, name) for doc in DOCS for file, name in REFERENCE.findall(doc.read_text())]
+    references = [(doc.name, file, name) for doc in [ROOT / "README.md", *DOCS]
+                  for file, name in REFERENCE.findall(doc.read_text())]
     assert len(references) > 50  # the walkthrough points at the code at every step
     missing = [f"{doc}: {file}:{name}" for doc, file, name in references
                if not (ROOT / file).is_file() or not resolves(ROOT / file, name)]
@@ -66,3 +69,30 @@ def test_figures_script_makes_every_figure_the_docs_show(tmp_path):
             assert image.format == "PNG" and min(image.size) >= 100
             extrema = image.convert("L").getextrema()
             assert extrema[1] - extrema[0] > 50  # not a blank canvas
+
+
+def project_files(suffix: str) -> list[Path]:
+    """The repository's files ending in `suffix`, leaving out environments, runs and caches."""
+    skip = {".git", ".venv", "runs", "out", "eval", "__pycache__", ".pytest_cache"}
+    found = []
+    for folder, subfolders, files in os.walk(ROOT):
+        subfolders[:] = [d for d in subfolders if d not in skip]
+        found += [Path(folder) / f for f in files if f.endswith(suffix)]
+    return found
+
+
+def test_no_document_or_docstring_cites_a_file_the_repository_lacks():
+    """Markdown links and cited .md files resolve inside the repository (a clone has nothing else)."""
+    link = re.compile(r"\]\(([^)#\s]+\.md)(?:#[^)]*)?\)")
+    cited = re.compile(r"\b([\w./-]+\.md)\b")
+    documents = {p.name for p in project_files(".md")}
+    missing = []
+    for doc in [ROOT / "README.md", *DOCS]:
+        for target in link.findall(doc.read_text()):
+            if not (doc.parent / target).resolve().is_file():
+                missing.append(f"{doc.name}: {target}")
+    for source in project_files(".py"):
+        if "tests" not in source.relative_to(ROOT).parts:
+            missing += [f"{source.relative_to(ROOT)}: {name}" for name in cited.findall(source.read_text())
+                        if Path(name).name not in documents]
+    assert not missing, "cited but not in the repository:\n" + "\n".join(missing)

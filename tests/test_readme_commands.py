@@ -24,12 +24,12 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^[ \t]*```(?:bash|sh|shell)[ \t]*\n(.*?)^[ \t]*```", re.S | re.M)  # also indented
 
 TRAINS = {"train_teacher.py", "train_image.py", "train_video.py", "train_adapter.py", "toy/run.py", "toy/train_vae.py",
-          "toy/studies/sweep_stage1.py", "toy/studies/sweep_stage2.py", "toy/seeds.py"}
+          "toy/studies/sweep_stage1.py", "toy/studies/sweep_stage2.py", "toy/seeds.py", "toy/personalize.py"}
 MEASURES = {"toy/studies/compare.py", "toy/health.py", "toy/studies/decide.py", "evaluate.py",
             "toy/studies/diagnose_stage3.py"}  # hundreds of videos
 INPUTS = {"--sd15", "--motion", "--lora", "--teacher-motion", "--data", "--image", "--video", "--controlnet",
           "--control", "--control-data", "--controlnet-lora", "--run", "--weights"}
-CHEAP_FIGURES = {"schedule", "boundary", "solver_grid", "toy_results"}  # drawn without sampling a model
+CHEAP_FIGURES = {"schedule", "boundary", "solver_grid", "toy_results", "personalization"}  # no model sampled
 
 
 def script(tokens: list[str]) -> str:

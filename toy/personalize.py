@@ -21,7 +21,8 @@ the toy FVD, for
     paper's claim; and DDIM (leading and trailing) at 4 steps on the personalized teacher;
   - the upper bound (the personalized model's own stage 1);
   - AnimateLCM on the base model, for reference;
-  - the style LoRA fused into the base at scales `--scales` with AnimateLCM's LoRA and motion module.
+  - the style LoRA fused into the base at scales `--scales` with AnimateLCM's LoRA and motion module, and
+    its teacher (on `--sweep-seeds`, seed 0 by default: a figure, not a target).
 Outputs: <run>/personalize/results.json and results.md. A finished stage or measurement is kept.
 """
 from __future__ import annotations
@@ -74,7 +75,7 @@ def train_seed(run: Path, seed: int, budget: Budget, device: str) -> dict:
 
 def models(folder: Path, scales: list[float], device: str, reference_steps: int = 50) -> dict[str, tuple]:
     """name -> (model, sampler, guidance, step counts) of one seed's folder; the teachers' many-step
-    reference at `reference_steps`."""
+    reference at `reference_steps`; the style LoRA's teacher and fusion sweep only where `scales` is not empty."""
     teacher, personalized = folder / "teacher_image" / "model.safetensors", folder / "personalize" / "model.safetensors"
     base = folder / "style_vae" / "model.safetensors"  # the teacher with a VAE that can draw outlines
     teacher_motion, motion = (folder / "teacher_motion" / "motion_module.safetensors",
@@ -90,9 +91,10 @@ def models(folder: Path, scales: list[float], device: str, reference_steps: int 
                                                                            "lora.safetensors", 1.0)], device=device),
                                          "lcm", 1.0, (1, 2, 4)),
         "AnimateLCM on the base model": (load_sd15(teacher, motion, [lcm], device=device), "lcm", 1.0, (1, 2, 4)),
-        "style LoRA teacher, DDIM": (load_sd15(base, teacher_motion, [(style, 1.0)], device=device), "ddim",
-                                     TEACHER_GUIDANCE, (reference_steps,)),
     }
+    if scales:  # the fusion-weight sweep (a figure, not a target): on --sweep-seeds only
+        found["style LoRA teacher, DDIM"] = (load_sd15(base, teacher_motion, [(style, 1.0)], device=device), "ddim",
+                                             TEACHER_GUIDANCE, (reference_steps,))
     for a in scales:
         found[f"AnimateLCM, style LoRA at {a:g}"] = (load_sd15(base, motion, [(style, a), lcm], device=device),
                                                      "lcm", 1.0, (4,))
@@ -152,13 +154,16 @@ def claims(rows: list[dict], reference_steps: int = 50) -> dict[str, bool]:
 
 
 def across_seeds(per_seed: dict[int, list[dict]]) -> list[dict]:
-    """Per (method, steps): each metric's mean and std over seeds of the seeds' means, and the sampling spread."""
+    """Per (method, steps), in the order first measured: each metric's mean and std over the seeds that
+    measured it (the sweep: --sweep-seeds only) of the seeds' means, and the mean sampling spread."""
+    cells = {}
+    for rows in per_seed.values():
+        for row in rows:
+            cells.setdefault((row["method"], row["steps"]), []).append(row)
     table = []
-    first = per_seed[next(iter(per_seed))]
-    for i, row in enumerate(first):
-        cells = [rows[i] for rows in per_seed.values()]
-        metrics = {k: [c[k] for c in cells] for k in ("outline", *ATTRIBUTES, "all", "fvd")}
-        table.append({"method": row["method"], "sampler": row["sampler"], "steps": row["steps"], "seeds": len(cells),
+    for (method, steps), measured in cells.items():
+        metrics = {k: [c[k] for c in measured] for k in ("outline", *ATTRIBUTES, "all", "fvd")}
+        table.append({"method": method, "sampler": measured[0]["sampler"], "steps": steps, "seeds": len(measured),
                       **{k: {**dict(zip(("mean", "std"), mean_std([v[0] for v in values]))),
                              "sampling_std": statistics.mean(v[1] for v in values)} for k, values in metrics.items()}})
     return table
@@ -172,7 +177,8 @@ def markdown(table: list[dict], held: dict[str, list[bool]], seeds: list[int], t
              "| method | sampler | steps | outline style | colour | shape | direction | all three | toy FVD |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in table:
-        lines.append(f"| {r['method']} | {r['sampler']} | {r['steps']} | {cell(r, 'outline')} | {cell(r, 'colour')} | "
+        few = f" (seed{'s' * (r['seeds'] > 1)} {', '.join(map(str, seeds[:r['seeds']]))} only)" if r["seeds"] < len(seeds) else ""
+        lines.append(f"| {r['method']}{few} | {r['sampler']} | {r['steps']} | {cell(r, 'outline')} | {cell(r, 'colour')} | "
                      f"{cell(r, 'shape')} | {cell(r, 'direction')} | {cell(r, 'all')} | {cell(r, 'fvd', 1)} |")
     lines += ["", "**The targets, per personalization seed**", "", "| target | holds in | seeds |", "|---|---|---|"]
     for claim, per_seed in held.items():
@@ -183,7 +189,8 @@ def markdown(table: list[dict], held: dict[str, list[bool]], seeds: list[int], t
     return "\n".join(lines) + "\n"
 
 
-def evaluate(run: Path, seeds: list[int], budget: Budget, scales: list[float], device: str) -> dict:
+def evaluate(run: Path, seeds: list[int], budget: Budget, scales: list[float], device: str,
+             sweep_seeds: tuple[int, ...] = (0,)) -> dict:
     classifier = load_classifier(run / "classifier" / "classifier.safetensors")
     reference = real_reference(classifier, budget.reference_count, seed=50_000, style="outline")
     folder = run / "personalize"
@@ -193,7 +200,8 @@ def evaluate(run: Path, seeds: list[int], budget: Budget, scales: list[float], d
         cached = folder / f"seed{seed}.json"
         if not cached.exists():
             print(f"== seed {seed}")
-            rows = evaluate_seed(seed_folder(run, seed), classifier, reference, budget, scales, device)
+            rows = evaluate_seed(seed_folder(run, seed), classifier, reference, budget,
+                                 scales if seed in sweep_seeds else [], device)
             cached.write_text(json.dumps(rows, indent=1) + "\n")
         per_seed[seed] = json.loads(cached.read_text())
         for claim, holds in claims(per_seed[seed], budget.reference_steps).items():
@@ -225,6 +233,8 @@ def main(argv=None) -> int:
                    "toy data, instead of a finished toy/run.py folder")
     p.add_argument("--scales", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0],
                    help="the style LoRA's fusion weights a")
+    p.add_argument("--sweep-seeds", type=int, nargs="+", default=[0],
+                   help="the seeds whose style LoRA is measured (its teacher and the sweep of --scales: a figure)")
     p.add_argument("--quick", action="store_true", help="toy/run.py --quick's budget (for a --quick run)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--skip-eval", action="store_true", help="train only")
@@ -246,7 +256,7 @@ def main(argv=None) -> int:
         train_seed(run, seed, budget, args.device)
         print(f"== seed {seed}: trained in {time.perf_counter() - start:.0f} s", flush=True)
     if not args.skip_eval:
-        results = evaluate(run, seeds, budget, args.scales, args.device)
+        results = evaluate(run, seeds, budget, args.scales, args.device, tuple(args.sweep_seeds))
         print((run / "personalize" / "results.md").read_text())
         if args.ship:
             ship(run, results, Path(args.ship_to))
