@@ -77,6 +77,7 @@ def quick_run(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow  # the toy pipeline end to end (--quick): minutes on a 2-core CPU
 def test_quick_pipeline_runs_every_stage_and_reports(quick_run):
     results = json.loads((quick_run / "run" / "results.json").read_text())
     stages = set(results["times_s"])
@@ -103,6 +104,7 @@ def test_quick_pipeline_runs_every_stage_and_reports(quick_run):
     assert code == 0 and json.loads((quick_run / "run" / "times.json").read_text()) == results["times_s"]
 
 
+@pytest.mark.slow  # the toy pipeline end to end (--quick): minutes on a 2-core CPU
 def test_from_weights_keeps_a_folders_teachers_and_trains_stage_2_on(quick_run, tmp_path):
     """--from-weights: the shipped VAE, teachers, stage 1, diffusion ControlNet and judge are kept (fp32 copies
     of the fp16 files, their times from results.json); stage 2 and what depends on it train, with the
@@ -135,6 +137,7 @@ def test_from_weights_keeps_a_folders_teachers_and_trains_stage_2_on(quick_run, 
     with pytest.raises(UserError, match="missing toy_sd15"):
         toy_run.main(["--quick", "--out", str(tmp_path / "other"), "--from-weights", str(tmp_path / "nothing")])
 
+@pytest.mark.slow  # the toy pipeline end to end (--quick): minutes on a 2-core CPU
 def test_quick_weights_load_and_sample_through_sample_py(quick_run, tmp_path, monkeypatch):
     weights = quick_run / "weights"
     for key, name in (("sd15", "toy_sd15.safetensors"), ("motion", "toy_motion.safetensors"),
@@ -208,6 +211,8 @@ def test_personalize_trains_each_seed_measures_every_method_and_ships(quick_run,
             "AnimateLCM on the base model", "AnimateLCM, style LoRA at 0", "AnimateLCM, style LoRA at 1"} <= methods
     assert all(0 <= r[k]["mean"] <= 1 for r in results["table"] for k in ("outline", "colour", "direction", "all"))
     assert len(results["claims"]) == 5 and all(len(v) == 2 for v in results["claims"].values())
+    seeds_of = {r["method"]: r["seeds"] for r in results["table"]}  # the sweep: --sweep-seeds (seed 0) only
+    assert seeds_of["AnimateLCM on the personalized model"] == 2 and seeds_of["AnimateLCM, style LoRA at 1"] == 1
     assert read_metadata(tmp_path / "toy_outline_sd15.safetensors")["toy_world"] == "outline"
     assert sample.is_toy_model(str(tmp_path / "toy_outline_sd15.safetensors"))
     assert not sample.is_toy_model(str(run / "personalize" / "model.safetensors"))
