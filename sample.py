@@ -192,10 +192,10 @@ def is_toy_model(path: str) -> bool:
     """Whether --sd15 is a toy-world image model other than the bundled one (a personalized toy model, such as
     toy/weights/toy_outline_sd15.safetensors): its file's metadata says so."""
     from runtime.weights import CheckpointError, read_metadata
-    if not (Path(path).is_file() and Path(path).suffix == ".safetensors"):
+    if not Path(path).is_file():
         return False
     try:
-        return "toy_world" in read_metadata(path)
+        return "toy_world" in read_metadata(path)  # {} for a file that is not safetensors
     except CheckpointError:  # an unreadable file is the loader's to report, after the flags are checked
         return False
 

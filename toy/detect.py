@@ -86,15 +86,10 @@ def filled_in(core: torch.Tensor) -> torch.Tensor:
     reach = torch.zeros_like(core)
     reach[:, 0], reach[:, -1], reach[:, :, 0], reach[:, :, -1] = free[:, 0], free[:, -1], free[:, :, 0], free[:, :, -1]
     while True:
-        grown = reach.clone()
-        grown[:, 1:] |= reach[:, :-1]
-        grown[:, :-1] |= reach[:, 1:]
-        grown[:, :, 1:] |= reach[:, :, :-1]
-        grown[:, :, :-1] |= reach[:, :, 1:]
-        grown &= free
-        if torch.equal(grown, reach):
+        spread = grown(reach) & free
+        if torch.equal(spread, reach):
             return ~reach
-        reach = grown
+        reach = spread
 
 
 def grown(mask: torch.Tensor) -> torch.Tensor:

@@ -33,6 +33,15 @@ class Method:
     spacing: str | None = None
 
 
+def teacher_samplers(teacher, guidance: float) -> list[Method]:
+    """The teacher as the paper's few-step baselines and their fair versions: DDIM and DPM-Solver++, each
+    with its default spacing (DDIM's leading one is the paper's) and with trailing spacing (from t = 999)."""
+    return [Method("teacher DDIM", teacher, "ddim", guidance),
+            Method("teacher DDIM, trailing", teacher, "ddim", guidance, "trailing"),
+            Method("teacher DPM-Solver++", teacher, "dpmpp_2m", guidance),
+            Method("teacher DPM-Solver++, trailing", teacher, "dpmpp_2m", guidance, "trailing")]
+
+
 def toy_videos(model, captions: list[str], steps: int, sampler: str, guidance: float, seed: int,
                frames: int = FRAMES, resolution: int = RESOLUTION, original_steps: int = ORIGINAL_STEPS,
                schedule: NoiseSchedule = SCHEDULE, image: torch.Tensor | None = None,

@@ -177,7 +177,7 @@ def markdown(table: list[dict], held: dict[str, list[bool]], seeds: list[int], t
              "| method | sampler | steps | outline style | colour | shape | direction | all three | toy FVD |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in table:
-        few = f" (seed{'s' * (r['seeds'] > 1)} {', '.join(map(str, seeds[:r['seeds']]))} only)" if r["seeds"] < len(seeds) else ""
+        few = f" ({r['seeds']} of the {len(seeds)} seeds)" if r["seeds"] < len(seeds) else ""
         lines.append(f"| {r['method']}{few} | {r['sampler']} | {r['steps']} | {cell(r, 'outline')} | {cell(r, 'colour')} | "
                      f"{cell(r, 'shape')} | {cell(r, 'direction')} | {cell(r, 'all')} | {cell(r, 'fvd', 1)} |")
     lines += ["", "**The targets, per personalization seed**", "", "| target | holds in | seeds |", "|---|---|---|"]

@@ -32,14 +32,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def evaluate(out: Path, b: Budget, device: str) -> dict:
-    from toy.evaluate import Method, evaluate_text_to_video
+    from toy.evaluate import Method, evaluate_text_to_video, teacher_samplers
     models = load_run(out, device)
     classifier = load_classifier(out / "classifier" / "classifier.safetensors")
     guidance = TEACHER_GUIDANCE
-    methods = [Method("teacher DDIM", models["teacher"], "ddim", guidance),
-               Method("teacher DDIM, trailing", models["teacher"], "ddim", guidance, "trailing"),
-               Method("teacher DPM-Solver++", models["teacher"], "dpmpp_2m", guidance),
-               Method("teacher DPM-Solver++, trailing", models["teacher"], "dpmpp_2m", guidance, "trailing"),
+    methods = [*teacher_samplers(models["teacher"], guidance),
                Method("image-only LCM", models["image_lcm"], "lcm"),
                Method("AnimateLCM (decoupled)", models["animatelcm"], "lcm"),
                Method("direct (VideoLCM-style)", models["direct"], "lcm")]

@@ -29,7 +29,7 @@ import torch
 from runtime import cli
 from toy.classifier import load_classifier
 from toy.constants import TEACHER_GUIDANCE
-from toy.evaluate import Method, evaluate_text_to_video, mean_std
+from toy.evaluate import Method, evaluate_text_to_video, mean_std, teacher_samplers
 from toy.run import evaluate_stage3, read_times, run_stages
 from toy.stages import QUICK, Budget, load_distilled, load_stage3, stages, with_stage2_steps
 
@@ -254,10 +254,7 @@ def evaluate(run: Path, seeds: list[int], budget: Budget, device: str) -> dict:
         teacher = load_sd15(run / "teacher_image" / "model.safetensors",
                             run / "teacher_motion" / "motion_module.safetensors", device=device)
         teacher.unet.eval()
-        ddim = Method("teacher DDIM", teacher, "ddim", TEACHER_GUIDANCE)
-        baselines = [Method("teacher DDIM, trailing", teacher, "ddim", TEACHER_GUIDANCE, "trailing"),
-                     Method("teacher DPM-Solver++", teacher, "dpmpp_2m", TEACHER_GUIDANCE),
-                     Method("teacher DPM-Solver++, trailing", teacher, "dpmpp_2m", TEACHER_GUIDANCE, "trailing")]
+        ddim, *baselines = teacher_samplers(teacher, TEACHER_GUIDANCE)  # DDIM leading also at the reference steps
         return (evaluate_text_to_video([ddim], (*b.eval_steps, b.reference_steps), classifier, b.eval_count,
                                        b.eval_seeds, b.reference_count) +
                 evaluate_text_to_video(baselines, b.eval_steps, classifier, b.eval_count, b.eval_seeds,
