@@ -10,8 +10,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
-# Deterministic CPU numerics for the equivalence tests.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Deterministic CPU numerics for the equivalence tests: at most 2 threads, and under pytest-xdist (pytest.ini
+# runs two worker processes) the cores this process may use shared among the workers, so that they do not
+# oversubscribe the CPU. Subprocesses the tests start (the command-line tests) get the same count.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # (macOS: no affinity)
+THREADS = max(1, min(2, CPUS // WORKERS))
+torch.set_num_threads(THREADS)
+if WORKERS > 1:
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)
 
 
 def load_manifest(name: str) -> dict:

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Per-attribute accuracy of the shipped models on every other seen combination (21 prompts), by the two
 # independent readings (the pixel detector and the judge), from fresh samples at fixed seeds. MEASURED holds
-# what `python -m pytest tests/test_toy_shipped.py -s` printed for the shipped weights; each bound sits MARGIN
+# what `python -m pytest tests/test_toy_shipped.py -s -n 0` printed for the shipped weights; each bound sits MARGIN
 # below its measurement (and above chance: 0.25 colour and direction, 0.33 shape, 0.02 all three).
 MARGIN = 0.1
 FVD_MARGIN = 1.5  # measured: AnimateLCM 80.1 at one step against DDIM trailing's 181.8 (2.3x)
@@ -78,7 +78,7 @@ def test_shipped_animatelcm_beats_ddim_at_one_step_and_keeps_its_quality_at_four
     """Fixed seeds, fresh samples: the shipped AnimateLCM against the teacher's DDIM at the same step
     counts by the toy FVD (the paper's Table 1 in miniature), DDIM as the paper runs it (leading spacing)
     and as the fair baseline (trailing). At 1 step far ahead of both; at 4 steps within the toy world's
-    1.2x of DDIM. FVD_MEASURED: what `-s` printed (32 seen prompts, 256 real clips)."""
+    1.2x of DDIM. FVD_MEASURED: what `-s -n 0` printed (32 seen prompts, 256 real clips)."""
     caps, _ = prompts(32, 123, SEEN)
     reference = real_reference(shipped["classifier"], 256, seed=321)
     guidance = shipped["settings"]["guidance_teacher"]
@@ -96,7 +96,7 @@ def test_shipped_animatelcm_beats_ddim_at_one_step_and_keeps_its_quality_at_four
 
 
 # Stage 3 of the shipped run at 4 steps, on the first set of the evaluation's real clips (24 first frames,
-# 24 mask videos): what `python -m pytest tests/test_toy.py -k stage3 -s` printed for the shipped weights.
+# 24 mask videos): what `python -m pytest tests/test_toy.py -k stage3 -s -n 0` printed for the shipped weights.
 # (The toy world's targets: I2V 25 dB, met with the first frame anchored, not by the encoder alone; layout 0.75
 # of the real clips' IoU.)
 STAGE3_MEASURED = {"first_frame_psnr_matched": 23.3, "motion_accuracy": 1.0, "anchored_first_frame_psnr": 26.1,
@@ -185,7 +185,7 @@ def test_python_sample_py_with_no_arguments_makes_a_toy_gif(tmp_path):
 
 # The personalized toy model (toy/weights/toy_outline_sd15.safetensors: the teacher fine-tuned on outline
 # stills, with its own VAE; toy/personalize.py), on every other seen combination: the share of videos drawn
-# in the outline style and the direction, by the pixel detector. PERSONALIZED_MEASURED: what `-s` printed.
+# in the outline style and the direction, by the pixel detector. PERSONALIZED_MEASURED: what `-s -n 0` printed.
 PERSONALIZED_MEASURED = {"personalized teacher, DDIM 25": {"outline": 0.857, "direction": 0.619},
                          "AnimateLCM on the personalized model, 4 steps": {"outline": 0.905, "direction": 0.667},
                          "AnimateLCM on the base model, 4 steps": {"direction": 0.952}}
