@@ -59,7 +59,8 @@ class Protocol:
     prompt_limit: int = 0      # only the first N prompts (0: all), for quick checks
 
 
-PROTOCOLS = {  # AnimateLCM v3 sec. 4.1 (docs/sources.md): 101 prompts x 24 videos, 16 x 512 x 512; FVD 2048 generated vs 2048 real
+# AnimateLCM v3 sec. 4.1 (docs/sources.md): 101 prompts x 24 videos, 16 x 512 x 512; FVD 2048 generated vs 2048 real
+PROTOCOLS = {
     "ucf101": Protocol(str(ROOT / "metrics" / "ucf101_prompts.yaml"), 24, (1, 2, 4, 8), 16, 512, 512,
                        "i3d-logits", "clipsim", 2048, 2048),
     "toy": Protocol("toy", 2, (1, 2, 4), 8, 32, 32, "toy-judge", "prompt-accuracy", 2048, 512, "squash", 1, "npy"),
@@ -203,7 +204,7 @@ def evaluate(argv=None) -> int:
     real = real_statistics(Path(args.real_videos) if args.real_videos else None, embedder.embed,
                            {"features": protocol.features, "resize": protocol.resize, "sha256": measures["sha256"]},
                            protocol.fvd_real, protocol.frames, protocol.real_stride, protocol.seed, out,
-                           toy_world=(protocol.frames, protocol.height))
+                           draw=None if args.real_videos else toy_world_clips(protocol))
     rows = []
     for cell, d in tqdm(cells.items(), desc="scoring", unit="cell"):
         scores = score_cell([path[cell, i, seed] for i, seed in prompt_seeds], [prompts[i] for i, _ in prompt_seeds],
@@ -283,8 +284,9 @@ def load_video(path: Path) -> np.ndarray:
 
 def measuring(args, protocol: Protocol, device: str):
     """(FVD embedder, prompt scorer) of the protocol: I3D and CLIPSIM, or the toy judge for either."""
-    from metrics.scorers import clipsim_scorer, i3d_embedder, toy_judge
-    judge = toy_judge(Path(args.judge), protocol.frames, device) if uses(protocol)["judge"] else None
+    from metrics.scorers import clipsim_scorer, i3d_embedder
+    from toy.classifier import judge_measures
+    judge = judge_measures(Path(args.judge), protocol.frames, device) if uses(protocol)["judge"] else None
     embedder = judge[0] if protocol.features == "toy-judge" else i3d_embedder(
         Path(args.i3d), protocol.features, protocol.resize, device)
     scorer = judge[1] if protocol.prompt_score == "prompt-accuracy" else clipsim_scorer(
@@ -306,6 +308,14 @@ def score_cell(paths: list[Path], prompts: list[str], embedder, scorer, real: di
     fvd = frechet_distance(*feature_statistics(features[pick]), real["mu"], real["sigma"])
     return {"fvd": fvd, protocol.prompt_score: float(scores.mean()), "videos": len(paths),
             "fvd_generated": len(pick), "fvd_real": real["count"]}
+
+
+def toy_world_clips(protocol: Protocol):
+    """The toy protocol's real clips, for metrics/real_videos.py: fresh toy-world clips of the seen
+    combinations at the protocol's size (what it draws, and how)."""
+    from toy.world import SEEN, sample_videos
+    return ("seen combinations, toy.world.sample_videos seed 50000",
+            lambda count: sample_videos(count, 50_000, SEEN, protocol.frames, protocol.height)[0])
 
 
 def uses(protocol: Protocol) -> dict[str, bool]:

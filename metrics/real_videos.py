@@ -1,7 +1,7 @@
 """The real side of FVD: features of `count` randomly drawn real clips, reduced to (mean, covariance).
 
-The paper draws 2,048 random UCF-101 videos (AnimateLCM v3 sec. 4.1; docs/sources.md); how frames were taken from them is not
-specified. Here: the clips under a folder (any depth; .avi, .mp4, .gif, ...) in sorted order are
+The paper draws 2,048 random UCF-101 videos (AnimateLCM v3 sec. 4.1; docs/sources.md); how frames were
+taken from them is not specified. Here: the clips under a folder (any depth; .avi, .mp4, .gif, ...) in sorted order are
 shuffled by a seeded generator and read in that order, the first `frames` frames at `stride` each,
 until `count` clips have enough frames (shorter or unreadable ones are skipped and counted). The
 statistics are computed once and cached as .npz in the output folder, under a name derived from
@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -45,17 +46,21 @@ def shuffled_clips(folder: Path, frames: int, stride: int, seed: int):
 
 
 def real_statistics(folder: Path | None, embed, settings: dict, count: int, frames: int, stride: int,
-                    seed: int, cache_dir: Path, toy_world: tuple[int, int] | None = None) -> dict:
+                    seed: int, cache_dir: Path, draw: tuple[str, Callable[[int], np.ndarray]] | None = None) -> dict:
     """{"mu", "sigma", "count", "skipped", "file"} of the real clips' features, cached in `cache_dir`.
 
-    `settings` names the features (and their weights' sha256); `toy_world` = (frames, resolution)
-    draws fresh toy-world clips instead of reading a folder (as toy/classifier.py's real_reference).
+    `settings` names the features (and their weights' sha256). Without a folder, `draw` = (what it draws,
+    `draw(count)` -> uint8 clips [count, F, H, W, 3]) makes the real clips instead: evaluate.py's toy
+    protocol draws fresh toy-world clips (as toy/classifier.py's real_reference); the description is part
+    of the cache's name.
     """
     if folder is not None:
         listing = [(str(p.relative_to(folder)), p.stat().st_size) for p in list_clips(folder)]
         source = {"folder": str(Path(folder).resolve()), "listing_sha256": _sha(listing)}
+    elif draw is not None:
+        source = {"toy_world": draw[0]}
     else:
-        source = {"toy_world": "seen combinations, toy.world.sample_videos seed 50000"}
+        raise ValueError("real_statistics needs a folder of real clips or a `draw` that makes them")
     key = {**settings, **source, "requested": count, "frames": frames, "stride": stride, "seed": seed}
     cache = Path(cache_dir) / f"real_statistics_{settings['features']}_{_sha(key)[:12]}.npz"
     if cache.exists():
@@ -66,9 +71,7 @@ def real_statistics(folder: Path | None, embed, settings: dict, count: int, fram
     features, skipped = [], []
     with tqdm(total=count, desc="real clips", unit="clip") as bar:
         if folder is None:
-            from toy.world import SEEN, sample_videos
-            videos, _, _ = sample_videos(count, 50_000, SEEN, *toy_world)
-            features.append(embed(list(videos)))
+            features.append(embed(list(draw[1](count))))
             bar.update(count)
         else:
             used, pending = 0, []

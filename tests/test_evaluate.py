@@ -221,3 +221,19 @@ def test_the_paper_protocol_path_runs_with_i3d_and_clip_files(tmp_path, monkeypa
     assert {Path(k).name for k in results["sha256"]} == {"i3d_pretrained_400.pt", "clip.bin"}
     assert list((tmp_path / "out" / "videos" / "toy_motion" / "lcm-2steps").glob("*.mp4"))  # the ucf101 default
     assert "i3d-logits (frames to 224x224 by squash)" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_the_toy_judge_scores_real_clips_by_their_prompts_and_refuses_other_sizes():
+    """The toy protocol's measures (toy/classifier.py:judge_measures): real clips score 1 against their own
+    captions and less against shuffled ones; 64-d features per video; other video sizes are one clear error."""
+    from runtime.cli import UserError
+    from toy.classifier import judge_measures
+    from toy.world import SEEN, sample_videos
+    embedder, scorer = judge_measures(sample.TOY["sd15"].parent / "toy_classifier.safetensors", 8)
+    videos, _, clips = sample_videos(16, 7, SEEN)
+    captions = [c.caption for c in clips]
+    assert embedder.embed(list(videos)).shape == (16, 64)
+    assert scorer.score(list(videos), captions).mean() >= 0.9
+    assert scorer.score(list(videos), captions[1:] + captions[:1]).mean() < 0.5
+    with pytest.raises(UserError, match=r"the toy judge reads 8-frame 32x32 videos; got \[\(4, 32, 32, 3\)\]"):
+        scorer.score([v[:4] for v in videos], captions)

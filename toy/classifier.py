@@ -109,9 +109,35 @@ def real_reference(model: VideoClassifier, count: int, seed: int, combos=SEEN, f
     return judge(model, to_model(videos))[0]
 
 
-def load_classifier(path: Path) -> VideoClassifier:
+def load_classifier(path: Path, frames: int = FRAMES, device="cpu") -> VideoClassifier:
     """The judge from its safetensors file (toy/weights/toy_classifier.safetensors)."""
     from safetensors.torch import load_file
-    model = VideoClassifier(FRAMES)
-    model.load_state_dict(load_file(path))
-    return model.eval()
+    from runtime.weights import load_strict
+    model = VideoClassifier(frames)
+    load_strict(model, load_file(str(path)), f"{path} (expected the toy judge, toy_classifier.safetensors)")
+    return model.to(device).eval()
+
+
+def judge_measures(weights: Path, frames: int, device="cpu"):
+    """evaluate.py's toy protocol (metrics/scorers.py's Embedder and PromptScorer): the judge's penultimate
+    features for the toy FVD, and its prompt accuracy for the toy CLIPSIM (1 when colour, shape and direction
+    all match the prompt, else 0). The toy world has no image tower beside its text encoder, so the judge
+    stands in for CLIP."""
+    from types import SimpleNamespace
+    from metrics.scorers import Embedder, PromptScorer
+    from runtime.cli import UserError
+    from toy.world import parse_caption
+    model = load_classifier(weights, frames, device)
+
+    def run(videos: list[np.ndarray]):
+        shapes = {v.shape for v in videos}
+        if shapes != {(frames, 32, 32, 3)}:
+            raise UserError(f"the toy judge reads {frames}-frame 32x32 videos; got {sorted(shapes)}")
+        return judge(model, to_model(np.stack(videos)).to(device))
+
+    def score(videos: list[np.ndarray], prompts: list[str]) -> torch.Tensor:
+        _, predictions = run(videos)
+        clips = [SimpleNamespace(**dict(zip(ATTRIBUTES, parse_caption(p)))) for p in prompts]
+        target = labels(clips)
+        return torch.stack([predictions[k].cpu() == target[k] for k in ATTRIBUTES]).all(0).double()
+    return Embedder("toy-judge", lambda videos: run(videos)[0].cpu()), PromptScorer("prompt-accuracy", score)
