@@ -179,7 +179,8 @@ def main(argv=None):
                 (loss.mean() / s.grad_accum).backward()
                 run.record(loss, t)  # for the log: the loss per timestep
             grad_norm = clip_gradients(trainable, s.grad_clip, rt)  # averaged over processes, then clipped
-            loss = run.stop_if_not_finite(step, grad_norm)  # NaN/inf stops here: the saved weights stay finite
+            loss = run.step_loss()  # the mean over the micro-batches and processes
+            run.stop_if_not_finite(step, loss, grad_norm)  # NaN/inf stops here: the saved weights stay finite
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             ema_update(target_state, online_state, s.ema_decay)                   # step 7

@@ -1,11 +1,11 @@
 """The real side of FVD: features of `count` randomly drawn real clips, reduced to (mean, covariance).
 
 The paper draws 2,048 random UCF-101 videos (AnimateLCM v3 sec. 4.1; docs/sources.md); how frames were
-taken from them is not specified. Here: the clips under a folder (any depth; .avi, .mp4, .gif, ...) in sorted order are
-shuffled by a seeded generator and read in that order, the first `frames` frames at `stride` each,
-until `count` clips have enough frames (shorter or unreadable ones are skipped and counted). The
-statistics are computed once and cached as .npz in the output folder, under a name derived from
-everything that determines them (the folder's file list and sizes, the counts, the features and the
+taken from them is not specified. Here: the clips under a folder (any depth; .avi, .mp4, .gif, ...) in
+sorted order are shuffled by a seeded generator and read in that order, the first `frames` frames at
+`stride` each, until `count` clips have enough frames (shorter or unreadable ones are skipped and
+counted). The statistics are computed once and cached as .npz in the output folder, under a name derived
+from everything that determines them (the folder's file list and sizes, the counts, the features and the
 sha256 of the feature network's weights).
 """
 from __future__ import annotations
@@ -58,7 +58,7 @@ def real_statistics(folder: Path | None, embed, settings: dict, count: int, fram
         listing = [(str(p.relative_to(folder)), p.stat().st_size) for p in list_clips(folder)]
         source = {"folder": str(Path(folder).resolve()), "listing_sha256": _sha(listing)}
     elif draw is not None:
-        source = {"toy_world": draw[0]}
+        source = {"toy_world": draw[0]}  # (the key's name keeps the cache names of earlier toy evaluations)
     else:
         raise ValueError("real_statistics needs a folder of real clips or a `draw` that makes them")
     key = {**settings, **source, "requested": count, "frames": frames, "stride": stride, "seed": seed}

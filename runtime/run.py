@@ -8,7 +8,8 @@
     with run.watching(save, validate):             # SIGINT/SIGTERM: finish the step, save, stop
         while step < s.steps:
             ...                                    # the algorithm: loss, backward(); run.record(loss, t)
-            loss = run.stop_if_not_finite(step, grad_norm)   # before the optimizer step
+            loss = run.step_loss()                 # over the micro-batches and processes
+            run.stop_if_not_finite(step, loss, grad_norm)   # before the optimizer step
             ...                                    # optimizer step, EMA
             step += 1
             run.end_step(step, loss, grad_norm, lr)  # log, checkpoint, validate, signals
@@ -115,12 +116,14 @@ class TrainingRun:
         self._losses.append(losses.detach())
         self._timesteps.append(timesteps.detach())
 
-    def stop_if_not_finite(self, step: int, grad_norm: float) -> float:
-        """The step's loss (the mean of what `record` got, over all processes); a NaN/inf loss or gradient
-        stops the run here, before the optimizer step could spoil the weights."""
-        loss = global_mean(torch.cat(self._losses).mean(), self.rt)
+    def step_loss(self) -> float:
+        """This optimizer step's loss: the mean of the per-sample losses `record` got, over all processes."""
+        return global_mean(torch.cat(self._losses).mean(), self.rt)
+
+    def stop_if_not_finite(self, step: int, loss: float, grad_norm: float) -> None:
+        """A NaN/inf loss or gradient stops the run here, before the optimizer step could spoil the weights."""
         if math.isfinite(loss) and math.isfinite(grad_norm):
-            return loss
+            return
         what = "loss" if not math.isfinite(loss) else "gradient"
         precision = ", or --precision fp32" if self.rt.device.type == "cuda" else ""  # autocast is GPU only
         raise UserError(f"non-finite {what} at step {step + 1}: stopped before the optimizer step; {self._kept()}: "
@@ -153,9 +156,11 @@ class TrainingRun:
     def save_checkpoint(self, step: int, optimizer: torch.optim.Optimizer, **states) -> None:
         """out/checkpoint.pt: the full resume state (written whole or not at all; never NaN or inf): the step,
         the settings, the optimizer, the RNG, and each of `states` (a module, or a dict of its tensors)."""
-        tensors = {name: value.state_dict() if hasattr(value, "state_dict") else value for name, value in states.items()}
+        tensors = {name: value.state_dict() if hasattr(value, "state_dict") else value
+                   for name, value in states.items()}
         save_checkpoint(self.out / "checkpoint.pt", {"step": step, "settings": dataclasses.asdict(self.s),
-                                                     "optimizer": optimizer.state_dict(), "rng": rng_state(), **tensors})
+                                                     "optimizer": optimizer.state_dict(), "rng": rng_state(),
+                                                     **tensors})
 
     def metadata(self, step: int, schedule) -> dict:
         """What an exported weights file records of its run: settings, noise schedule, step."""

@@ -178,8 +178,9 @@ def markdown(table: list[dict], held: dict[str, list[bool]], seeds: list[int], t
              "|---|---|---|---|---|---|---|---|---|"]
     for r in table:
         few = f" ({r['seeds']} of the {len(seeds)} seeds)" if r["seeds"] < len(seeds) else ""
-        lines.append(f"| {r['method']}{few} | {r['sampler']} | {r['steps']} | {cell(r, 'outline')} | {cell(r, 'colour')} | "
-                     f"{cell(r, 'shape')} | {cell(r, 'direction')} | {cell(r, 'all')} | {cell(r, 'fvd', 1)} |")
+        lines.append(f"| {r['method']}{few} | {r['sampler']} | {r['steps']} | {cell(r, 'outline')} | "
+                     f"{cell(r, 'colour')} | {cell(r, 'shape')} | {cell(r, 'direction')} | {cell(r, 'all')} | "
+                     f"{cell(r, 'fvd', 1)} |")
     lines += ["", "**The targets, per personalization seed**", "", "| target | holds in | seeds |", "|---|---|---|"]
     for claim, per_seed in held.items():
         lines.append(f"| {claim} | {sum(per_seed)} of {len(per_seed)} | "
