@@ -133,7 +133,7 @@ def check_request(model: StableDiffusion, r: Request) -> None:
         raise ValueError("; ".join(problems))
 
 
-def guided(unet, context: torch.Tensor, uncontext: torch.Tensor | None, guidance: float,
+def guided_model(unet, context: torch.Tensor, uncontext: torch.Tensor | None, guidance: float,
            image_latent: torch.Tensor | None = None, motion_scale: float = 0.8, controlnet=None,
            control: torch.Tensor | None = None, control_scale: float = 1.0) -> Callable:
     """The model callable the samplers see: eps = eps_u + g (eps_c - eps_u); one pass when g == 1.
@@ -197,7 +197,7 @@ def generate(model: StableDiffusion, r: Request, timings: dict | None = None) ->
                                   for image, g in zip(r.image, generators)])
         image_latent = (image_latent * vae.cfg.scaling_factor).to(device, dtype)       # [N, 4, h, w]
     control = r.control.to(device, dtype) if r.control is not None else None
-    denoiser = guided(unet, context, uncontext, r.guidance, image_latent, r.motion_scale, model.controlnet, control,
+    denoiser = guided_model(unet, context, uncontext, r.guidance, image_latent, r.motion_scale, model.controlnet, control,
                       r.control_scale)
     if unet.cfg.motion_modules and (r.context_frames or r.frames > unet.cfg.motion_max_frames):
         denoiser = blend_windows(denoiser, r.frames, r.context_frames or unet.cfg.motion_max_frames,

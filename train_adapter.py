@@ -30,7 +30,7 @@ import sys
 
 import torch
 
-from lcm.distill import LOSSES, distillation_loss, teacher_free_point
+from lcm.distill import LOSSES, distillation_loss, solver_pair, teacher_free_point
 from lcm.ema import ema_update
 from lcm.schedule import NoiseSchedule
 from media.data import VideoCaptionDataset, check_batch, endless_batches
@@ -38,9 +38,10 @@ from pipeline import Request, generate
 from runtime import cli
 from runtime.cli import UserError
 from runtime.distributed import autocast, clip_gradients, setup, teardown
+from runtime.draws import integers, normal
 from runtime.run import TrainingRun, evaluating, one_run, set_learning_rate
-from runtime.settings import (AT_LEAST_1, FINITE, GRID, OPTIONAL_PATH, PIXELS, TrainSettings, check_settings, flag,
-                              one_of, parse_settings)
+from runtime.settings import (AT_LEAST_1, DECAY, FINITE, GRID, NOT_NEGATIVE, OPTIONAL_PATH, PIXELS, SCHEDULE, WEIGHT,
+                              TrainSettings, check_settings, flag, one_of, parse_settings)
 from runtime.weights import HINTS_KEY, save_safetensors
 from sd15 import load_sd15
 from unet.adapter import ImageEncoder
@@ -64,12 +65,20 @@ class Settings(TrainSettings):
     size: int = flag(256, "training resolution (pixels, square)", PIXELS)
     lora_rank: int = flag(64, "--adapter controlnet with --controlnet: rank of its LoRA", AT_LEAST_1)
     motion_scale: float = flag(0.8, "I2V: strength of the frame-index signal", FINITE)
-    original_steps: int = flag(50, "the solver grid: k = 1000 / original_steps", GRID)
+    # the method's own settings
+    beta_schedule: str = flag("beta_linear", "noise schedule: the video consistency model's (AnimateDiff's linear "
+                              "betas)", SCHEDULE)
+    original_steps: int = flag(50, "N, the solver grid: k = 1000 / N timesteps per hop (teacher-free, a coarser "
+                               "grid carries the clean end's information back in fewer hops)", GRID)
     loss: str = flag("huber", "distance: pseudo-Huber or l2", one_of(*LOSSES))
+    ema_decay: float = flag(0.95, "mu of the adapter's EMA target, theta- <- mu theta- + (1 - mu) theta; 0: the "
+                            "target is the online adapter (no lag)", DECAY)
+    warmup_steps: int = flag(100, "linear learning-rate warm-up, then constant", NOT_NEGATIVE, may_change=True)
+    weight_decay: float = flag(1e-2, "AdamW's decoupled weight decay", WEIGHT)
 
 
-# what a run exports into --out
-PRODUCTS = ("i2v_motion_module.safetensors", "controlnet_lora.safetensors", "controlnet.safetensors")
+# what a run writes into --out for its users
+EXPORTED_FILES = ("i2v_motion_module.safetensors", "controlnet_lora.safetensors", "controlnet.safetensors")
 
 
 @one_run
@@ -88,7 +97,7 @@ def main(argv=None):
     dataset = VideoCaptionDataset(s.data, frames=s.frames, stride=s.stride, size=s.size, seed=s.seed,
                                   control_folder=s.control_data or None)
     check_batch(dataset, s.batch, rt.world)
-    run = TrainingRun(s, rt, PRODUCTS, f"stage 3 ({s.adapter})")
+    run = TrainingRun(s, rt, EXPORTED_FILES, f"stage 3 ({s.adapter})")
 
     # ---- models: the frozen video consistency model + the trainable adapter (online, EMA target) ------
     model = load_sd15(s.sd15, s.motion, [(s.lora, 1.0)] if s.lora else [], device=rt.device)
@@ -106,16 +115,16 @@ def main(argv=None):
         online_net.requires_grad_(not s.controlnet).train()  # a new one trains whole (its outputs start at 0)
         online_net.enable_gradient_checkpointing(s.gradient_checkpointing)
     target_net = copy.deepcopy(online_net).requires_grad_(False).eval()
-    online_state, target_state = online_net, target_net  # what trains, and what the EMA follows
+    trained, follower = online_net, target_net  # the module whose weights train, and its EMA copy
     if s.adapter == "controlnet" and s.controlnet:  # an existing ControlNet: adapted through a LoRA on it
-        online_state = LoRANetwork.create(online_net, s.lora_rank)
-        target_state = LoRANetwork.create(target_net, s.lora_rank).requires_grad_(False)
-        target_state.load_state_dict(online_state.state_dict())
-    trainable = list(online_state.parameters())
+        trained = LoRANetwork.create(online_net, s.lora_rank)
+        follower = LoRANetwork.create(target_net, s.lora_rank).requires_grad_(False)
+        follower.load_state_dict(trained.state_dict())
+    trainable = list(trained.parameters())
     if rt.main:
         print(f"trainable parameters: {sum(p.numel() for p in trainable):,} ({s.adapter})")
     schedule = NoiseSchedule(s.beta_schedule)
-    optimizer = torch.optim.AdamW(trainable, lr=s.lr, weight_decay=1e-2)
+    optimizer = torch.optim.AdamW(trainable, lr=s.lr, weight_decay=s.weight_decay)
 
     def steered(adapter, condition):
         """The frozen video consistency model steered by one copy (online or EMA) of the adapter."""
@@ -126,20 +135,20 @@ def main(argv=None):
             return unet(x, t, context, down_residuals=down, mid_residual=mid)
         return call
 
-    if run.state is not None:  # --resume true: continue bit for bit
-        run.restore(optimizer, online=online_state, target=target_state)
+    if run.resume_state is not None:  # --resume true: continue bit for bit
+        run.restore(optimizer, online=trained, target=follower)
     step = run.start_step
     batches = endless_batches(dataset, s, rt.rank, rt.world, start=step * s.grad_accum)
 
     def save(step):  # the full resume state, and the EMA adapter in the layout its users load
-        run.save_checkpoint(step, optimizer, online=online_state, target=target_state)
+        run.save_checkpoint(step, optimizer, online=trained, target=follower)
         meta = run.metadata(step, schedule)
         if s.adapter == "image_encoder":  # the AnimateLCM-I2V layout: motion modules + the EMA encoder
             online_encoder, unet.img_encoder = unet.img_encoder, target_net
             save_motion_module(unet, run.out / "i2v_motion_module.safetensors", meta)
             unet.img_encoder = online_encoder
         elif s.controlnet:  # the LoRA on the given ControlNet
-            target_state.save(run.out / "controlnet_lora.safetensors", metadata=meta)
+            follower.save(run.out / "controlnet_lora.safetensors", metadata=meta)
         else:
             save_safetensors(controlnet_state_to_ldm(target_net), run.out / "controlnet.safetensors",
                              {**meta, HINTS_KEY: controlnet_hints(target_net)})
@@ -162,7 +171,7 @@ def main(argv=None):
         unet.img_encoder = online_encoder
 
     # ---- the loop: teacher-free consistency training of the adapter (lcm/distill.py, steps 1-7) --------
-    with run.watching(save, validate):
+    with run.catching_signals(save, validate):
         while step < s.steps:
             lr = set_learning_rate(optimizer, step, s)  # linear warm-up, then an optional drop
             for micro in range(s.grad_accum):
@@ -171,21 +180,24 @@ def main(argv=None):
                 context = model.encode_prompts(batch["captions"])
                 # I2V: the first frame's latent; ControlNet: the per-frame control images in [0, 1]
                 condition = x0[:, :, 0] if s.adapter == "image_encoder" else batch["control"].to(rt.device)
+                n = integers(generators, s.original_steps)                       # 1. grid index n ~ U{0..N-1}
+                t_start, t_end = solver_pair(n.to(rt.device), s.original_steps)  #    t_{n+k}, t_n = t_{n+k} - k
+                noise = normal(generators, x0.shape[1:]).to(x0)                  # 2. eps ~ N(0, I)
                 with autocast(rt, s.precision):
-                    loss, t = distillation_loss(                                  # steps 1-6, no teacher
+                    loss = distillation_loss(                                    # steps 2-6, no teacher
                         online=steered(online_net, condition), target=steered(target_net, condition),
-                        target_point=teacher_free_point, schedule=schedule, x0=x0, context=context,
-                        original_steps=s.original_steps, loss=s.loss, generators=generators)
+                        target_point=teacher_free_point, schedule=schedule, x0=x0, noise=noise, t_start=t_start,
+                        t_end=t_end, context=context, original_steps=s.original_steps, loss=s.loss)
                 (loss.mean() / s.grad_accum).backward()
-                run.record(loss, t)  # for the log: the loss per timestep
+                run.collect_losses(loss, t_start)  # for the log: the loss per timestep
             grad_norm = clip_gradients(trainable, s.grad_clip, rt)  # averaged over processes, then clipped
             loss = run.step_loss()  # the mean over the micro-batches and processes
             run.stop_if_not_finite(step, loss, grad_norm)  # NaN/inf stops here: the saved weights stay finite
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            ema_update(target_state, online_state, s.ema_decay)                   # step 7
+            ema_update(follower, trained, s.ema_decay)                            # step 7
             step += 1
-            run.end_step(step, loss, grad_norm, lr)  # log, checkpoint, validate, signals
+            run.log_save_validate(step, loss, grad_norm, lr)  # the log; a checkpoint and samples when due
     teardown(rt)
     return {"unet": unet, "online": online_net, "target": target_net}
 

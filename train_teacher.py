@@ -37,9 +37,10 @@ from pipeline import Request, generate
 from runtime import cli
 from runtime.cli import UserError
 from runtime.distributed import autocast, clip_gradients, low_precision, setup, teardown
+from runtime.draws import coin_flips, integers, normal
 from runtime.run import TrainingRun, evaluating, one_run, set_learning_rate
-from runtime.settings import (AT_LEAST_1, DECAY, OPTIONAL_PATH, POSITIVE, SHARE, TrainSettings, check_settings, flag,
-                              one_of, parse_settings)
+from runtime.settings import (AT_LEAST_1, DECAY, NOT_NEGATIVE, OPTIONAL_PATH, POSITIVE, SCHEDULE, SHARE, WEIGHT,
+                              TrainSettings, check_settings, flag, one_of, parse_settings)
 from runtime.weights import HINTS_KEY, save_safetensors
 from sd15 import load_sd15, save_sd15
 from unet.controlnet import SD15_HINT_CHANNELS, ControlNet, controlnet_hints, controlnet_state_to_ldm
@@ -59,17 +60,24 @@ class Settings(TrainSettings):
     out: str = flag("runs/teacher", "the run's folder", compared=False)
     frames: int = flag(16, "frames per clip (--train motion or controlnet)", AT_LEAST_1)
     stride: int = flag(4, "take every n-th frame of a video", AT_LEAST_1)
-    ema_decay: float = flag(0.0, "0: export the trained weights; else an EMA copy of them (e.g. 0.995)", DECAY)
+    # the method's own settings
+    beta_schedule: str = flag("beta_linear", "noise schedule of the forward process (AnimateDiff's linear betas; "
+                              "SD1.5 itself was trained with sqrt_beta_linear)", SCHEDULE)
     caption_dropout: float = flag(0.1, "share of captions replaced by '' (for classifier-free guidance)", SHARE)
     loss_weight: str = flag("uniform", "lambda(t): uniform (DDPM), v or sqrt_v (lcm/denoise.py:denoising_weight)",
                             one_of(*DENOISING_WEIGHTS))
+    ema_decay: float = flag(0.0, "0: export the trained weights; else an EMA copy of them (e.g. 0.995), as "
+                            "diffusion models are usually released", DECAY)
+    warmup_steps: int = flag(100, "linear learning-rate warm-up", NOT_NEGATIVE, may_change=True)
+    weight_decay: float = flag(1e-2, "AdamW's decoupled weight decay (AnimateDiff's training config: 1e-2)", WEIGHT)
     lora_rank: int = flag(16, "--train lora: its rank", AT_LEAST_1)
     lora_alpha: float = flag(16.0, "--train lora: its alpha (scale alpha / rank)", POSITIVE)
     val_prompt: str = flag("a boat sailing on a calm lake", "validation prompt (--train unet, lora or motion)",
                            may_change=True)
 
 
-PRODUCTS = ("model.safetensors", "lora.safetensors", "motion_module.safetensors", "controlnet.safetensors")
+# what a run writes into --out for its users
+EXPORTED_FILES = ("model.safetensors", "lora.safetensors", "motion_module.safetensors", "controlnet.safetensors")
 IMAGES = ("unet", "lora")  # the parts that learn from images
 
 
@@ -91,7 +99,7 @@ def main(argv=None, score=None):
     dataset = ImageCaptionDataset(s.data, size=s.size) if s.train in IMAGES else VideoCaptionDataset(
         s.data, frames=s.frames, stride=s.stride, size=s.size, seed=s.seed, control_folder=s.control_data or None)
     check_batch(dataset, s.batch, rt.world)
-    run = TrainingRun(s, rt, PRODUCTS, f"teacher ({s.train})")
+    run = TrainingRun(s, rt, EXPORTED_FILES, f"teacher ({s.train})")
 
     # ---- models: what learns (online), its EMA copy (target, or the online model itself), what is frozen ---
     model = load_sd15(s.sd15, s.motion or None, device=rt.device)
@@ -138,8 +146,8 @@ def main(argv=None, score=None):
         return steered
 
     schedule = NoiseSchedule(s.beta_schedule)
-    optimizer = torch.optim.AdamW(trainable, lr=s.lr, weight_decay=1e-2)
-    if run.state is not None:  # --resume true: continue bit for bit
+    optimizer = torch.optim.AdamW(trainable, lr=s.lr, weight_decay=s.weight_decay)
+    if run.resume_state is not None:  # --resume true: continue bit for bit
         run.restore(optimizer, online=online, target=target)
     step = run.start_step
     batches = endless_batches(dataset, s, rt.rank, rt.world, start=step * s.grad_accum)
@@ -174,20 +182,23 @@ def main(argv=None, score=None):
             return score(view, schedule) if score else None
 
     # ---- the loop: the denoising objective (lcm/denoise.py) -----------------------------------------
-    with run.watching(save, validate):
+    with run.catching_signals(save, validate):
         while step < s.steps:
             lr = set_learning_rate(optimizer, step, s)  # linear warm-up, then an optional drop
             for micro in range(s.grad_accum):
                 batch, generators = next(batches), run.generators(step, micro)  # one generator per sample
                 x0 = model.encode_latents(batch["pixels"].to(rt.device), generators)  # [B, 4, (F,) h, w]
-                captions = drop_captions(batch["captions"], generators, s.caption_dropout) \
-                    if s.caption_dropout > 0 else batch["captions"]
+                captions = batch["captions"]
+                if s.caption_dropout > 0:  # "" for a share of them: the unconditional model guidance needs
+                    captions = drop_captions(captions, coin_flips(generators, s.caption_dropout))
                 control = batch["control"].to(rt.device) if s.train == "controlnet" else None
+                t = integers(generators, schedule.steps).to(rt.device)           # t ~ U{0..T-1}
+                noise = normal(generators, x0.shape[1:]).to(x0)                  # eps ~ N(0, I)
                 with autocast(rt, s.precision):
-                    loss, t = denoising_loss(denoiser(online, control), schedule, x0, model.encode_prompts(captions),
-                                             generators, s.loss_weight)
+                    loss = denoising_loss(denoiser(online, control), schedule, x0, model.encode_prompts(captions),
+                                          noise, t, s.loss_weight)
                 (loss.mean() / s.grad_accum).backward()
-                run.record(loss, t)  # for the log: the loss per timestep
+                run.collect_losses(loss, t)  # for the log: the loss per timestep
             grad_norm = clip_gradients(trainable, s.grad_clip, rt)  # averaged over processes, then clipped
             loss = run.step_loss()  # the mean over the micro-batches and processes
             run.stop_if_not_finite(step, loss, grad_norm)  # NaN/inf stops here: the saved weights stay finite
@@ -196,7 +207,7 @@ def main(argv=None, score=None):
             if target is not online:
                 ema_update(target, online, s.ema_decay)
             step += 1
-            run.end_step(step, loss, grad_norm, lr)  # log, checkpoint, validate, signals
+            run.log_save_validate(step, loss, grad_norm, lr)  # the log; a checkpoint and samples when due
     teardown(rt)
     return {"online": online, "target": target, "model": model}
 

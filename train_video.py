@@ -13,9 +13,10 @@ inside one DDIM step. Online student: SD1.5 with the stage-1 spatial LoRA merged
 only the motion modules train. Target: AnimateLCM's initialisation, the same network *without* the
 LoRA, moved by EMA of all online weights, so its spatial weights drift to base + LoRA while early
 targets stay sane (`--init plain` starts the target as a copy of the online model instead).
-`--direct`: no stage 1: a fresh spatial LoRA and the motion modules train together at a fixed guidance
-weight (the non-decoupled baseline of the paper's ablation). The algorithm, step by step:
-lcm/distill.py; why it works and what the ablations showed: docs/consistency-distillation.md, 6.3.
+`--direct`: no stage 1: a fresh spatial LoRA and the motion modules train together on the videos (the
+non-decoupled baseline of the paper's ablation; VideoLCM's fixed guidance weight is --w-min = --w-max).
+The algorithm, step by step: lcm/distill.py; why it works and what the ablations showed:
+docs/consistency-distillation.md, section 7.3.
 Outputs in --out: motion_module.safetensors (AnimateDiff layout, from the EMA target; ComfyUI and
 diffusers load it), lora.safetensors in --direct mode, checkpoint.pt (full resume state), log.jsonl,
 val/ GIFs.
@@ -28,7 +29,7 @@ import sys
 
 import torch
 
-from lcm.distill import LOSS_WEIGHTS, LOSSES, distillation_loss, guidance_weights, teacher_ddim_point
+from lcm.distill import LOSS_WEIGHTS, LOSSES, distillation_loss, solver_pair, teacher_ddim_point
 from lcm.ema import ema_update
 from lcm.schedule import NoiseSchedule
 from media.data import VideoCaptionDataset, check_batch, endless_batches
@@ -36,9 +37,10 @@ from pipeline import Request, generate
 from runtime import cli
 from runtime.cli import UserError
 from runtime.distributed import autocast, clip_gradients, low_precision, setup, teardown
+from runtime.draws import integers, normal, uniform
 from runtime.run import TrainingRun, one_run, set_learning_rate
-from runtime.settings import (AT_LEAST_1, GRID, OPTIONAL_PATH, PIXELS, POSITIVE, WEIGHT, TrainSettings, check_settings,
-                              flag, one_of, parse_settings)
+from runtime.settings import (AT_LEAST_1, DECAY, GRID, NOT_NEGATIVE, OPTIONAL_PATH, PIXELS, POSITIVE, SCHEDULE, WEIGHT,
+                              TrainSettings, check_settings, flag, one_of, parse_settings)
 from sd15 import load_sd15
 from unet.load import save_motion_module
 from unet.lora import LoRANetwork
@@ -57,19 +59,29 @@ class Settings(TrainSettings):
     frames: int = flag(16, "frames per clip", AT_LEAST_1)
     stride: int = flag(4, "take every n-th frame of a video", AT_LEAST_1)
     size: int = flag(256, "training resolution (pixels, square)", PIXELS)
-    lr: float = flag(1e-5, "learning rate (AdamW)", POSITIVE, may_change=True)
-    w_min: float = flag(5.0, "guidance w ~ U[w_min, w_max] in the LCM form (1 + w) c - w u", WEIGHT)
+    # the method's own settings
+    beta_schedule: str = flag("beta_linear", "noise schedule: AnimateDiff's linear betas, with which its motion "
+                              "modules were trained and with which AnimateLCM samples", SCHEDULE)
+    original_steps: int = flag(50, "N, the DDIM solver grid: k = 1000 / 50 = 20 timesteps per hop", GRID)
+    w_min: float = flag(5.0, "guidance w ~ U[w_min, w_max] per sample, in the LCM form (1 + w) c - w u; "
+                        "w_min = w_max: a fixed w (VideoLCM: 9)", WEIGHT)
     w_max: float = flag(15.0, "see --w-min", WEIGHT)
-    direct_w: float = flag(9.0, "--direct: a fixed w, as VideoLCM", WEIGHT)
-    lora_rank: int = flag(64, "--direct: rank of the new spatial LoRA", AT_LEAST_1)
-    original_steps: int = flag(50, "the DDIM solver grid: k = 1000 / 50 = 20", GRID)
     loss: str = flag("huber", "distance: pseudo-Huber or l2", one_of(*LOSSES))
     loss_weight: str = flag("uniform", "lambda_n: uniform or sqrt_snr (lcm/distill.py:loss_weight)",
                             one_of(*LOSS_WEIGHTS))
+    ema_decay: float = flag(0.95, "mu of the EMA target, theta- <- mu theta- + (1 - mu) theta (LCM: 0.95); with "
+                            "AnimateLCM's initialisation it also carries the target's spatial weights from the "
+                            "base to base + LoRA (64%% of the way after 20 steps)", DECAY)
+    lr: float = flag(1e-5, "learning rate (AdamW)", POSITIVE, may_change=True)
+    warmup_steps: int = flag(100, "linear learning-rate warm-up, then constant (the LCM scripts' schedule)",
+                             NOT_NEGATIVE, may_change=True)
+    weight_decay: float = flag(1e-2, "AdamW's decoupled weight decay (AnimateDiff's motion-module training: 1e-2)",
+                               WEIGHT)
+    lora_rank: int = flag(64, "--direct: rank of the new spatial LoRA", AT_LEAST_1)
     val_prompt: str = flag("a boat sailing on a calm lake", "validation prompt", may_change=True)
 
 
-PRODUCTS = ("motion_module.safetensors", "lora.safetensors")  # what a run exports into --out
+EXPORTED_FILES = ("motion_module.safetensors", "lora.safetensors")  # what a run writes into --out for its users
 
 
 @one_run
@@ -88,25 +100,26 @@ def main(argv=None, score=None):
         print(f"settings: {dataclasses.asdict(s)}")
     dataset = VideoCaptionDataset(s.data, frames=s.frames, stride=s.stride, size=s.size, seed=s.seed)
     check_batch(dataset, s.batch, rt.world)
-    run = TrainingRun(s, rt, PRODUCTS, "stage 2")  # run.state: the checkpoint to continue from, or None
+    run = TrainingRun(s, rt, EXPORTED_FILES, "stage 2")  # run.resume_state: the checkpoint to continue, or None
 
-    # ---- models: teacher (frozen), online student (trains its motion modules), EMA target ------------
+    # ---- models: teacher (frozen), online student, EMA target; the ablations are chosen here, once -----
     teacher = load_sd15(s.sd15, s.teacher_motion, device=rt.device)
     teacher.unet.requires_grad_(False).eval()
     online = copy.deepcopy(teacher.unet)
-    target = copy.deepcopy(teacher.unet)  # AnimateLCM init: the target starts without the spatial LoRA
-    lora = target_lora = None
-    if s.direct:  # one stage: a fresh LoRA and the motion modules, both trained
+    target = copy.deepcopy(teacher.unet)  # AnimateLCM's initialisation: the target starts without the LoRA
+    if s.direct:  # one stage: a fresh spatial LoRA trains beside the motion modules (and its EMA copy)
         lora = LoRANetwork.create(online, s.lora_rank)
         target_lora = LoRANetwork.create(target, s.lora_rank).requires_grad_(False)
         target_lora.load_state_dict(lora.state_dict())
-    else:
-        LoRANetwork.load(online, s.lora).merge()  # the stage-1 image consistency LoRA, fixed
-        if s.init == "plain":
-            target.load_state_dict(online.state_dict())
+        spatial = {"lora": lora, "target_lora": target_lora}
+    else:  # decoupled: the stage-1 image consistency LoRA, merged and fixed
+        LoRANetwork.load(online, s.lora).merge()
+        spatial = {}
+    if s.init == "plain":  # the initialisation ablation: the target starts as a copy of the online model
+        target.load_state_dict(online.state_dict())
     for name, p in online.named_parameters():
         p.requires_grad_("motion_modules." in name)
-    trainable = (list(lora.parameters()) if lora is not None else []) + \
+    trainable = (list(spatial["lora"].parameters()) if s.direct else []) + \
         [p for n, p in online.named_parameters() if "motion_modules." in n]
     online.train().enable_gradient_checkpointing(s.gradient_checkpointing)
     target.requires_grad_(False).eval()
@@ -118,21 +131,20 @@ def main(argv=None, score=None):
                 p.data = p.data.to(low)
     if rt.main:
         print(f"trainable parameters: {sum(p.numel() for p in trainable):,} "
-              f"(motion modules{' + spatial LoRA' if lora is not None else ''})")
+              f"(motion modules{' + spatial LoRA' if s.direct else ''})")
     schedule = NoiseSchedule(s.beta_schedule)
-    optimizer = torch.optim.AdamW(trainable, lr=s.lr, weight_decay=1e-2)
-    loras = {"lora": lora, "target_lora": target_lora} if lora is not None else {}  # --direct
-    if run.state is not None:  # --resume true: continue bit for bit
-        run.restore(optimizer, online=online, target=target, **loras)
+    optimizer = torch.optim.AdamW(trainable, lr=s.lr, weight_decay=s.weight_decay)
+    if run.resume_state is not None:  # --resume true: continue bit for bit
+        run.restore(optimizer, online=online, target=target, **spatial)
     step = run.start_step
     batches = endless_batches(dataset, s, rt.rank, rt.world, start=step * s.grad_accum)
 
     def save(step):  # the full resume state, and the target's motion modules as an AnimateDiff file
         motion = {n: p for n, p in online.state_dict().items() if "motion_modules." in n}  # the rest is frozen
-        run.save_checkpoint(step, optimizer, online=motion, target=target, **loras)
+        run.save_checkpoint(step, optimizer, online=motion, target=target, **spatial)
         save_motion_module(target, run.out / "motion_module.safetensors", run.metadata(step, schedule))
-        if target_lora is not None:
-            target_lora.save(run.out / "lora.safetensors", metadata=run.metadata(step, schedule))
+        if s.direct:
+            spatial["target_lora"].save(run.out / "lora.safetensors", metadata=run.metadata(step, schedule))
 
     def validate(step):  # fixed-seed videos of the EMA target, LCM at 1, 2 and 4 steps
         view = dataclasses.replace(teacher, unet=target)
@@ -144,7 +156,7 @@ def main(argv=None, score=None):
         return score(view, schedule) if score else None
 
     # ---- the loop: motion consistency distillation (lcm/distill.py, steps 1-7) ----------------------
-    with run.watching(save, validate):
+    with run.catching_signals(save, validate):
         while step < s.steps:
             lr = set_learning_rate(optimizer, step, s)  # linear warm-up, then an optional drop
             for micro in range(s.grad_accum):
@@ -152,28 +164,29 @@ def main(argv=None, score=None):
                 x0 = teacher.encode_latents(batch["pixels"].to(rt.device), generators)  # [B, 4, F, h, w]
                 context = teacher.encode_prompts(batch["captions"])
                 uncontext = teacher.encode_prompts([""] * len(batch["captions"]))
-                w = torch.full((len(generators),), s.direct_w) if s.direct else \
-                    guidance_weights(generators, s.w_min, s.w_max)                # w ~ U[w_min, w_max]
+                w = uniform(generators, s.w_min, s.w_max).to(rt.device)          # guidance w ~ U[w_min, w_max]
+                n = integers(generators, s.original_steps)                       # 1. grid index n ~ U{0..N-1}
+                t_start, t_end = solver_pair(n.to(rt.device), s.original_steps)  #    t_{n+k}, t_n = t_{n+k} - k
+                noise = normal(generators, x0.shape[1:]).to(x0)                  # 2. eps ~ N(0, I)
                 with autocast(rt, s.precision):
-                    loss, t = distillation_loss(                                  # steps 1-6
-                        online=online, target=target,
-                        target_point=teacher_ddim_point(teacher.unet, uncontext, w.to(rt.device)),
-                        schedule=schedule, x0=x0, context=context, original_steps=s.original_steps,
-                        loss=s.loss, weighting=s.loss_weight, generators=generators)
+                    loss = distillation_loss(                                    # steps 2-6
+                        online=online, target=target, target_point=teacher_ddim_point(teacher.unet, uncontext, w),
+                        schedule=schedule, x0=x0, noise=noise, t_start=t_start, t_end=t_end, context=context,
+                        original_steps=s.original_steps, loss=s.loss, weighting=s.loss_weight)
                 (loss.mean() / s.grad_accum).backward()
-                run.record(loss, t)  # for the log: the loss per timestep
+                run.collect_losses(loss, t_start)  # for the log: the loss per timestep
             grad_norm = clip_gradients(trainable, s.grad_clip, rt)  # averaged over processes, then clipped
             loss = run.step_loss()  # the mean over the micro-batches and processes
             run.stop_if_not_finite(step, loss, grad_norm)  # NaN/inf stops here: the saved weights stay finite
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             ema_update(target, online, s.ema_decay)  # step 7, all weights: the spatial part drifts to base + LoRA
-            if lora is not None:
-                ema_update(target_lora, lora, s.ema_decay)
+            if s.direct:
+                ema_update(spatial["target_lora"], spatial["lora"], s.ema_decay)
             step += 1
-            run.end_step(step, loss, grad_norm, lr)  # log, checkpoint, validate, signals
+            run.log_save_validate(step, loss, grad_norm, lr)  # the log; a checkpoint and samples when due
     teardown(rt)
-    return {"online": online, "target": target, "teacher": teacher, "lora": lora}
+    return {"online": online, "target": target, "teacher": teacher, "lora": spatial.get("lora")}
 
 
 if __name__ == "__main__":

@@ -7,10 +7,11 @@ import matplotlib.pyplot as plt
 import torch
 
 from docs.plotting import PROMPTS, Context, cfg_point, image_grid, pixels
-from lcm.distill import LOSS_WEIGHTS, distillation_loss, loss_weight, teacher_ddim_point, teacher_free_point
+from lcm.distill import LOSS_WEIGHTS, distillation_loss, loss_weight, solver_pair, teacher_ddim_point, teacher_free_point
 from lcm.sampler import ddim_step, ddim_timesteps, dpmpp_timesteps, lcm_timesteps
 from lcm.schedule import NoiseSchedule, boundary_scalings, consistency_output
-from pipeline import guided as cfg_model, vae_scale
+from pipeline import guided_model as cfg_model, vae_scale
+from runtime.draws import integers, normal
 
 
 # ---- 1. the forward process and the x0 / eps views ----------------------------------------------
@@ -161,10 +162,12 @@ def fig_loss_weighting(ctx: Context) -> None:
     for name, online in (("before stage 1 (student = teacher)", teacher),
                          ("after stage 1 (the shipped LoRA)", ctx.image_lcm.unet)):
         generators = [torch.Generator().manual_seed(ctx.seed * 100_000 + i) for i in range(count)]
+        t, t_end = solver_pair(integers(generators, toy.original_steps), toy.original_steps)
         # stage 1's target is the online model itself (the LCM-LoRA recipe): target = online
-        loss, t = distillation_loss(online=online, target=online, target_point=teacher_ddim_point(teacher, uncontext, w),
-                                    schedule=s, x0=x0, context=context, original_steps=toy.original_steps,
-                                    loss=toy.loss, weighting=toy.loss_weight, generators=generators)
+        loss = distillation_loss(online=online, target=online, target_point=teacher_ddim_point(teacher, uncontext, w),
+                                 schedule=s, x0=x0, noise=normal(generators, x0.shape[1:]), t_start=t, t_end=t_end,
+                                 context=context, original_steps=toy.original_steps, loss=toy.loss,
+                                 weighting=toy.loss_weight)
         plain = loss / loss_weight(s, t, toy.loss_weight, toy.original_steps)
         ts = sorted(set(t.tolist()))
         axes[1].semilogy(ts, [float(plain[t == v].mean()) for v in ts], ".-", ms=4, label=f"d, {name}")

@@ -16,7 +16,7 @@ from lcm.ema import ema_update
 from lcm.sampler import (ddim_step, ddim_timesteps, lcm_step, lcm_timesteps, sample_ddim,
                          sample_lcm)
 from lcm.schedule import consistency_output
-from pipeline import guided as cfg_model, vae_scale
+from pipeline import guided_model as cfg_model, vae_scale
 from toy.evaluate import toy_videos
 
 

@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 
-from lcm.distill import ddim_grid, ddim_solver_step, guided  # noqa: E402
+from lcm.distill import apply_guidance, ddim_grid, ddim_solver_step  # noqa: E402
 from lcm.schedule import NoiseSchedule  # noqa: E402
 from sd15 import load_sd15  # noqa: E402
 from toy.classifier import to_model  # noqa: E402
@@ -155,7 +155,7 @@ def cfg_point(ctx: Context, unet, x: torch.Tensor, t: int, t_end: int, context, 
     tt = torch.full((x.shape[0],), t)
     eps_c, eps_u = unet(x, tt, context), unet(x, tt, uncontext)
     x0_c, x0_u = s.x0_from_eps(x, eps_c, tt), s.x0_from_eps(x, eps_u, tt)
-    x0_g = guided(x0_c, x0_u, w)
-    return x0_c, x0_u, x0_g, ddim_solver_step(s, x0_g, guided(eps_c, eps_u, w), torch.full((x.shape[0],), t_end))
+    x0_g = apply_guidance(x0_c, x0_u, w)
+    return x0_c, x0_u, x0_g, ddim_solver_step(s, x0_g, apply_guidance(eps_c, eps_u, w), torch.full((x.shape[0],), t_end))
 
 

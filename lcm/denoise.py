@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import torch
 
-from .distill import per_sample
 from .schedule import NoiseSchedule
 
 
@@ -38,22 +37,16 @@ def denoising_weight(schedule: NoiseSchedule, t: torch.Tensor, kind: str = "unif
     raise ValueError(f"denoising loss weight must be one of {DENOISING_WEIGHTS}, not {kind!r}")
 
 
-def denoising_loss(model, schedule: NoiseSchedule, x0: torch.Tensor, context, generator=None,
-                   weighting: str = "uniform"):
-    """The DDPM objective for training a teacher: t ~ U{0..T-1}, x_t = alpha x0 + sigma eps, ||eps_hat - eps||^2,
-    times `denoising_weight(t, weighting)`.
-
-    Returns (per-sample loss [B], t [B]); `generator` as in `distillation_loss`.
-    """
-    t = per_sample(lambda g, b: torch.randint(0, schedule.steps, (b,), generator=g), generator, x0.shape[0])
-    noise = per_sample(lambda g, b: torch.randn((b, *x0.shape[1:]), generator=g), generator, x0.shape[0]).to(x0)
-    t = t.to(x0.device)
+def denoising_loss(model, schedule: NoiseSchedule, x0: torch.Tensor, context, noise: torch.Tensor,
+                   t: torch.Tensor, weighting: str = "uniform") -> torch.Tensor:
+    """The DDPM objective for training a teacher, with the loop's draws t [B] ~ U{0..T-1} and eps [B, ...]:
+    x_t = alpha x0 + sigma eps, ||eps_hat - eps||^2 times `denoising_weight(t, weighting)`. Returns the
+    per-sample loss [B]."""
     loss = diffusion_loss(model(schedule.add_noise(x0, noise, t), t, context), noise)
-    return denoising_weight(schedule, t, weighting) * loss, t
+    return denoising_weight(schedule, t, weighting) * loss
 
 
-def drop_captions(captions: list[str], generators: list[torch.Generator], p: float) -> list[str]:
-    """Replace each caption by "" with probability p (one draw per sample from its generator): teaches the
-    unconditional model that classifier-free guidance needs."""
-    keep = torch.cat([torch.rand(1, generator=g) for g in generators]) >= p
-    return [c if k else "" for c, k in zip(captions, keep.tolist())]
+def drop_captions(captions: list[str], dropped: torch.Tensor) -> list[str]:
+    """Each caption whose `dropped` [B] is True replaced by "": teaches the unconditional model that
+    classifier-free guidance needs."""
+    return ["" if d else c for c, d in zip(captions, dropped.tolist())]

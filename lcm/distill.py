@@ -1,7 +1,7 @@
 """Consistency distillation and its teacher-free variant, as small functions (AnimateLCM v3 sec. 3-4; each fact's source: docs/sources.md).
 
 One latent consistency distillation (LCD) step, in the paper's notation:
-  1. pick a grid index n; t_{n+k} = grid[n], t_n = t_{n+k} - k (clamped at 0)           `grid_pairs`
+  1. a grid index n (drawn by the loop); t_{n+k} = grid[n], t_n = t_{n+k} - k (clamped at 0)   `solver_pair`
   2. x_{t_{n+k}} = alpha x0 + sigma eps                                                   `NoiseSchedule.add_noise`
   3. online:  f_theta(x_{t_{n+k}}, c, t_{n+k})                                            `consistency_output`
   4. the point x_{t_n}: the teacher's x0 and eps at t_{n+k} with guidance w, one DDIM    `teacher_ddim_point`
@@ -23,27 +23,13 @@ def ddim_grid(original_steps: int = 50, total: int = 1000) -> torch.Tensor:
     return torch.arange(1, original_steps + 1) * k - 1
 
 
-def per_sample(draw, generators, batch: int) -> torch.Tensor:
-    """`draw(generator)` once per sample with its own generator (a list), or for the batch at once.
-
-    Per-sample generators make a sample's randomness depend on its place in the global batch only,
-    so one process and several DDP ranks draw the same numbers, and a resumed run redraws them.
-    """
-    if isinstance(generators, (list, tuple)):
-        return torch.stack([draw(g, 1)[0] for g in generators])
-    return draw(generators, batch)
-
-
-def grid_pairs(batch: int, original_steps: int = 50, total: int = 1000,
-               generator=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(t_{n+k}, t_n) for a batch: n uniform over the grid, t_n = t_{n+k} - k clamped at 0 (19 -> 0)."""
-    grid = ddim_grid(original_steps, total)
-    n = per_sample(lambda g, b: torch.randint(0, len(grid), (b,), generator=g), generator, batch)
-    start = grid[n]
+def solver_pair(n: torch.Tensor, original_steps: int = 50, total: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+    """(t_{n+k}, t_n) for grid indices n [B]: t_{n+k} = grid[n], t_n = t_{n+k} - k clamped at 0 (19 -> 0)."""
+    start = ddim_grid(original_steps, total).to(n.device)[n]
     return start, (start - total // original_steps).clamp(min=0)
 
 
-def guided(cond: torch.Tensor, uncond: torch.Tensor, w: torch.Tensor | float) -> torch.Tensor:
+def apply_guidance(cond: torch.Tensor, uncond: torch.Tensor, w: torch.Tensor | float) -> torch.Tensor:
     """CFG in the LCM form (1 + w) cond - w uncond, applied alike to x0 and eps (docs/sources.md)."""
     if torch.is_tensor(w):
         w = w.reshape(-1, *[1] * (cond.dim() - 1))
@@ -95,12 +81,6 @@ def loss_weight(schedule: NoiseSchedule, t: torch.Tensor, kind: str = "uniform",
     raise ValueError(f"loss weight must be one of {LOSS_WEIGHTS}, not {kind!r}")
 
 
-def guidance_weights(generators, low: float, high: float) -> torch.Tensor:
-    """w ~ U[low, high], one draw per sample from its generator (the range AnimateLCM's teacher step is
-    trained over; the student never sees w: it learns the teacher guided at a random strength)."""
-    return torch.cat([low + (high - low) * torch.rand(1, generator=g) for g in generators])
-
-
 # ---- step 4, the point at t_n the target is evaluated at: two interchangeable functions -------------
 # Each is called as point(schedule, x0, noise, x_start, t_start, t_end, context) -> x_{t_n}, without gradient.
 
@@ -110,7 +90,7 @@ def teacher_ddim_point(teacher, uncontext: torch.Tensor, w: torch.Tensor | float
     def point(schedule, x0, noise, x_start, t_start, t_end, context):
         eps_c, eps_u = teacher(x_start, t_start, context), teacher(x_start, t_start, uncontext)
         x0_c, x0_u = schedule.x0_from_eps(x_start, eps_c, t_start), schedule.x0_from_eps(x_start, eps_u, t_start)
-        return ddim_solver_step(schedule, guided(x0_c, x0_u, w), guided(eps_c, eps_u, w), t_end)
+        return ddim_solver_step(schedule, apply_guidance(x0_c, x0_u, w), apply_guidance(eps_c, eps_u, w), t_end)
     return point
 
 
@@ -121,24 +101,17 @@ def teacher_free_point(schedule: NoiseSchedule, x0: torch.Tensor, noise: torch.T
     return schedule.add_noise(x0, noise, t_end)
 
 
-def distillation_loss(*, online, target, target_point, schedule: NoiseSchedule, x0: torch.Tensor, context,
-                      original_steps: int = 50, loss: str = "huber", weighting: str = "uniform", generators=None):
-    """Steps 1-6 above for a batch of clean latents x0 [B, ...]; models are callables (x, t, context) -> eps.
-
-    `target_point`: `teacher_ddim_point(teacher, uncontext, w)` or `teacher_free_point`.
-    `generators`: one torch.Generator for the batch, or a list with one per sample.
-    `weighting`: lambda_n, see `loss_weight`.
-    Returns (per-sample loss [B], t_{n+k} [B]) so callers can log loss by timestep.
-    """
-    t_start, t_end = grid_pairs(x0.shape[0], original_steps, schedule.steps, generators)          # 1
-    t_start, t_end = t_start.to(x0.device), t_end.to(x0.device)
-    noise = per_sample(lambda g, b: torch.randn((b, *x0.shape[1:]), generator=g), generators, x0.shape[0]).to(x0)
+def distillation_loss(*, online, target, target_point, schedule: NoiseSchedule, x0: torch.Tensor,
+                      noise: torch.Tensor, t_start: torch.Tensor, t_end: torch.Tensor, context,
+                      original_steps: int = 50, loss: str = "huber", weighting: str = "uniform") -> torch.Tensor:
+    """Steps 2-6 above for a batch of clean latents x0 [B, ...], with the draws of the training loop: the
+    noise eps [B, ...] and the pair (t_{n+k}, t_n) [B] (`solver_pair`). Models are callables
+    (x, t, context) -> eps; `target_point` is `teacher_ddim_point(teacher, uncontext, w)` or
+    `teacher_free_point`; `weighting` is lambda_n (`loss_weight`). Returns the per-sample loss [B]."""
     x_start = schedule.add_noise(x0, noise, t_start)                                              # 2
     online_out = consistency_output(schedule, x_start, online(x_start, t_start, context), t_start)  # 3
     with torch.no_grad():  # the target carries no gradient: it is where the online model is pulled to
         x_end = target_point(schedule, x0, noise, x_start, t_start, t_end, context)              # 4
         target_out = consistency_output(schedule, x_end, target(x_end, t_end, context), t_end)  # 5
     weight = loss_weight(schedule, t_start, weighting, original_steps)
-    return weight * consistency_loss(online_out, target_out, loss), t_start                      # 6
-
-
+    return weight * consistency_loss(online_out, target_out, loss)                               # 6

@@ -1,18 +1,18 @@
 """What keeps a training run safe, around the loop that each training script writes out itself.
 
-    run = TrainingRun(s, rt, PRODUCTS, "stage 2")  # claims --out before any model loads; run.state: resume
+    run = TrainingRun(s, rt, EXPORTED_FILES, "stage 2")  # claims --out before any model loads
     ...                                            # models, optimizer, data
-    if run.state is not None:
+    if run.resume_state is not None:               # --resume true: the checkpoint to continue from
         run.restore(optimizer, online=..., target=...)   # continue bit for bit
     step = run.start_step
-    with run.watching(save, validate):             # SIGINT/SIGTERM: finish the step, save, stop
+    with run.catching_signals(save, validate):     # SIGINT/SIGTERM: finish the step, save, stop
         while step < s.steps:
-            ...                                    # the algorithm: loss, backward(); run.record(loss, t)
+            ...                                    # the algorithm: loss, backward(); run.collect_losses(loss, t)
             loss = run.step_loss()                 # over the micro-batches and processes
             run.stop_if_not_finite(step, loss, grad_norm)   # before the optimizer step
             ...                                    # optimizer step, EMA
             step += 1
-            run.end_step(step, loss, grad_norm, lr)  # log, checkpoint, validate, signals
+            run.log_save_validate(step, loss, grad_norm, lr)  # the log; a checkpoint and samples when due
 
 What can go wrong, and what happens: a non-finite loss or gradient stops the run before the optimizer
 step, and NaN/inf weights are never saved, so checkpoint.pt always holds the last finite step (the
@@ -60,14 +60,15 @@ def learning_rate(step: int, s) -> float:
 
 
 class TrainingRun:
-    """One run's --out folder, log, checkpoints and stop signals. `state` is the checkpoint to continue
-    from (None: a new run), `start_step` its step."""
+    """One run's --out folder, log, checkpoints and stop signals. `resume_state` is the checkpoint to
+    continue from (None: a new run), `start_step` its step; `exported` names the files the run writes for
+    its users (claim_folder refuses an --out that holds them)."""
 
-    def __init__(self, s, rt: Runtime, products: tuple[str, ...], name: str):
+    def __init__(self, s, rt: Runtime, exported: tuple[str, ...], name: str):
         self.s, self.rt, self.name, self.out = s, rt, name, Path(s.out)
-        self.state = claim_folder(s, rt, products)
-        self.start_step = self.saved = self.state["step"] if self.state is not None else 0
-        if self.state is not None and rt.main:
+        self.resume_state = claim_folder(s, rt, exported)
+        self.start_step = self.saved = self.resume_state["step"] if self.resume_state is not None else 0
+        if self.resume_state is not None and rt.main:
             print(f"resuming from {self.out / 'checkpoint.pt'} at step {self.start_step}")
         self.log = JsonlLog(self.out / "log.jsonl", rt.main)
         self.signum = 0
@@ -80,19 +81,20 @@ class TrainingRun:
         return sample_generators(s.seed, step * s.grad_accum + micro, self.rt.rank * s.batch, s.batch)
 
     def restore(self, optimizer: torch.optim.Optimizer, **modules) -> None:
-        """Continue from `state`: the checkpoint's tensors into each of `modules` (its name in the checkpoint ->
+        """Continue from `resume_state`: the checkpoint's tensors into each of `modules` (its name in the checkpoint ->
         a module; a partial state, such as stage 2's motion modules alone, loads over the module's own), the
         optimizer's and the RNG's state, so that a resumed run goes on bit for bit."""
         with restoring(self.out / "checkpoint.pt"):
             for name, module in modules.items():
-                module.load_state_dict({**module.state_dict(), **self.state[name]})
-            optimizer.load_state_dict(self.state["optimizer"])
-        set_rng_state(self.state["rng"])
+                module.load_state_dict({**module.state_dict(), **self.resume_state[name]})
+            optimizer.load_state_dict(self.resume_state["optimizer"])
+        set_rng_state(self.resume_state["rng"])
 
     @contextlib.contextmanager
-    def watching(self, save: Callable[[int], None], validate: Callable[[int], dict | None] | None = None):
-        """Around the loop: `save(step)` writes a checkpoint (called every --save-every steps, at the end and
-        on a signal), `validate(step)` writes samples on rank 0 (a dict it returns joins the log)."""
+    def catching_signals(self, save: Callable[[int], None], validate: Callable[[int], dict | None] | None = None):
+        """Around the loop: SIGINT and SIGTERM are caught and end the run after the step in progress, saved;
+        a progress bar. `save(step)` writes a checkpoint (called every --save-every steps, at the end and on
+        a signal), `validate(step)` writes samples on rank 0 (a dict it returns joins the log)."""
         self._save, self._validate = save, validate
         self.step = self.start_step
         self.bar = tqdm(total=self.s.steps, initial=self.start_step, disable=not self.rt.main, desc=self.name)
@@ -111,13 +113,13 @@ class TrainingRun:
             self.bar.close()
         barrier(self.rt)
 
-    def record(self, losses: torch.Tensor, timesteps: torch.Tensor) -> None:
-        """A micro-batch's per-sample losses [B] and timesteps [B], for this step's log record."""
+    def collect_losses(self, losses: torch.Tensor, timesteps: torch.Tensor) -> None:
+        """Keep a micro-batch's per-sample losses [B] and timesteps [B], for this step's loss and log record."""
         self._losses.append(losses.detach())
         self._timesteps.append(timesteps.detach())
 
     def step_loss(self) -> float:
-        """This optimizer step's loss: the mean of the per-sample losses `record` got, over all processes."""
+        """This optimizer step's loss: the mean of the per-sample losses `collect_losses` kept, over all processes."""
         return global_mean(torch.cat(self._losses).mean(), self.rt)
 
     def stop_if_not_finite(self, step: int, loss: float, grad_norm: float) -> None:
@@ -129,7 +131,7 @@ class TrainingRun:
         raise UserError(f"non-finite {what} at step {step + 1}: stopped before the optimizer step; {self._kept()}: "
                         f"run again with --resume true and a lower --lr{precision}")
 
-    def end_step(self, step: int, loss: float, grad_norm: float, lr: float) -> None:
+    def log_save_validate(self, step: int, loss: float, grad_norm: float, lr: float) -> None:
         """After optimizer step `step` (counted from 1): the progress bar; a log record with the loss per
         timestep quarter; a checkpoint when due; validation when due; a stop when a signal came."""
         s, self.step = self.s, step

@@ -76,8 +76,9 @@ def flag(default, help: str, check: Check | None = None, may_change: bool = Fals
 
 @dataclasses.dataclass
 class TrainSettings:
-    """What every training script shares; each script's dataclass adds its own fields (and may change
-    a default by declaring the field again)."""
+    """What every training run shares (data, length, safety, logging); each script's dataclass adds its
+    own fields, the method's settings among them (noise schedule, EMA rate, warm-up, weight decay, with
+    help about the method), and may change a default here by declaring the field again."""
     sd15: str = flag("", "SD1.5 or personalized SD1.5 checkpoint (single file or diffusers folder)", REQUIRED_PATH,
                      may_change=True)
     data: str = flag("", "folder of captioned images or videos (media/data.py)", REQUIRED_PATH, may_change=True)
@@ -90,13 +91,10 @@ class TrainSettings:
     grad_accum: int = flag(1, "micro-batches per optimizer step", AT_LEAST_1, may_change=True)
     steps: int = flag(1000, "optimizer steps in all", AT_LEAST_1, may_change=True)
     lr: float = flag(1e-4, "learning rate (AdamW)", POSITIVE, may_change=True)
-    warmup_steps: int = flag(100, "linear learning-rate warm-up", NOT_NEGATIVE, may_change=True)
     lr_anneal_at: int = flag(0, "from this step on the learning rate is --lr x --lr-anneal-factor (0: never)",
                              NOT_NEGATIVE, may_change=True)
     lr_anneal_factor: float = flag(0.2, "see --lr-anneal-at", FACTOR, may_change=True)
     grad_clip: float = flag(1.0, "gradient-norm clipping", POSITIVE, may_change=True)
-    ema_decay: float = flag(0.95, "mu of the EMA target, theta- <- mu theta- + (1 - mu) theta", DECAY)
-    beta_schedule: str = flag("beta_linear", "noise schedule (lcm/schedule.py)", SCHEDULE)
     precision: str = flag("bf16", "autocast on GPU: bf16, fp16 or fp32; the CPU runs fp32", one_of(*PRECISIONS),
                           may_change=True)
     gradient_checkpointing: bool = flag(True, "recompute activations in backward (less memory)", may_change=True)

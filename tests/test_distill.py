@@ -6,15 +6,16 @@ import torch
 from torch import nn
 
 from lcm.denoise import denoising_loss, denoising_weight, diffusion_loss, drop_captions
-from lcm.distill import (consistency_loss, ddim_grid, ddim_solver_step, distillation_loss, grid_pairs, guidance_weights,
-                         guided, loss_weight, pseudo_huber, teacher_ddim_point, teacher_free_point)
+from lcm.distill import (apply_guidance, consistency_loss, ddim_grid, ddim_solver_step, distillation_loss, loss_weight,
+                         pseudo_huber, solver_pair, teacher_ddim_point, teacher_free_point)
 from lcm.ema import ema_update
 from lcm.schedule import NoiseSchedule, boundary_scalings, consistency_output
+from runtime.draws import coin_flips, integers, normal, uniform
 
 
 def test_grid_and_pairs_follow_the_lcm_recipe():
     assert ddim_grid(50)[:3].tolist() == [19, 39, 59] and ddim_grid(50)[-1] == 999 and len(ddim_grid(50)) == 50
-    start, end = grid_pairs(10000, 50, generator=torch.Generator().manual_seed(0))
+    start, end = solver_pair(torch.randint(0, 50, (10000,), generator=torch.Generator().manual_seed(0)), 50)
     assert set(start.tolist()) == set(ddim_grid(50).tolist())  # every grid point gets drawn
     assert ((start - end == 20) | (end == 0)).all() and end.min() == 0
     assert (end[start == 19] == 0).all()
@@ -42,7 +43,7 @@ def test_ddim_solver_step_equals_diffusers_ddim_and_lcm_boundary_values():
 def test_guidance_and_losses_against_direct_formulas():
     c, u = torch.randn(3, 4), torch.randn(3, 4)
     w = torch.tensor([0.0, 1.0, 7.5])
-    torch.testing.assert_close(guided(c, u, w), (1 + w[:, None]) * c - w[:, None] * u)
+    torch.testing.assert_close(apply_guidance(c, u, w), (1 + w[:, None]) * c - w[:, None] * u)
     a, b = torch.randn(3, 5), torch.randn(3, 5)
     expected = ((a - b) ** 2 + 1e-6).sqrt().sub(1e-3).mean(1)
     torch.testing.assert_close(pseudo_huber(a, b, 1e-3), expected)
@@ -79,14 +80,15 @@ def test_distillation_loss_is_the_direct_computation():
     teacher.w.data.fill_(0.9)
     context, uncontext, w = torch.full_like(x0, 0.1), torch.zeros_like(x0), torch.tensor([6.0] * 4)
 
+    g = torch.Generator().manual_seed(3)
+    t_start, t_end = solver_pair(torch.randint(0, 50, (4,), generator=g), 50)
+    noise = torch.randn(x0.shape, generator=g)
+
     def loss_of(**kwargs):
         return distillation_loss(online=online, target=target, target_point=teacher_ddim_point(teacher, uncontext, w),
-                                 schedule=schedule, x0=x0, context=context, original_steps=50, loss="huber",
-                                 generators=torch.Generator().manual_seed(3), **kwargs)
-    loss, t = loss_of()
-    g = torch.Generator().manual_seed(3)
-    t_start, t_end = grid_pairs(4, 50, generator=g)
-    noise = torch.randn(x0.shape, generator=g)
+                                 schedule=schedule, x0=x0, noise=noise, t_start=t_start, t_end=t_end, context=context,
+                                 original_steps=50, loss="huber", **kwargs)
+    loss = loss_of()
     a, s = schedule.alphas_cumprod[t_start].sqrt()[:, None, None], (1 - schedule.alphas_cumprod[t_start]).sqrt()[:, None, None]
     x = a * x0 + s * noise
     f_online = consistency_output(schedule, x, 0.5 * x + 0.1, t_start)
@@ -96,11 +98,10 @@ def test_distillation_loss_is_the_direct_computation():
     an, sn = schedule.alphas_cumprod[t_end].sqrt()[:, None, None], (1 - schedule.alphas_cumprod[t_end]).sqrt()[:, None, None]
     x_end = an * x0_g + sn * eps_g
     f_target = consistency_output(schedule, x_end, 0.4 * x_end + 0.1, t_end)
-    assert torch.equal(t, t_start)
     torch.testing.assert_close(loss, pseudo_huber(f_online, f_target))
     loss.mean().backward()
     assert online.w.grad is not None and target.w.grad is None and teacher.w.grad is None
-    weighted, _ = loss_of(weighting="sqrt_snr")
+    weighted = loss_of(weighting="sqrt_snr")
     torch.testing.assert_close(weighted, loss.detach() * loss_weight(schedule, t_start, "sqrt_snr"))
 
 
@@ -111,11 +112,8 @@ def test_teacher_free_loss_by_hand():
     schedule = NoiseSchedule()
     x0 = torch.ones(1, 1)
     abar = schedule.alphas_cumprod
-    # a seed whose first draw is grid index 0 (t_{n+k} = 19); its next draw is the noise
-    seed = next(i for i in range(1000) if torch.randint(0, 50, (1,), generator=torch.Generator().manual_seed(i)) == 0)
-    g = torch.Generator().manual_seed(seed)
-    torch.randint(0, 50, (1,), generator=g)
-    noise = torch.randn(1, 1, generator=g)
+    noise = torch.randn(1, 1, generator=torch.Generator().manual_seed(5))
+    t_start, t_end = solver_pair(torch.tensor([0]), 50)  # grid index 0: the lowest pair, 19 -> 0
     x19 = abar[19].sqrt() * x0 + (1 - abar[19]).sqrt() * noise
     x_end = abar[0].sqrt() * x0 + (1 - abar[0]).sqrt() * noise  # the same noise, at t_n = 0
     c_skip, c_out = 0.25 / (190.0 ** 2 + 0.25), 190.0 / (190.0 ** 2 + 0.25) ** 0.5
@@ -126,22 +124,30 @@ def test_teacher_free_loss_by_hand():
     def true_noise(x, t, c):  # the epsilon that made x from x0 = 1 at timestep t
         a, s = schedule.alpha_sigma(t, x)
         return (x - a * x0) / s
-    loss, t = distillation_loss(online=true_noise, target=lambda x, t, c: torch.full_like(x, 123.0),
-                                target_point=teacher_free_point, schedule=schedule, x0=x0, context=None,
-                                original_steps=50, generators=torch.Generator().manual_seed(seed))
-    assert t.tolist() == [19]
+    loss = distillation_loss(online=true_noise, target=lambda x, t, c: torch.full_like(x, 123.0),
+                             target_point=teacher_free_point, schedule=schedule, x0=x0, noise=noise, t_start=t_start,
+                             t_end=t_end, context=None, original_steps=50)
+    assert t_start.tolist() == [19] and t_end.tolist() == [0]
     torch.testing.assert_close(loss, expected.flatten(), rtol=1e-5, atol=1e-7)
 
 
-def test_guidance_weights_and_caption_dropout_draw_one_number_per_sample():
-    generators = [torch.Generator().manual_seed(i) for i in range(200)]
-    w = guidance_weights(generators, 5.0, 15.0)
+def test_the_loops_draws_take_one_number_per_sample_from_its_generator():
+    def generators(count=200):
+        return [torch.Generator().manual_seed(i) for i in range(count)]
+    w = uniform(generators(), 5.0, 15.0)
     assert w.shape == (200,) and 5 <= w.min() and w.max() <= 15 and w.std() > 2
-    again = guidance_weights([torch.Generator().manual_seed(i) for i in range(200)], 5.0, 15.0)
-    assert torch.equal(w, again)  # a sample's draw depends on its generator only
-    captions = drop_captions(["c"] * 200, [torch.Generator().manual_seed(i) for i in range(200)], 0.25)
+    assert torch.equal(w, uniform(generators(), 5.0, 15.0))  # a sample's draw depends on its generator only
+    assert torch.equal(uniform(generators(3), 3.5, 3.5), torch.full((3,), 3.5))  # w_min = w_max: a fixed w
+    n = integers(generators(), 50)
+    assert n.dtype == torch.int64 and set(n.tolist()) <= set(range(50)) and len(set(n.tolist())) > 40
+    noise = normal(generators(), (2, 3))
+    assert noise.shape == (200, 2, 3) and abs(noise.std().item() - 1) < 0.1
+    assert torch.equal(noise[7], torch.randn((1, 2, 3), generator=torch.Generator().manual_seed(7))[0])
+    dropped = coin_flips(generators(), 0.25)
+    captions = drop_captions(["c"] * 200, dropped)
     assert 30 < captions.count("") < 70 and set(captions) == {"", "c"}
-    assert drop_captions(["c"] * 5, [torch.Generator().manual_seed(i) for i in range(5)], 0.0) == ["c"] * 5
+    assert [c == "" for c in captions] == dropped.tolist()
+    assert not coin_flips(generators(5), 0.0).any()
 
 
 def test_loss_weight_is_one_or_sqrt_snr_with_mean_one_over_the_grid():
@@ -192,7 +198,10 @@ def test_denoising_loss_applies_its_weight_per_sample():
     schedule = NoiseSchedule("beta_linear")
     model = lambda x, t, c: x * 0.5  # noqa: E731 - any fixed predictor
     x0 = torch.randn(6, 4, 8, 8, generator=torch.Generator().manual_seed(1))
-    plain, t = denoising_loss(model, schedule, x0, None, torch.Generator().manual_seed(2))
-    weighted, t2 = denoising_loss(model, schedule, x0, None, torch.Generator().manual_seed(2), "v")
-    assert torch.equal(t, t2)
+    t = torch.randint(0, 1000, (6,), generator=torch.Generator().manual_seed(2))
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(3))
+    plain = denoising_loss(model, schedule, x0, None, noise, t)
+    weighted = denoising_loss(model, schedule, x0, None, noise, t, "v")
     torch.testing.assert_close(weighted, plain * denoising_weight(schedule, t, "v"))
+    x_t = schedule.add_noise(x0, noise, t)
+    torch.testing.assert_close(plain, (0.5 * x_t - noise).square().flatten(1).mean(1))

@@ -16,10 +16,11 @@ import train_adapter
 import train_image
 import train_teacher
 import train_video
-from lcm.distill import distillation_loss, teacher_ddim_point
+from lcm.distill import distillation_loss, solver_pair, teacher_ddim_point
 from lcm.schedule import NoiseSchedule
 from runtime.cli import UserError
 from runtime.distributed import sample_generators
+from runtime.draws import integers, normal
 from runtime.weights import read_metadata, read_state_dict
 from sd15 import load_sd15
 from tiny import write_clips, write_training_files
@@ -67,9 +68,11 @@ def fixed_draw_loss(model, online, target, teacher, x0, captions, schedule, w=2.
     with torch.no_grad():
         for k in range(draws):
             gens = sample_generators(seed, k, 0, x0.shape[0])
+            t_start, t_end = solver_pair(integers(gens, 50), 50)
             point = teacher_ddim_point(teacher, uncontext, torch.full((x0.shape[0],), w))
-            loss, _ = distillation_loss(online=online, target=target, target_point=point, schedule=schedule, x0=x0,
-                                        context=context, original_steps=50, loss="huber", generators=gens)
+            loss = distillation_loss(online=online, target=target, target_point=point, schedule=schedule, x0=x0,
+                                     noise=normal(gens, x0.shape[1:]), t_start=t_start, t_end=t_end,
+                                     context=context, original_steps=50, loss="huber")
             total += loss.mean().item() / draws
     return total
 
@@ -96,13 +99,13 @@ def test_stage1_lora_learns_saves_in_kohya_format_and_leaves_the_base_alone(worl
     x0, captions = image_batch(world, base)
     trained = load_sd15(world / "sd15.safetensors")
     lora = LoRANetwork.load(trained.unet, out / "lora.safetensors")
-    schedule = NoiseSchedule("sqrt_beta_linear")  # train_image's default
+    schedule = NoiseSchedule("beta_linear")  # train_image's default: the video model's schedule
     before = fixed_draw_loss(base, base.unet, base.unet, base.unet, x0, captions, schedule)
     after = fixed_draw_loss(trained, trained.unet, trained.unet, base.unet, x0, captions, schedule)
     assert after < 0.9 * before, (before, after)  # measured: 0.0228 -> 0.0182
     assert lora.children().__next__().rank == 8
     meta = read_metadata(out / "lora.safetensors")
-    assert json.loads(meta["schedule"])["kind"] == "sqrt_beta_linear" and json.loads(meta["settings"])["steps"] == 30
+    assert json.loads(meta["schedule"])["kind"] == "beta_linear" and json.loads(meta["settings"])["steps"] == 30
     # diffusers reads the same file and fuses it into the same function
     from test_lora import fuse_into_reference
     from test_unet import assert_close
@@ -262,7 +265,7 @@ def test_stage1_loss_weight_scales_the_first_loss_by_the_drawn_timesteps_sqrt_sn
         train_image.main(image_args(world, tmp_path / kind, "--steps", "1", "--lora-rank", "4",
                                     "--loss-weight", kind))
         losses[kind] = log_records(tmp_path / kind)[0]["loss"]
-    weights = loss_weight(NoiseSchedule("sqrt_beta_linear"), ddim_grid(50, 1000), "sqrt_snr")  # one per grid point
+    weights = loss_weight(NoiseSchedule("beta_linear"), ddim_grid(50, 1000), "sqrt_snr")  # train_image's schedule
     ratio = losses["sqrt_snr"] / losses["uniform"]
     assert min(abs(ratio / weights - 1)) < 1e-4 and abs(ratio - 1) > 1e-3, (ratio, weights)
     with pytest.raises(UserError, match="--loss-weight must be uniform or sqrt_snr"):
@@ -369,7 +372,7 @@ def test_teacher_script_trains_the_image_model_and_new_motion_modules(world, tmp
 
 def test_validation_scores_with_the_schedule_the_run_trains_with(world, tmp_path):
     """A `score` given to a training script is called at each validation with the target model and the run's
-    own noise schedule (stage 1's default sqrt_beta_linear; here also another), never a fixed one."""
+    own noise schedule (each of the two, for stage 1 and stage 2), never a fixed one."""
     seen = []
 
     def score(model, schedule):

@@ -41,11 +41,11 @@ def real_latents(model, combos, seed: int = 1000) -> torch.Tensor:
 def follows_clip(model, latents: torch.Tensor, combos, t: int, opposite: bool, guidance: float = 4.5,
                  solver_stride: int = 40, seed: int = 0) -> tuple[float, float]:
     """(share of x0 predictions at t, share of DDIM runs from t) that move the way their clip does."""
-    from pipeline import guided
+    from pipeline import guided_model
     schedule = SCHEDULE
     clip_direction = torch.tensor([ATTRIBUTES["direction"].index(c[2]) for c in combos])
     captions = [caption(c[0], c[1], OPPOSITE[c[2]] if opposite else c[2]) for c in combos]
-    denoiser = guided(model.unet, model.encode_prompts(captions), model.encode_prompts([""] * len(combos)),
+    denoiser = guided_model(model.unet, model.encode_prompts(captions), model.encode_prompts([""] * len(combos)),
                       guidance, None, 0.8, None, None)
     x = schedule.add_noise(latents, torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed)), t)
     x0 = schedule.x0_from_eps(x, denoiser(x, torch.tensor(t)), t)
