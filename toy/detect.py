@@ -157,3 +157,25 @@ def detect_stills(images: torch.Tensor) -> dict[str, torch.Tensor]:
     """Images [N, 3, H, W] in [-1, 1] -> labels [N] for colour, shape and direction (the trail's side)."""
     labels = detect(images[:, :, None])
     return {"colour": labels["colour"], "shape": labels["shape"], "direction": labels["trail"], "style": labels["style"]}
+
+
+# ---- the video condition's watermark (toy/world.py:VideoCondition): is the stock-footage mark drawn? ----
+WATERMARK = 0.1  # mark-minus-surround lightness (in [-1, 1] units) above which a video carries the mark:
+                 # real clips 0.00 +- 0.02 (max 0.11 in 512), WebVid-like clips 0.20 +- 0.03 (min 0.10)
+
+
+def watermark_contrast(videos: torch.Tensor) -> torch.Tensor:
+    """Videos [N, 3, F, H, W] in [-1, 1] -> [N]: the lightness on the mark's pixels
+    (toy/world.py:watermark_mask) minus that on the pixels within two of it, per frame, the median over
+    frames (a shape crossing the mark in a few frames does not decide it)."""
+    from toy.world import watermark_mask
+    mark = torch.from_numpy(watermark_mask(videos.shape[-1]))
+    ring = grown(grown(mark[None]))[0] & ~mark
+    lightness = videos.mean(1)                                                 # [N, F, H, W]
+    per_frame = lightness[..., mark].mean(-1) - lightness[..., ring].mean(-1)  # [N, F]
+    return per_frame.median(-1).values
+
+
+def has_watermark(videos: torch.Tensor) -> torch.Tensor:
+    """bool [N]: the video draws the stock-footage mark (its contrast above WATERMARK)."""
+    return watermark_contrast(videos) > WATERMARK

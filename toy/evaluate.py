@@ -18,7 +18,7 @@ from pipeline import Request, generate
 from toy.classifier import (ATTRIBUTES, attribute_accuracy, frechet_distance, judge, labels, prompt_accuracy,
                              real_reference, to_model)
 from toy.constants import FRAMES, ORIGINAL_STEPS, RESOLUTION, SCHEDULE
-from toy.detect import detect
+from toy.detect import detect, has_watermark
 from toy.world import COLOURS, HELD_OUT, SEEN, sample_videos
 
 
@@ -80,13 +80,14 @@ def evaluate_text_to_video(methods: list[Method], steps_list, classifier, count:
                            reference_count: int = 512, progress=print) -> list[dict]:
     """Per (method, steps): toy FVD against real seen-prompt clips, prompt accuracy (all three attributes)
     on seen and held-out prompts, and on seen prompts each attribute's accuracy by the judge
-    ("seen_attributes") and by the pixel detector ("seen_attributes_detector"); each a (mean, std) over
-    `seeds` sets of `count` videos."""
+    ("seen_attributes") and by the pixel detector ("seen_attributes_detector"), and the share of them that
+    draw the video condition's watermark ("watermark", toy/detect.py:has_watermark); each a (mean, std)
+    over `seeds` sets of `count` videos."""
     reference = real_reference(classifier, reference_count, seed=50_000)
     rows = []
     for method in methods:
         for steps in steps_list:
-            fvd, seen_acc, held_acc = [], [], []
+            fvd, seen_acc, held_acc, marked = [], [], [], []
             by_judge, by_detector = {k: [] for k in ATTRIBUTES}, {k: [] for k in ATTRIBUTES}
             for s in range(seeds):
                 caps, clips = prompts(count, 60_000 + s, SEEN)
@@ -99,6 +100,7 @@ def evaluate_text_to_video(methods: list[Method], steps_list, classifier, count:
                     by_judge[k].append(v)
                 for k, v in attribute_accuracy(detect(videos), clips).items():
                     by_detector[k].append(v)
+                marked.append(float(has_watermark(videos).float().mean()))
                 caps, clips = prompts(max(count // 2, 6), 70_000 + s, HELD_OUT)
                 _, preds = judge(classifier, toy_videos(method.model, caps, steps, method.sampler,
                                                         method.guidance, seed=1000 + s, spacing=method.spacing))
@@ -106,7 +108,8 @@ def evaluate_text_to_video(methods: list[Method], steps_list, classifier, count:
             row = {"method": method.name, "steps": steps, "fvd": mean_std(fvd), "seen_accuracy": mean_std(seen_acc),
                    "held_out_accuracy": mean_std(held_acc),
                    "seen_attributes": {k: mean_std(v) for k, v in by_judge.items()},
-                   "seen_attributes_detector": {k: mean_std(v) for k, v in by_detector.items()}}
+                   "seen_attributes_detector": {k: mean_std(v) for k, v in by_detector.items()},
+                   "watermark": mean_std(marked)}
             progress(f"  {method.name:<28} {steps:>2} steps  FVD {row['fvd'][0]:8.1f} ± {row['fvd'][1]:6.1f}  "
                      f"accuracy seen {row['seen_accuracy'][0]:.2f} ± {row['seen_accuracy'][1]:.2f}  "
                      f"held-out {row['held_out_accuracy'][0]:.2f} ± {row['held_out_accuracy'][1]:.2f}")

@@ -4,6 +4,8 @@
     python -m toy.run --quick            # every stage for a few steps: a smoke test
     python -m toy.run --ship             # also copy the trained weights to toy/weights/ (sample.py's default)
     python -m toy.run --from-weights toy/weights --ship   # keep the shipped teachers and stage 1: about an hour
+    python -m toy.run --condition webvid --from-weights toy/weights --out runs/toy_webvid   # the video stages
+                                         # on clips with public video's defects (toy/world.py:WEBVID)
 
 The stages and their flags are in toy/stages.py. A stage whose outputs exist is skipped, so an
 interrupted run continues where it stopped (delete runs/toy/<stage>/ to redo one). Outputs in --out:
@@ -27,6 +29,7 @@ from toy.classifier import load_classifier
 from toy.constants import (BETA_SCHEDULE, FRAMES, ORIGINAL_STEPS, RESOLUTION, SCHEDULE, SHIPPED, TEACHER_GUIDANCE,
                            WEIGHTS)
 from toy.stages import QUICK, Budget, load_run, stages, with_stage2_steps
+from toy.world import CONDITIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -145,6 +148,7 @@ def ship(out: Path, folder: Path) -> None:
 # of its own there: its weights are inside the teacher's); --keep-shipped keeps every shipped stage
 KEPT_FROM_WEIGHTS = ("vae", "teacher_image", "teacher_motion", "stage1", "layout_diffusion", "classifier")
 SHIPPED_STAGES = (*KEPT_FROM_WEIGHTS, "stage2", "i2v", "layout")
+VIDEO_TRAINED = ("teacher_motion", "layout_diffusion", "stage2", "i2v", "layout")  # what learns from the clips
 
 
 def start_from_weights(out: Path, folder: Path, keep: tuple[str, ...] = KEPT_FROM_WEIGHTS) -> None:
@@ -209,6 +213,7 @@ def run_stages(out: Path, todo: dict) -> dict:
             raise cli.Interrupted(f"the {name} stage was stopped with its checkpoint saved: run this command again "
                                   "to continue it", e.code) from e
         check_finished(out / name, product)
+        done.parent.mkdir(parents=True, exist_ok=True)  # a stage that writes into another's folder has none
         done.write_text("")
         times[name] = round(time.perf_counter() - start, 1) + times.get(name, 0)
         times_file.write_text(json.dumps(times, indent=1) + "\n")
@@ -231,6 +236,9 @@ def main(argv=None) -> int:
                    "(stage 2 and stage 3 too); train only what is not shipped (the ablations' models)")
     p.add_argument("--stage2-steps", type=int, help="stage 2's steps (and the direct baseline's, which follow); "
                    f"default {Budget.stage2_steps}")
+    p.add_argument("--condition", default="clean", choices=CONDITIONS, help="the video data: the clips as drawn "
+                   "(clean) or with the defects of public video, a watermark, softer frames, compression (webvid: "
+                   "toy/world.py:WEBVID); the stills stay clean")
     args = p.parse_args(argv)
     if cli.device_problem(args.device):  # before hours of work, not at the first stage that uses it
         raise cli.UserError(cli.device_problem(args.device))
@@ -239,10 +247,16 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.keep_shipped and not args.from_weights:
         raise cli.UserError("--keep-shipped goes with --from-weights FOLDER")
+    if args.keep_shipped and args.condition != "clean":
+        raise cli.UserError(f"--keep-shipped keeps stages that learnt from clean clips; with --condition "
+                            f"{args.condition} leave it out (the stages that learn from videos train again)")
     if args.from_weights:
-        start_from_weights(out, Path(args.from_weights), SHIPPED_STAGES if args.keep_shipped else KEPT_FROM_WEIGHTS)
+        keep = SHIPPED_STAGES if args.keep_shipped else KEPT_FROM_WEIGHTS
+        if args.condition != "clean":  # what learnt from videos learns again, from the condition's clips
+            keep = tuple(stage for stage in keep if stage not in VIDEO_TRAINED)
+        start_from_weights(out, Path(args.from_weights), keep)
     torch.manual_seed(args.seed)
-    times = run_stages(out, stages(out, budget, args.seed, args.device))
+    times = run_stages(out, stages(out, budget, args.seed, args.device, args.condition))
     times_file = out / "times.json"
     if not args.skip_eval:
         start = time.perf_counter()

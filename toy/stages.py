@@ -22,7 +22,7 @@ from sd15 import load_sd15, save_sd15
 from text import CLIPTextEncoder
 from toy.constants import BETA_SCHEDULE, FRAMES, ORIGINAL_STEPS, RESOLUTION, TOY_TEXT, TOY_UNET, VAL_PROMPT
 from toy.health import validation_score
-from toy.world import SEEN, write_dataset, write_stills
+from toy.world import CONDITIONS, SEEN, write_dataset, write_degraded_clips, write_stills
 from unet.model import UNet
 
 # stages 1, 2 and direct: the loss weighted by lambda_n = alpha_t / sigma_t (docs/toy-world.md: why)
@@ -89,9 +89,14 @@ def teacher_warmup(steps: int) -> int:
     return min(150, steps // 20 + 1)
 
 
-def clips(out: Path) -> list[str]:
-    """The video data: the toy clips, every frame."""
-    return ["--data", str(out / "data" / "clips"), "--frames", str(FRAMES), "--stride", "1"]
+def clip_folder(out: Path, condition: str = "clean") -> Path:
+    """The video data under `condition` (toy/world.py:CONDITIONS): the clips as drawn, or their degraded copies."""
+    return out / "data" / ("clips" if condition == "clean" else f"clips_{condition}")
+
+
+def clips(out: Path, condition: str = "clean") -> list[str]:
+    """The video data flags: the toy clips under `condition`, every frame."""
+    return ["--data", str(clip_folder(out, condition)), "--frames", str(FRAMES), "--stride", "1"]
 
 
 def stage1_args(out: Path, stage: str, teacher: Path, b: Budget, seed: int, device: str,
@@ -105,15 +110,16 @@ def stage1_args(out: Path, stage: str, teacher: Path, b: Budget, seed: int, devi
 
 
 def stage2_args(out: Path, stage: str, teacher: Path, teacher_motion: Path, lora: Path, b: Budget, steps: int,
-                seed: int, device: str) -> list[str]:
+                seed: int, device: str, condition: str = "clean") -> list[str]:
     """train_video.py's stage-2 command line: motion consistency distillation on the stage-1 LoRA."""
     return ["--sd15", str(teacher), "--teacher-motion", str(teacher_motion), "--lora", str(lora), *DISTILL_FLAGS,
-            *clips(out), "--original-steps", str(ORIGINAL_STEPS),
+            *clips(out, condition), "--original-steps", str(ORIGINAL_STEPS),
             *common(out, stage, steps, b.video_batch, seed, device, 3e-4, b.stage2_warmup)]
 
 
-def stages(out: Path, b: Budget, seed: int, device: str) -> dict:
-    """name -> (the file it leaves, the function that makes it), in the order they run."""
+def stages(out: Path, b: Budget, seed: int, device: str, condition: str = "clean") -> dict:
+    """name -> (the file it leaves, the function that makes it), in the order they run; every video stage
+    learns from the clips under `condition` (toy/world.py:CONDITIONS), the image stages from the clean stills."""
     d = out / "data"
     teacher = out / "teacher_image" / "model.safetensors"
     teacher_motion = out / "teacher_motion" / "motion_module.safetensors"
@@ -126,6 +132,9 @@ def stages(out: Path, b: Budget, seed: int, device: str) -> dict:
 
     def data():
         write_dataset(d, b.clips, FRAMES, RESOLUTION, seed)
+
+    def degraded():  # the same clips as public video data would have them
+        write_degraded_clips(clip_folder(out, condition), d / "clips", CONDITIONS[condition])
 
     def vae():
         from toy.train_vae import train_vae
@@ -141,8 +150,12 @@ def stages(out: Path, b: Budget, seed: int, device: str) -> dict:
     def score(objective: str, frames: int):  # what each training script logs at its validations
         return validation_score(objective, frames, combos=combos)
 
+    video = clips(out, condition)
+    conditioned = {} if condition == "clean" else {
+        f"data_{condition}": (clip_folder(out, condition) / f"{b.clips - 1:05d}.txt", degraded)}
     return {
         "data": (d / "clips" / f"{b.clips - 1:05d}.gif", data),
+        **conditioned,
         "vae": (out / "vae" / "init.safetensors", vae),
         "teacher_image": (teacher, lambda: train_teacher.main([
             "--train", "unet", "--sd15", str(out / "vae" / "init.safetensors"), "--data", str(d / "images"),
@@ -155,41 +168,42 @@ def stages(out: Path, b: Budget, seed: int, device: str) -> dict:
         # the direction that the image layers draw, decided at high noise (docs/toy-world.md)
         "teacher_motion": (teacher_motion, lambda: train_teacher.main([
             "--train", "motion", "--sd15", str(teacher), "--ema-decay", "0.99", "--loss-weight", "sqrt_v",
-            *teacher_flags, *clips(out),
+            *teacher_flags, *video,
             *common(out, "teacher_motion", b.teacher_motion_steps, b.video_batch, seed, device, 1e-3,
                     warmup=teacher_warmup(b.teacher_motion_steps), checks=b.teacher_checks)],
             score=score("diffusion", frames=FRAMES))),
         "stage1": (lora, lambda: train_image.main(stage1_args(out, "stage1", teacher, b, seed, device),
                                                   score=score("consistency", frames=1))),
         "stage2": (student, lambda: train_video.main(
-            stage2_args(out, "stage2", teacher, teacher_motion, lora, b, b.stage2_steps, seed, device),
+            stage2_args(out, "stage2", teacher, teacher_motion, lora, b, b.stage2_steps, seed, device, condition),
             score=score("consistency", frames=FRAMES))),
         "stage2_plain_init": (out / "stage2_plain_init" / "motion_module.safetensors", lambda: train_video.main([
-            *stage2_args(out, "stage2_plain_init", teacher, teacher_motion, lora, b, b.stage2_steps, seed, device),
+            *stage2_args(out, "stage2_plain_init", teacher, teacher_motion, lora, b, b.stage2_steps, seed, device,
+                        condition),
             "--init", "plain"], score=score("consistency", frames=FRAMES))),
         # the one-stage baseline at the same compute as stages 1 + 2: on the 2-core CPU a stage-1 step costs
         # about 0.4 of a direct step and a stage-2 step about 0.7 (measured), so it gets that many steps
         "direct": (out / "direct" / "motion_module.safetensors", lambda: train_video.main([
             "--sd15", str(teacher), "--teacher-motion", str(teacher_motion), "--direct", "true",
-            "--lora-rank", "16", "--direct-w", "3.5", *DISTILL_FLAGS, *clips(out), "--original-steps",
+            "--lora-rank", "16", *DISTILL_FLAGS, *video, "--original-steps",
             str(ORIGINAL_STEPS), *common(out, "direct", direct_steps(b), b.video_batch, seed, device, 3e-4)],
             score=score("consistency", frames=FRAMES))),
         # stage 3 learns faster with a 5x coarser grid (a longer skip) and the target = the online adapter
         # (no EMA lag): I2V 16.8 -> 19.5 dB at 120 steps, layout IoU 0.68 -> 0.75 (docs/toy-world.md)
         "i2v": (out / "i2v" / "i2v_motion_module.safetensors", lambda: train_adapter.main([
             "--adapter", "image_encoder", "--sd15", str(teacher), "--motion", str(student), "--lora", str(lora),
-            *clips(out), "--original-steps", "10", "--ema-decay", "0",
+            *video, "--original-steps", "10", "--ema-decay", "0",
             *common(out, "i2v", b.i2v_steps, b.video_batch, seed, device, 3e-3)])),
         # layout control as the paper does it: a ControlNet trained for the diffusion model (the teacher, DDPM
         # loss, as ControlNet-1.1 for SD1.5), then made to fit the consistency model by a teacher-free LoRA on it
         "layout_diffusion": (control, lambda: train_teacher.main([
             "--train", "controlnet", "--sd15", str(teacher), "--motion", str(teacher_motion),
-            "--control-data", str(d / "controls"), "--ema-decay", "0.95", "--caption-dropout", "0", *clips(out),
+            "--control-data", str(d / "controls"), "--ema-decay", "0.95", "--caption-dropout", "0", *video,
             *common(out, "layout_diffusion", b.layout_diffusion_steps, b.video_batch, seed, device, 1e-3)])),
         "layout": (out / "layout" / "controlnet_lora.safetensors", lambda: train_adapter.main([
             "--adapter", "controlnet", "--controlnet", str(control), "--lora-rank", "16",
             "--sd15", str(teacher), "--motion", str(student), "--lora", str(lora),
-            "--control-data", str(d / "controls"), *clips(out), "--original-steps", "10", "--ema-decay", "0",
+            "--control-data", str(d / "controls"), *video, "--original-steps", "10", "--ema-decay", "0",
             *common(out, "layout", b.stage3_steps, b.video_batch, seed, device, 1e-3)])),
         "classifier": (out / "classifier" / "classifier.safetensors", lambda: _classifier(out, b, seed)),
         # personalization (toy/personalize.py measures it): stills of a style no video shows, new clips'

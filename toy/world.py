@@ -13,6 +13,7 @@ shape leaves a fading trail, so even a still shows its direction (see `TRAIL`).
 from __future__ import annotations
 
 import itertools
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,6 +135,64 @@ def render(clip: Clip, frames: int = 8, resolution: int = 32) -> tuple[np.ndarra
     return video, masks
 
 
+# ---- the video condition: what public video data does to clips (the stills stay clean) ------------------
+
+@dataclass(frozen=True)
+class VideoCondition:
+    """The defects of public video (WebVid) that curated image sets (LAION-aesthetics) lack, applied to
+    every frame of a clip in the order they arise: a stock-footage mark burnt into the footage, the clip
+    stored at a lower resolution and scaled back up, each frame compressed. AnimateLCM distils the image
+    half on clean images for this reason (docs/toy-world.md, section 4.4)."""
+    name: str
+    watermark_opacity: float  # a white mark blended in at a fixed place, mid-frame (`watermark_mask`)
+    scale: float              # stored at this share of the resolution, scaled back up (softer frames)
+    jpeg_quality: int         # each frame JPEG-compressed at this quality (blocks, colour bleeding); 0: none
+
+
+WEBVID = VideoCondition("webvid", watermark_opacity=0.35, scale=0.625, jpeg_quality=50)
+CONDITIONS = {"clean": None, "webvid": WEBVID}  # toy/run.py --condition
+
+
+def watermark_mask(resolution: int = 32) -> np.ndarray:
+    """bool [H, W]: the stock-footage mark, a hollow box 2 pixels wide, 16 x 8 at resolution 32, centred,
+    the way such marks sit mid-frame (a clip's shape crosses it as often as not)."""
+    scale = resolution / 32
+    mask = Image.new("L", (resolution, resolution), 0)
+    ImageDraw.Draw(mask).rectangle([round(8 * scale), round(12 * scale), round(24 * scale) - 1,
+                                    round(20 * scale) - 1], outline=255, width=round(2 * scale))
+    return np.asarray(mask) > 0
+
+
+def degrade(video: np.ndarray, condition: VideoCondition) -> np.ndarray:
+    """uint8 video [F, H, W, 3] -> the same clip under `condition` (deterministic: the same input, the
+    same output)."""
+    frames, height, width, _ = video.shape
+    mark = watermark_mask(height)[..., None]
+    marked = np.where(mark, (1 - condition.watermark_opacity) * video + condition.watermark_opacity * 255.0, video)
+    small = (max(1, round(width * condition.scale)), max(1, round(height * condition.scale)))
+    out = np.empty_like(video)
+    for f in range(frames):
+        image = Image.fromarray(marked[f].round().astype(np.uint8))
+        image = image.resize(small, Image.BILINEAR).resize((width, height), Image.BILINEAR)
+        if condition.jpeg_quality:
+            buffer = io.BytesIO()
+            image.save(buffer, "JPEG", quality=condition.jpeg_quality)
+            image = Image.open(buffer).convert("RGB")
+        out[f] = np.asarray(image)
+    return out
+
+
+def write_degraded_clips(folder, source, condition: VideoCondition) -> None:
+    """The training clips of `source` (write_dataset's clips/) under `condition`, same names and captions, as
+    lossless WebP (a GIF's palette would add defects of its own). The stills are not touched."""
+    from media.video import read_video, write_video
+    folder, source = Path(folder), Path(source)
+    folder.mkdir(parents=True, exist_ok=True)
+    for gif in sorted(source.glob("*.gif")):
+        write_video(degrade(read_video(gif), condition), folder / f"{gif.stem}.webp", fps=8)
+        (folder / f"{gif.stem}.txt").write_text(gif.with_suffix(".txt").read_text())
+
+
 def write_dataset(folder, count: int, frames: int = 8, resolution: int = 32, seed: int = 0) -> None:
     """`count` training clips (clips/: GIF + caption; controls/: mask GIFs of the same names) and as many
     stills (images/: `write_stills`), with the clips' full captions, so the image and video models share
@@ -165,8 +224,11 @@ def write_stills(folder, count: int, frames: int = 8, resolution: int = 32, seed
         (folder / f"{i:05d}.txt").write_text(still.caption)
 
 
-def sample_videos(count: int, seed: int, combos=SEEN, frames: int = 8, resolution: int = 32, style: str = "filled"):
-    """`count` fresh clips in memory: (uint8 videos [N, F, H, W, 3], uint8 masks [N, F, H, W], clips)."""
+def sample_videos(count: int, seed: int, combos=SEEN, frames: int = 8, resolution: int = 32, style: str = "filled",
+                  condition: VideoCondition | None = None):
+    """`count` fresh clips in memory (under `condition`, if given): (uint8 videos [N, F, H, W, 3], uint8 masks
+    [N, F, H, W] of the clean shapes, clips)."""
     clips = [clip_from_seed(seed * 1_000_003 + i, combos, frames, style) for i in range(count)]
     pairs = [render(c, frames, resolution) for c in clips]
-    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]), clips
+    videos = np.stack([p[0] if condition is None else degrade(p[0], condition) for p in pairs])
+    return videos, np.stack([p[1] for p in pairs]), clips
