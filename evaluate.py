@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import io
 import json
 import re
 import sys
@@ -34,6 +35,7 @@ from tqdm import tqdm
 from runtime import cli
 import sample
 from runtime.cli import UserError
+from runtime.files import write_json, write_output
 from metrics.scorers import FEATURES, PROMPT_SCORES
 
 ROOT = Path(__file__).resolve().parent
@@ -268,13 +270,17 @@ def uint8_videos(model, request, prompts: list[str], seeds: list[int]) -> np.nda
 def save_video(frames: np.ndarray, path: Path) -> None:
     """Write whole or not at all (a temporary name, then a rename): a cut-off run leaves no half video."""
     from media.video import write_video
-    partial = path.with_name(path.stem + ".partial" + path.suffix)
     if path.suffix == ".npy":
-        with open(partial, "wb") as f:
-            np.save(f, frames)
+        write_output(path, lambda tmp: tmp.write_bytes(npy_bytes(frames)))
     else:
-        write_video(frames, partial, fps=8)
-    partial.replace(path)
+        write_video(frames, path, fps=8)
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """The .npy file of `array` (written by Python, a failed write keeps its errno: numpy's own does not)."""
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
 
 
 def load_video(path: Path) -> np.ndarray:
@@ -384,8 +390,7 @@ def same_or_refuse(path: Path, settings: dict, what: str) -> None:
         if changed:
             raise UserError(f"{path.parent} holds {what} made with other settings ({'; '.join(changed)}); "
                             "use another --out (or --name), or delete it to start again")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(settings, indent=1) + "\n")
+    write_json(path, settings)
 
 
 def main(argv=None) -> int:

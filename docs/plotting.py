@@ -18,6 +18,7 @@ from safetensors import safe_open  # noqa: E402
 
 from lcm.distill import apply_guidance, ddim_grid, ddim_solver_step  # noqa: E402
 from lcm.schedule import NoiseSchedule  # noqa: E402
+from runtime.files import write_output  # noqa: E402
 from sd15 import load_sd15  # noqa: E402
 from toy.classifier import to_model  # noqa: E402
 from toy.world import sample_videos  # noqa: E402
@@ -99,7 +100,8 @@ class Context:
         return torch.randn(like.shape, generator=torch.Generator().manual_seed(self.seed + offset))
 
     def save(self, fig, name: str) -> None:
-        fig.savefig(self.out / f"{name}.png", dpi=110, bbox_inches="tight")
+        """out/NAME.png, whole or not at all (runtime/files.py)."""
+        write_output(self.out / f"{name}.png", lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
         plt.close(fig)
 
 

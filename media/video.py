@@ -1,7 +1,9 @@
 """Reading and writing videos and images: GIF, WebP, MP4 (PyAV), or a folder of PNG frames.
 
 Frames are uint8 arrays [F, H, W, 3] at the boundary; models see float tensors in [-1, 1]. A file
-that cannot be read, or an output that could not be written, is a `cli.UserError` naming it.
+that cannot be read, or an output that could not be written, is a `cli.UserError` naming it. Videos,
+frame folders and images are written whole or not at all (runtime/files.py): under a temporary name,
+then renamed into place.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import torch
 from PIL import Image, ImageSequence
 
 from runtime.cli import UserError
+from runtime.files import write_output
 
 VIDEO_SUFFIXES = (".gif", ".webp", ".mp4", ".webm", ".mov", ".mkv")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -63,34 +66,50 @@ def old_frames(path: str | Path) -> list[Path]:
 
 
 def write_video(frames: np.ndarray, path: str | Path, fps: int) -> Path:
-    """Write uint8 frames [F, H, W, 3] as .gif, .webp, .mp4, or PNG files in a folder (`is_frame_folder`);
-    a folder's frames of an earlier, longer video are removed."""
+    """Write uint8 frames [F, H, W, 3] as .gif, .webp, .mp4, or PNG files in a folder (`is_frame_folder`),
+    whole or not at all; a folder's frames of an earlier video are replaced, all of them."""
     problem = output_problem(str(path))
     if problem:
         raise UserError(problem)
     folder, path = is_frame_folder(path), Path(path)
     suffix = path.suffix.lower()
-    path.parent.mkdir(parents=True, exist_ok=True)
     if folder:
-        path.mkdir(exist_ok=True)
-        stale = old_frames(path)
-        for i, frame in enumerate(frames):
-            Image.fromarray(frame).save(path / f"{i:04d}.png")
-        for old in stale[len(frames):]:
-            old.unlink()
-    elif suffix == ".mp4":
-        _write_mp4(frames, path, fps)
-    elif suffix in (".gif", ".webp"):
-        images = [Image.fromarray(f) for f in frames]
-        images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0,
-                       **({"lossless": True} if suffix == ".webp" else {}))
-    return path
+        return write_output(path, lambda tmp: _write_frames(frames, tmp, path))
+    if suffix == ".mp4":
+        return write_output(path, lambda tmp: _write_mp4(frames, tmp, fps))
+    return write_output(path, lambda tmp: _write_animation(frames, tmp, fps, suffix[1:].upper()))
+
+
+def write_image(image: np.ndarray, path: str | Path) -> Path:
+    """Write a uint8 image [H, W, 3] (its format from the suffix: .png, ...), whole or not at all."""
+    kind = Image.registered_extensions()[Path(path).suffix.lower()]
+    return write_output(path, lambda tmp: Image.fromarray(image).save(tmp, format=kind))
+
+
+def _write_frames(frames: np.ndarray, tmp: Path, folder: Path) -> None:
+    """0000.png, ... in the new folder `tmp`; then the earlier video's frames in `folder` go, so that `tmp`
+    can take its place (a failed write stops before: the earlier frames stay)."""
+    tmp.mkdir()
+    for i, frame in enumerate(frames):
+        Image.fromarray(frame).save(tmp / f"{i:04d}.png", format="PNG")
+    if folder.is_dir():
+        for old in folder.iterdir():
+            if FRAME_NAME.fullmatch(old.name):
+                old.unlink()
+        folder.rmdir()  # empty now: output_problem allows nothing but frames there
+
+
+def _write_animation(frames: np.ndarray, path: Path, fps: int, kind: str) -> None:
+    """An animated GIF or WebP (`kind`); the WebP lossless."""
+    images = [Image.fromarray(f) for f in frames]
+    images[0].save(path, format=kind, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0,
+                   **({"lossless": True} if kind == "WEBP" else {}))
 
 
 def _write_mp4(frames: np.ndarray, path: Path, fps: int) -> None:
     import av
     h, w = frames.shape[1:3]
-    with av.open(str(path), mode="w") as container:
+    with av.open(str(path), mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=fps)
         # yuv420p (what every player reads) needs even sizes; pad by one pixel when odd.
         stream.width, stream.height, stream.pix_fmt = w + w % 2, h + h % 2, "yuv420p"

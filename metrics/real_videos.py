@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from runtime.cli import UserError
+from runtime.files import atomic_write
 from metrics.fvd import feature_statistics
 
 REAL_SUFFIXES = (".avi", ".mp4", ".webm", ".mov", ".mkv", ".gif", ".webp", ".mpg", ".mpeg")
@@ -98,10 +99,8 @@ def real_statistics(folder: Path | None, embed, settings: dict, count: int, fram
     info = {**key, "count": len(features), "skipped": len(skipped), "skipped_examples": [str(p) for p in skipped[:5]]}
     if len(features) < count:
         print(f"--real-videos {folder}: {len(features)} usable clips, fewer than the {count} asked for (--fvd-real)")
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp.npz")
-    np.savez(tmp, mu=mu.numpy(), sigma=sigma.numpy(), info=np.array(json.dumps(info)))
-    tmp.replace(cache)  # whole or absent: an interrupted run computes it again
+    with atomic_write(cache) as tmp, open(tmp, "wb") as f:  # whole or absent: an interrupted run computes it again
+        np.savez(f, mu=mu.numpy(), sigma=sigma.numpy(), info=np.array(json.dumps(info)))
     return {"mu": mu.numpy(), "sigma": sigma.numpy(), **info, "file": str(cache)}
 
 

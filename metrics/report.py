@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from runtime.files import write_json, write_text
+
 SAMPLER_TITLES = {"lcm": "LCM", "ddim": "DDIM", "dpmpp_2m": "DPM-Solver++ 2M"}
 
 
@@ -16,8 +18,8 @@ def write_results(out: Path, measures: dict, real: dict, rows: list[dict]) -> di
     rows = [r for r in old if (r["method"], r["sampler"], r["steps"]) not in new] + rows
     real_info = {k: v for k, v in real.items() if k not in ("mu", "sigma")}
     results = {**measures, "real_statistics": real_info, "rows": rows}
-    file.write_text(json.dumps(results, indent=1) + "\n")
-    (out / "results.md").write_text(markdown(results))
+    write_json(file, results)  # each whole or not at all (runtime/files.py)
+    write_text(out / "results.md", markdown(results))
     return results
 
 

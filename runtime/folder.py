@@ -14,10 +14,11 @@ from pathlib import Path
 
 import torch
 
-from runtime.cli import UserError
+from runtime.cli import UserError, WriteError
 from runtime.distributed import Runtime
 from runtime.settings import compared, may_change
-from runtime.weights import atomic_write, check_finite
+from runtime.files import atomic_write, write_text
+from runtime.weights import check_finite
 
 try:
     import fcntl  # the lock (POSIX); without it, runs are not locked
@@ -110,9 +111,13 @@ def lock_folder(out: Path) -> None:
         f.close()
         raise UserError(f"--out {out} is in use by another run (process {holder}): wait for it to end, "
                         "or pass another --out") from None
-    f.truncate(0)
-    f.write(f"{os.getpid()}\n")
-    f.flush()
+    try:
+        f.truncate(0)
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+    except OSError as e:  # a full disk
+        f.close()
+        raise WriteError(out / "run.lock", e) from e
     _LOCKS[key] = f
 
 
@@ -133,17 +138,16 @@ def trim_log(path: Path, step: int) -> None:
                 kept.append(line)
         except json.JSONDecodeError:  # a line cut short by a crash
             pass
-    with atomic_write(path) as tmp:
-        tmp.write_text("".join(line + "\n" for line in kept))
+    write_text(path, "".join(line + "\n" for line in kept))
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
     """torch.save to a temp file of this process, then rename: a crash or a full disk never leaves a
-    half-written checkpoint. NaN or inf anywhere in `state` is refused (NonFiniteError), never written."""
+    half-written checkpoint (a full disk is a WriteError). NaN or inf anywhere in `state` is refused
+    (NonFiniteError), never written."""
     check_finite(state, path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path) as tmp:
-        torch.save(state, tmp)
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)  # through a Python file, so that a failed write keeps its errno (not a bare zip error)
 
 
 def load_checkpoint(path: Path) -> dict:

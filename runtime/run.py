@@ -16,9 +16,10 @@
 
 What can go wrong, and what happens: a non-finite loss or gradient stops the run before the optimizer
 step, and NaN/inf weights are never saved, so checkpoint.pt always holds the last finite step (the
-message says which); a save that fails (a full disk) leaves the previous one whole; a signal finishes
-the step, saves, and raises `Interrupted` (exit code 130/143 from the command line). Problems the user
-can fix are `UserError`s naming what to do.
+message says which); a write that fails (a full disk: a save, the log, a sample) leaves no partial file
+and the previous save whole, and says which step it holds; a signal finishes the step, saves, and raises
+`Interrupted` (exit code 130/143 from the command line). Problems the user can fix are `UserError`s
+naming what to do.
 """
 from __future__ import annotations
 
@@ -35,9 +36,10 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from runtime.cli import Interrupted, UserError, os_error
+from runtime.cli import Interrupted, UserError, WriteError
 from runtime.distributed import (Runtime, agreed_signal, barrier, global_mean, rng_state, sample_generators,
                                  set_rng_state)
+from runtime.files import append_text
 from runtime.folder import claim_folder, release_folders, restoring, save_checkpoint
 from runtime.weights import NonFiniteError
 
@@ -101,6 +103,8 @@ class TrainingRun:
         previous = {sig: signal.signal(sig, self._record_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             yield self
+        except WriteError as e:  # the log, a sample or a save (_checkpoint tells a save the same way)
+            raise self._unwritten(e) from e
         except (Interrupted, UserError):
             raise
         except Exception:
@@ -163,6 +167,7 @@ class TrainingRun:
         save_checkpoint(self.out / "checkpoint.pt", {"step": step, "settings": dataclasses.asdict(self.s),
                                                      "optimizer": optimizer.state_dict(), "rng": rng_state(),
                                                      **tensors})
+        self.saved = step  # what checkpoint.pt holds, even if an export after it fails
 
     def metadata(self, step: int, schedule) -> dict:
         """What an exported weights file records of its run: settings, noise schedule, step."""
@@ -170,13 +175,11 @@ class TrainingRun:
 
     def write_sample(self, video: torch.Tensor, name: str) -> None:
         """A validation sample [3, F, H, W] in [0, 1] as out/val/NAME (.png: the first frame; .gif: a video)."""
-        from media.video import to_uint8, write_video
+        from media.video import to_uint8, write_image, write_video
         frames = to_uint8(video)
         path = self.out / "val" / name
-        path.parent.mkdir(parents=True, exist_ok=True)
         if path.suffix == ".png":
-            from PIL import Image
-            Image.fromarray(frames[0]).save(path)
+            write_image(frames[0], path)
         else:
             write_video(frames, path, fps=8)
 
@@ -188,6 +191,10 @@ class TrainingRun:
             return "nothing was saved yet"
         return f"{self.out / 'checkpoint.pt'} holds step {self.saved} (finite weights)"
 
+    def _unwritten(self, e: WriteError) -> WriteError:
+        """A failed write told for a run: what the checkpoint holds, and --resume true to continue."""
+        return e.retold("continue with --resume true", kept=self._kept())
+
     def _checkpoint(self, step: int) -> None:
         try:
             if self.rt.main:
@@ -195,9 +202,8 @@ class TrainingRun:
         except NonFiniteError as e:
             raise UserError(f"the weights became NaN or inf by step {step} ({e}); {self._kept()}: run again with "
                             "--resume true and a lower --lr") from e
-        except OSError as e:
-            raise UserError(f"could not save step {step} ({os_error(e)}); the last complete save is step "
-                            f"{self.saved}, and a failed save leaves it whole") from e
+        except WriteError as e:  # a full disk: the earlier files stay whole
+            raise self._unwritten(e) from e
         self.saved = step
 
     def _stop(self, signum: int) -> None:
@@ -219,8 +225,7 @@ class JsonlLog:
 
     def write(self, **record) -> None:
         if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(json.dumps({"time": round(time.time() - self.start, 3), **record}) + "\n")
+            append_text(self.path, json.dumps({"time": round(time.time() - self.start, 3), **record}) + "\n")
 
 
 def timestep_buckets(t: torch.Tensor, losses: torch.Tensor, buckets: int = 4, total: int = 1000) -> dict:

@@ -10,7 +10,6 @@ Every loader in the project goes through these functions:
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pickle
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 
 from runtime.cli import UserError
+from runtime.files import atomic_write
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -193,12 +193,11 @@ def _problem_report(missing, unexpected, mis_shaped, show: int = 8) -> str:
 
 def save_safetensors(state: dict[str, torch.Tensor], path: str | os.PathLike,
                      metadata: dict | None = None) -> None:
-    """Write tensors atomically (a temp file of this process, then rename); non-finite values are
-    refused; `metadata` values are JSON-encoded if not str."""
+    """Write tensors atomically (a temp file of this process, then rename: runtime/files.py); non-finite
+    values are refused; `metadata` values are JSON-encoded if not str."""
     from safetensors.torch import save_file
     path = Path(path)
     check_finite(state, path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
     with atomic_write(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp), metadata=meta)
@@ -228,18 +227,6 @@ def check_finite(state: dict, where) -> None:
     if bad:
         raise NonFiniteError(f"{where}: not written: {len(bad)} tensor(s) hold NaN or inf "
                              f"({bad[0]}{', ...' if len(bad) > 1 else ''})")
-
-
-@contextlib.contextmanager
-def atomic_write(path: Path):
-    """Yield a temp path unique to this process; rename it to `path` when the block succeeds, remove it
-    when it fails (a full disk leaves no half-written file and the previous version intact)."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def describe_checkpoint(keys) -> str:

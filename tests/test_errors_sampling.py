@@ -15,6 +15,7 @@ import sample
 import sd15
 from test_sample_cli import run as generate, weights  # noqa: F401 - fixture
 from media.video import read_video, write_video
+from test_errors_disk import error_line, run_with_file_limit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -148,3 +149,16 @@ def test_the_command_line_reports_all_problems_in_one_line(tmp_path):
     for problem in ("--height and --width", "--device 'gpu'", "unknown video type '.avi'",
                     f"--sd15 {tmp_path / 'missing.safetensors'}: no such file or folder"):
         assert problem in line, problem
+
+
+def test_a_full_disk_leaves_no_video_and_says_so_in_one_line(weights, tmp_path):
+    """The real `python sample.py` with no file allowed past 1000 bytes: the GIF cannot be written. One line names
+    it and the cause; no file is left that could pass for a result, neither the GIF nor a temporary one."""
+    out = tmp_path / "out" / "boat.gif"
+    full = run_with_file_limit(1000, ROOT / "sample.py", "--sd15", weights / "sd15.safetensors", "--motion",
+                               weights / "t2v.safetensors", "--height", "32", "--width", "48", "--frames", "5",
+                               "--steps", "2", "--out", out)
+    assert error_line(full) == (f"error: could not write {out}: file too large (a file-size limit, or a full disk); "
+                                "nothing partial was left: free some space (or choose another --out), then run the "
+                                "same command again")
+    assert os.listdir(out.parent) == []

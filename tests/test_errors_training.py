@@ -5,7 +5,6 @@ Most cases call `cli.run(main, argv)`, what `python train_*.py` runs, in this pr
 loader replaced by one that fails the test: every refusal must come before any model loads. The exit
 codes of signals come from real subprocesses.
 """
-import errno
 import fcntl
 import json
 import os
@@ -24,6 +23,7 @@ import train_teacher
 import train_video
 from runtime import cli
 from runtime.weights import read_metadata
+from test_errors_disk import error_line, run_with_file_limit
 from test_train import adapter_args, image_args, log_records, video_args, world  # noqa: F401 (a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -199,22 +199,27 @@ def test_weights_that_become_inf_are_never_written(world, tmp_path, capsys, monk
     assert not (tmp_path / "x.safetensors").exists()
 
 
-def test_a_full_disk_keeps_the_last_complete_save(world, tmp_path, capsys, monkeypatch):
+def test_a_full_disk_at_a_checkpoint_is_one_line_keeps_the_last_one_and_resumes_exactly(world, tmp_path):
+    """The real `python train_image.py`, continuing a run whose step-1 checkpoint exists, with no file allowed
+    to grow to the size of a checkpoint: step 2's save fails (torch's zip writer under it). One line says which
+    file, why, what checkpoint.pt holds and how to go on; it is untouched and no temporary file is left; once
+    there is room, --resume true ends bit for bit where a run that never stopped ends."""
     out = tmp_path / "full"
-    save = torch.save
-
-    def fill_the_disk(state, path, *args, **kwargs):
-        assert Path(path).name == f"checkpoint.pt.{os.getpid()}.tmp"  # this process's own: no two runs share one
-        if state["step"] == 2:
-            Path(path).write_bytes(b"half a checkp")
-            raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        save(state, path, *args, **kwargs)
-    monkeypatch.setattr(torch, "save", fill_the_disk)
-    code, err = run(train_image.main, image_args(world, out, "--steps", "3", "--lora-rank", "4", "--save-every", "1"),
-                    capsys)
-    assert code == 2 and "could not save step 2" in err and "No space left on device" in err
-    assert "the last complete save is step 1" in err
-    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 1 and not list(out.glob("*.tmp"))
+    args = image_args(world, out, "--lora-rank", "4", "--save-every", "1")
+    train_image.main(args + ["--steps", "1"])
+    before = (out / "checkpoint.pt").read_bytes()
+    full = run_with_file_limit(len(before) // 2, ROOT / "train_image.py", *args, "--steps", "2", "--resume", "true")
+    checkpoint = out / "checkpoint.pt"
+    assert error_line(full) == (f"error: could not write {checkpoint}: file too large (a file-size limit, or a full "
+                                f"disk); nothing partial was left, and {checkpoint} holds step 1 (finite weights): "
+                                "free some space, then continue with --resume true")
+    assert checkpoint.read_bytes() == before
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "log.jsonl", "lora.safetensors", "run.lock"]
+    resumed = train_image.main(args + ["--steps", "2", "--resume", "true"])
+    straight = train_image.main(image_args(world, tmp_path / "straight", "--lora-rank", "4", "--steps", "2"))
+    for name, value in straight["lora"].state_dict().items():
+        assert torch.equal(value, resumed["lora"].state_dict()[name]), name
+    assert [r["step"] for r in log_records(out)] == [1, 2]
 
 
 def test_sigint_saves_and_exits_130_saying_how_to_resume(world, tmp_path):

@@ -10,6 +10,7 @@ import pytest
 
 import evaluate
 import sample
+from test_errors_disk import error_line, run_with_file_limit
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not sample.TOY["sd15"].exists(), reason="needs the bundled toy model (toy/weights/)")
@@ -77,7 +78,7 @@ def test_end_to_end_then_resume_after_an_interruption(tmp_path, real_clips, monk
         real_save(frames, path)
     monkeypatch.setattr(evaluate, "save_video", save_then_stop)
     assert evaluate.main(tiny(tmp_path / "b", real_clips)) == 130
-    assert len(list((tmp_path / "b").rglob("*.npy"))) == 1 and not list((tmp_path / "b").rglob("*partial*"))
+    assert len(list((tmp_path / "b").rglob("*.npy"))) == 1 and not list((tmp_path / "b").rglob("*.tmp"))
     monkeypatch.setattr(evaluate, "save_video", real_save)
     made.clear()
     assert evaluate.main(tiny(tmp_path / "b", real_clips)) == 0
@@ -112,6 +113,21 @@ def test_other_settings_for_the_same_videos_or_protocol_are_refused(tmp_path, re
     assert evaluate.main(tiny(tmp_path, real_clips, "--guidance", "2", "--name", "cfg2", "--sampler", "ddim")) == 0
     table = (tmp_path / "results.md").read_text()
     assert "| toy_motion: LCM, no CFG |" in table and "| cfg2: DDIM, CFG 2 |" in table
+
+
+def test_a_full_disk_at_the_results_is_one_line_and_keeps_the_earlier_ones(tmp_path, real_clips):
+    """The real `python evaluate.py` run again on a finished evaluation, with no file allowed to grow to half the
+    size of results.json (its settings files are smaller): one line names results.json and the cause; the
+    earlier results.json and results.md stay as they were, and no temporary file is left."""
+    assert evaluate.main(tiny(tmp_path, real_clips)) == 0
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    results = tmp_path / "results.json"
+    assert len(before[results]) // 2 > max(len(before[p]) for p in before if p.name.endswith("settings.json"))
+    full = run_with_file_limit(len(before[results]) // 2, ROOT / "evaluate.py", *tiny(tmp_path, real_clips))
+    assert error_line(full) == (f"error: could not write {results}: file too large (a file-size limit, or a full "
+                                "disk); nothing partial was left: free some space (or choose another --out), then run "
+                                "the same command again")
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
 @pytest.fixture(scope="module")

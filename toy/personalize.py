@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 from runtime import cli
+from runtime.files import write_json, write_text
 from sd15 import load_sd15
 from toy.classifier import ATTRIBUTES, frechet_distance, judge, labels, load_classifier, real_reference
 from toy.constants import TEACHER_GUIDANCE, WEIGHTS
@@ -203,7 +204,7 @@ def evaluate(run: Path, seeds: list[int], budget: Budget, scales: list[float], d
             print(f"== seed {seed}")
             rows = evaluate_seed(seed_folder(run, seed), classifier, reference, budget,
                                  scales if seed in sweep_seeds else [], device)
-            cached.write_text(json.dumps(rows, indent=1) + "\n")
+            write_json(cached, rows)
         per_seed[seed] = json.loads(cached.read_text())
         for claim, holds in claims(per_seed[seed], budget.reference_steps).items():
             held.setdefault(claim, []).append(holds)
@@ -211,8 +212,8 @@ def evaluate(run: Path, seeds: list[int], budget: Budget, scales: list[float], d
     table = across_seeds(per_seed)
     results = {"seeds": seeds, "scales": scales, "table": table, "claims": held, "times_s": times,
                "eval_count": budget.eval_count, "eval_seeds": budget.eval_seeds, "per_seed": per_seed}
-    (folder / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    (folder / "results.md").write_text(markdown(table, held, seeds, times))
+    write_json(folder / "results.json", results)
+    write_text(folder / "results.md", markdown(table, held, seeds, times))
     return results
 
 
@@ -223,7 +224,7 @@ def ship(run: Path, results: dict, to: Path) -> None:
                          ("style_lora/lora.safetensors", "toy_outline_lora.safetensors")):
         recast_file(run / source, to / name, torch.float16, {"toy_world": "outline"})
     shipped = {k: v for k, v in results.items() if k != "per_seed"}
-    (to / "personalized.json").write_text(json.dumps(shipped, indent=1) + "\n")
+    write_json(to / "personalized.json", shipped)
 
 
 def main(argv=None) -> int:

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from runtime import cli
+from runtime.files import write_json, write_output, write_text
 from runtime.folder import load_checkpoint
 from runtime.weights import read_metadata, read_state_dict, save_safetensors
 from toy.classifier import load_classifier
@@ -136,12 +137,12 @@ def ship(out: Path, folder: Path) -> None:
         recast_file(out / source, folder / name, torch.float32 if judge else torch.float16)
     for name in ("results.json", "results.md"):  # the run's evaluation, beside the weights
         if (out / name).exists():
-            shutil.copy(out / name, folder / name)
+            write_output(folder / name, lambda tmp: shutil.copyfile(out / name, tmp))
     settings = {"frames": FRAMES, "height": RESOLUTION, "width": RESOLUTION, "original_steps": ORIGINAL_STEPS,
                 "beta_schedule": BETA_SCHEDULE, "beta_end": SCHEDULE.beta_end,
                 "lora_scale": 1.0, "guidance_teacher": TEACHER_GUIDANCE,
                 "anchor_first_frame": True}  # sample.py --image: 23.4 -> 26.3 dB at 4 steps (toy-world.md 7.5)
-    (folder / "toy.json").write_text(json.dumps(settings, indent=1) + "\n")
+    write_json(folder / "toy.json", settings)
 
 
 # what --from-weights keeps: the stages before stage 2 and those that do not depend on it ("vae" has no file
@@ -172,10 +173,9 @@ def start_from_weights(out: Path, folder: Path, keep: tuple[str, ...] = KEPT_FRO
     shipped = folder / "results.json"
     shipped_times = json.loads(shipped.read_text()).get("times_s", {}) if shipped.exists() else {}
     times = {**read_times(out), **{k: v for k, v in shipped_times.items() if k in keep}}
-    (out / "times.json").write_text(json.dumps(times, indent=1) + "\n")
+    write_json(out / "times.json", times)
     for stage in keep:
-        (out / stage).mkdir(parents=True, exist_ok=True)
-        (out / stage / "DONE").write_text("")
+        write_text(out / stage / "DONE", "")
     print(f"== kept from {folder}: {', '.join(keep)}")
 
 
@@ -212,11 +212,12 @@ def run_stages(out: Path, todo: dict) -> dict:
         except cli.Interrupted as e:  # the stage saved its checkpoint; this command continues it
             raise cli.Interrupted(f"the {name} stage was stopped with its checkpoint saved: run this command again "
                                   "to continue it", e.code) from e
+        except cli.WriteError as e:  # a full disk: what the stage saved stays whole; this command continues it
+            raise e.retold(f"run this command again to continue the {name} stage") from e
         check_finished(out / name, product)
-        done.parent.mkdir(parents=True, exist_ok=True)  # a stage that writes into another's folder has none
-        done.write_text("")
+        write_text(done, "")  # (its folder made if the stage writes into another's, as data_webvid does)
         times[name] = round(time.perf_counter() - start, 1) + times.get(name, 0)
-        times_file.write_text(json.dumps(times, indent=1) + "\n")
+        write_json(times_file, times)
         print(f"== {name}: {times[name]:.0f} s")
     return times
 
@@ -263,9 +264,9 @@ def main(argv=None) -> int:
         results = evaluate(out, budget, args.device)
         times["evaluate"] = round(time.perf_counter() - start, 1)
         results["times_s"] = times
-        (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-        (out / "results.md").write_text(markdown(results))
-        times_file.write_text(json.dumps(times, indent=1) + "\n")
+        write_json(out / "results.json", results)
+        write_text(out / "results.md", markdown(results))
+        write_json(times_file, times)
     print("time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()) +
           f"; total {sum(times.values()) / 60:.1f} min")
     if args.ship:

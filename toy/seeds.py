@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from runtime import cli
+from runtime.files import write_json, write_text
 from toy.classifier import load_classifier
 from toy.constants import TEACHER_GUIDANCE
 from toy.evaluate import Method, evaluate_text_to_video, mean_std, teacher_samplers
@@ -80,8 +81,7 @@ def measured(path: Path, measure) -> list[dict]:
     if path.exists():
         return json.loads(path.read_text())
     rows = measure()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(rows, indent=1) + "\n")
+    write_json(path, rows)
     return rows
 
 
@@ -278,8 +278,8 @@ def evaluate(run: Path, seeds: list[int], budget: Budget, device: str) -> dict:
     stage3_table = stage3_across_seeds(stage3)
     results = {"seeds": seeds, "table": table, "stage3_table": stage3_table, "claims": held, "times_s": times,
                "teacher": teacher, "per_seed": per_seed, "per_seed_stage3": stage3}
-    (folder / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    (folder / "results.md").write_text(markdown(table, held, times, b.eval_seeds, stage3_table))
+    write_json(folder / "results.json", results)
+    write_text(folder / "results.md", markdown(table, held, times, b.eval_seeds, stage3_table))
     return results
 
 
@@ -319,8 +319,7 @@ def main(argv=None) -> int:
         print(f"written: {run / 'seeds' / 'results.json'}, results.md")
         if args.ship:  # what the README's table and docs/figures.py read; the per-seed rows stay in the run
             shipped = {k: results[k] for k in ("seeds", "table", "stage3_table", "claims", "times_s")}
-            Path(args.ship_to).write_text(json.dumps({**shipped, "eval_count": budget.eval_count,
-                                                      "eval_seeds": budget.eval_seeds}, indent=1) + "\n")
+            write_json(args.ship_to, {**shipped, "eval_count": budget.eval_count, "eval_seeds": budget.eval_seeds})
             print(f"shipped: {args.ship_to}")
     return 0
 

@@ -231,10 +231,10 @@ def stages(out: Path, b: Budget, seed: int, device: str, condition: str = "clean
 
 
 def _classifier(out: Path, b: Budget, seed: int) -> None:
-    from safetensors.torch import save_file
+    from runtime.weights import save_safetensors
     from toy.classifier import train_classifier
-    (out / "classifier").mkdir(parents=True, exist_ok=True)
-    save_file(train_classifier(b.classifier_steps, seed=seed).state_dict(), out / "classifier" / "classifier.safetensors")
+    save_safetensors(train_classifier(b.classifier_steps, seed=seed).state_dict(),
+                     out / "classifier" / "classifier.safetensors")
 
 
 def _style_vae(out: Path, teacher: Path, folders: list[Path], b: Budget, seed: int, device: str) -> None:

@@ -103,9 +103,9 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
-    from safetensors.torch import save_file
+    from runtime.weights import save_safetensors
     vae, stats = train_vae(args.steps, args.batch, seed=args.seed, device=args.device)
-    save_file(vae.state_dict(), args.out, {"scaling_factor": str(stats["scaling_factor"])})
+    save_safetensors(vae.state_dict(), args.out, {"scaling_factor": str(stats["scaling_factor"])})
     print(f"wrote {args.out}: reconstruction PSNR {stats['psnr']:.1f} dB, scaling factor "
           f"{stats['scaling_factor']:.4f}")
 

@@ -198,6 +198,7 @@ def write_dataset(folder, count: int, frames: int = 8, resolution: int = 32, see
     stills (images/: `write_stills`), with the clips' full captions, so the image and video models share
     one prompt language. Held-out combinations never appear."""
     from media.video import write_video
+    from runtime.files import write_text
     folder = Path(folder)
     for sub in ("clips", "controls"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
@@ -206,7 +207,7 @@ def write_dataset(folder, count: int, frames: int = 8, resolution: int = 32, see
         video, masks = render(clip, frames, resolution)
         write_video(video, folder / "clips" / f"{i:05d}.gif", fps=8)
         write_video(np.repeat(masks[..., None], 3, -1), folder / "controls" / f"{i:05d}.gif", fps=8)
-        (folder / "clips" / f"{i:05d}.txt").write_text(clip.caption)
+        write_text(folder / "clips" / f"{i:05d}.txt", clip.caption)
     write_stills(folder / "images", count, frames, resolution, seed, first=count)
 
 
@@ -214,14 +215,16 @@ def write_stills(folder, count: int, frames: int = 8, resolution: int = 32, seed
                  style: str = "filled") -> None:
     """`count` captioned stills (PNG + caption): still i is a random frame of clip `seed * 1000003 + first + i`,
     drawn in `style`, with that clip's caption (the outline stills are the personalization data)."""
+    from media.video import write_image
+    from runtime.files import write_text
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(count):
         still = clip_from_seed(seed * 1_000_003 + first + i, SEEN, frames, style)
         video, _ = render(still, frames, resolution)
         frame = np.random.default_rng(i).integers(frames)
-        Image.fromarray(video[frame]).save(folder / f"{i:05d}.png")
-        (folder / f"{i:05d}.txt").write_text(still.caption)
+        write_image(video[frame], folder / f"{i:05d}.png")
+        write_text(folder / f"{i:05d}.txt", still.caption)
 
 
 def sample_videos(count: int, seed: int, combos=SEEN, frames: int = 8, resolution: int = 32, style: str = "filled",

@@ -12,11 +12,11 @@ perfect generator would reach at this sample size.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from runtime import cli
+from runtime.files import write_json
 from sd15 import load_sd15
 from toy.classifier import frechet_distance, judge, load_classifier, real_reference, to_model
 from toy.constants import FRAMES, RESOLUTION, SHIPPED, TEACHER_GUIDANCE, WEIGHTS
@@ -142,7 +142,7 @@ def main(argv=None) -> int:
         report(row, rows[row])
     report("real clips (floor)", real)
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+        write_json(args.json, rows)
     return 0
 
 

@@ -14,13 +14,13 @@ A variant whose folder holds a finished LoRA is only measured: delete the folder
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import time
 from pathlib import Path
 
 from runtime import cli
+from runtime.files import write_json
 import train_image
 import train_video
 from sd15 import load_sd15
@@ -45,7 +45,7 @@ def main(argv=None) -> int:
         rows[row_name(name, steps)] = measure(model, sampler, guidance, steps, prompt_sets, classifier, reference)
         report(row_name(name, steps), rows[row_name(name, steps)])
         if args.json:
-            Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+            write_json(args.json, rows)
 
     if not args.skip_baselines:
         teacher = load_sd15(sd, teacher_motion, device=args.device)

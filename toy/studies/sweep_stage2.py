@@ -17,13 +17,13 @@ from it (a finished one is only measured): delete the folder to retrain it.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import time
 from pathlib import Path
 
 from runtime import cli
+from runtime.files import write_json
 import train_video
 from sd15 import load_sd15
 from toy.studies.compare import add_sweep_arguments, measure, report, row_name, sweep_setup, sweep_train
@@ -55,7 +55,7 @@ def main(argv=None) -> int:
                                               args.count, original_steps)
         report(row_name(name, steps), rows[row_name(name, steps)])
         if args.json:
-            Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+            write_json(args.json, rows)
 
     if not args.skip_baselines:
         row("teacher DDIM", load_sd15(sd, teacher_motion, device=args.device), "ddim", TEACHER_GUIDANCE, 4)
