@@ -4,7 +4,7 @@
                       loras=[("AnimateLCM_sd15_t2v_lora.safetensors", 0.8)])
 
 A single file is read once and split between the three loaders. `save_sd15` writes the SD1.5
-single-file layout (the format A1111 and ComfyUI load), with architecture hints in its metadata so
+single-file layout (the keys of `v1-5-pruned-emaonly`), with architecture hints in its metadata so
 that tiny models load back through the same code.
 """
 from __future__ import annotations
@@ -74,14 +74,19 @@ def load_sd15(source, motion=None, loras=(), *, device="cpu", dtype: torch.dtype
         tokenizer=Tokenizer())
 
 
-def save_sd15(path, unet: UNet, vae: AutoencoderKL, text_encoder: CLIPTextEncoder,
-              metadata: dict | None = None) -> None:
-    """Write UNet (spatial part), VAE and text encoder as one SD1.5-layout safetensors file."""
+def sd15_file_state(unet: UNet, vae: AutoencoderKL, text_encoder: CLIPTextEncoder) -> dict[str, torch.Tensor]:
+    """What an SD1.5 single file holds: the UNet's spatial part, the VAE and the text encoder in LDM names."""
     state = unet_state_to_ldm(unet)
     state.update({"first_stage_model." + k: v for k, v in vae_to_ldm(vae.state_dict()).items()})
     state.update({"cond_stage_model.transformer." + k: v
                   for k, v in text_encoder_to_hf(text_encoder.state_dict()).items()})
+    return state
+
+
+def save_sd15(path, unet: UNet, vae: AutoencoderKL, text_encoder: CLIPTextEncoder,
+              metadata: dict | None = None) -> None:
+    """Write UNet (spatial part), VAE and text encoder as one SD1.5-layout safetensors file."""
     hints = {"unet": unet_hints(unet)["unet"],
              "vae": {"norm_groups": vae.cfg.norm_groups, "scaling_factor": vae.cfg.scaling_factor},
              "text_encoder": {"heads": text_encoder.config.heads}}
-    save_safetensors(state, path, {**(metadata or {}), HINTS_KEY: hints})
+    save_safetensors(sd15_file_state(unet, vae, text_encoder), path, {**(metadata or {}), HINTS_KEY: hints})

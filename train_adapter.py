@@ -42,10 +42,9 @@ from runtime.draws import integers, normal
 from runtime.run import TrainingRun, evaluating, one_run, set_learning_rate
 from runtime.settings import (AT_LEAST_1, DECAY, FINITE, GRID, NOT_NEGATIVE, OPTIONAL_PATH, PIXELS, SCHEDULE, WEIGHT,
                               TrainSettings, check_settings, flag, one_of, parse_settings)
-from runtime.weights import HINTS_KEY, save_safetensors
 from sd15 import load_sd15
 from unet.adapter import ImageEncoder
-from unet.controlnet import SD15_HINT_CHANNELS, ControlNet, controlnet_hints, controlnet_state_to_ldm, load_controlnet
+from unet.controlnet import SD15_HINT_CHANNELS, ControlNet, load_controlnet, save_controlnet
 from unet.load import save_motion_module
 from unet.lora import LoRANetwork
 
@@ -145,13 +144,12 @@ def main(argv=None):
         meta = run.metadata(step, schedule)
         if s.adapter == "image_encoder":  # the AnimateLCM-I2V layout: motion modules + the EMA encoder
             online_encoder, unet.img_encoder = unet.img_encoder, target_net
-            save_motion_module(unet, run.out / "i2v_motion_module.safetensors", meta)
+            save_motion_module(unet, run.out / "i2v_motion_module.safetensors", "animatelcm", meta)
             unet.img_encoder = online_encoder
         elif s.controlnet:  # the LoRA on the given ControlNet
             follower.save(run.out / "controlnet_lora.safetensors", metadata=meta)
         else:
-            save_safetensors(controlnet_state_to_ldm(target_net), run.out / "controlnet.safetensors",
-                             {**meta, HINTS_KEY: controlnet_hints(target_net)})
+            save_controlnet(target_net, run.out / "controlnet.safetensors", meta)
 
     clip = dataset[0]  # validation: a fixed clip's first frame (I2V) or its control video
 

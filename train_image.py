@@ -10,8 +10,8 @@ trainable rank-64 LoRA on the LCM-LoRA layers. Target: the student's own current
 gradient (the LCM-LoRA scripts keep no separate EMA copy), or an EMA copy of the LoRA with
 --ema-decay > 0. The algorithm, step by step: lcm/distill.py; why it works:
 docs/consistency-distillation.md, sections 2-4 and 6.2.
-Outputs in --out: lora.safetensors (kohya format: ComfyUI, A1111 and diffusers load it; the schedule
-and settings in its metadata), checkpoint.pt (full resume state), log.jsonl, val/ PNGs.
+Outputs in --out: lora.safetensors (kohya format, the keys of AnimateLCM's LoRA at rank 64; the
+schedule and settings in its metadata), checkpoint.pt (full resume state), log.jsonl, val/ PNGs.
 """
 from __future__ import annotations
 

@@ -18,7 +18,8 @@ ControlNet were. AnimateLCM distils from such models; the toy world trains its o
 One step: t ~ U{0..T-1}, x_t = alpha_t x0 + sigma_t eps, loss = lambda(t) ||eps_theta(x_t, c, t) - eps||^2
 (lcm/denoise.py), with a share of captions replaced by "" so that classifier-free guidance works.
 Outputs in --out: model.safetensors (SD1.5 single-file layout), lora.safetensors (kohya), motion_module.safetensors
-(AnimateDiff layout) or controlnet.safetensors (ControlNet-1.1 layout), from the EMA weights with --ema-decay > 0;
+(AnimateDiff v2 layout, position tables included) or controlnet.safetensors (ControlNet-1.1 layout), from the EMA
+weights with --ema-decay > 0;
 checkpoint.pt; log.jsonl; val/ samples (DDIM, 4 and 25 steps, guidance 7.5).
 """
 from __future__ import annotations
@@ -41,9 +42,8 @@ from runtime.draws import coin_flips, integers, normal
 from runtime.run import TrainingRun, evaluating, one_run, set_learning_rate
 from runtime.settings import (AT_LEAST_1, DECAY, NOT_NEGATIVE, OPTIONAL_PATH, POSITIVE, SCHEDULE, SHARE, WEIGHT,
                               TrainSettings, check_settings, flag, one_of, parse_settings)
-from runtime.weights import HINTS_KEY, save_safetensors
 from sd15 import load_sd15, save_sd15
-from unet.controlnet import SD15_HINT_CHANNELS, ControlNet, controlnet_hints, controlnet_state_to_ldm
+from unet.controlnet import SD15_HINT_CHANNELS, ControlNet, save_controlnet
 from unet.load import add_motion_modules, save_motion_module
 from unet.lora import LoRANetwork
 
@@ -161,10 +161,9 @@ def main(argv=None, score=None):
         elif s.train == "lora":
             target.save(run.out / "lora.safetensors", metadata=meta)
         elif s.train == "motion":
-            save_motion_module(target, run.out / "motion_module.safetensors", meta)
+            save_motion_module(target, run.out / "motion_module.safetensors", "animatediff", meta)
         else:
-            save_safetensors(controlnet_state_to_ldm(target), run.out / "controlnet.safetensors",
-                             {**meta, HINTS_KEY: controlnet_hints(target)})
+            save_controlnet(target, run.out / "controlnet.safetensors", meta)
 
     clip = dataset[0] if s.train == "controlnet" else None  # validation: a fixed clip's control video
 

@@ -17,8 +17,8 @@ targets stay sane (`--init plain` starts the target as a copy of the online mode
 non-decoupled baseline of the paper's ablation; VideoLCM's fixed guidance weight is --w-min = --w-max).
 The algorithm, step by step: lcm/distill.py; why it works and what the ablations showed:
 docs/consistency-distillation.md, section 7.3.
-Outputs in --out: motion_module.safetensors (AnimateDiff layout, from the EMA target; ComfyUI and
-diffusers load it), lora.safetensors in --direct mode, checkpoint.pt (full resume state), log.jsonl,
+Outputs in --out: motion_module.safetensors (the keys of AnimateLCM_sd15_t2v.ckpt, from the EMA
+target), lora.safetensors in --direct mode, checkpoint.pt (full resume state), log.jsonl,
 val/ GIFs.
 """
 from __future__ import annotations
@@ -139,10 +139,10 @@ def main(argv=None, score=None):
     step = run.start_step
     batches = endless_batches(dataset, s, rt.rank, rt.world, start=step * s.grad_accum)
 
-    def save(step):  # the full resume state, and the target's motion modules as an AnimateDiff file
+    def save(step):  # the full resume state, and the target's motion modules as an AnimateLCM file
         motion = {n: p for n, p in online.state_dict().items() if "motion_modules." in n}  # the rest is frozen
         run.save_checkpoint(step, optimizer, online=motion, target=target, **spatial)
-        save_motion_module(target, run.out / "motion_module.safetensors", run.metadata(step, schedule))
+        save_motion_module(target, run.out / "motion_module.safetensors", "animatelcm", run.metadata(step, schedule))
         if s.direct:
             spatial["target_lora"].save(run.out / "lora.safetensors", metadata=run.metadata(step, schedule))
 

@@ -22,7 +22,7 @@ def weights(tmp_path_factory):
         cfg = unet.cfg.__class__(**{**unet.cfg.__dict__, "motion_modules": True, "motion_mid_block": True,
                                     "motion_max_frames": 24, "image_encoder": image_encoder})
         video_unet = randomize(UNet(cfg), 7)
-        save_motion_module(video_unet, d / f"{name}.safetensors")
+        save_motion_module(video_unet, d / f"{name}.safetensors", "animatelcm")
     return d
 
 

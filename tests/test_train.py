@@ -122,7 +122,7 @@ def test_stage1_lora_learns_saves_in_kohya_format_and_leaves_the_base_alone(worl
         assert_close(trained.unet(x, t, c), ref(x, t, c).sample)
 
 
-def test_stage2_trains_only_the_motion_modules_and_saves_an_animatediff_file(world, tmp_path):
+def test_stage2_trains_only_the_motion_modules_and_saves_an_animatelcm_file(world, tmp_path):
     out = tmp_path / "s2"
     (world / "clips" / "broken.mp4").write_bytes(b"not a video at all")  # a corrupt clip: skipped
     (world / "clips" / "broken.txt").write_text("a broken clip")
@@ -150,7 +150,12 @@ def test_stage2_trains_only_the_motion_modules_and_saves_an_animatediff_file(wor
     x, t, c = torch.randn(1, 4, 4, 8, 8), torch.tensor([300]), torch.randn(1, 77, 32)
     with torch.no_grad():
         assert_close(saved.unet(x, t, c), run_reference(ref, x, t, c))
-    assert json.loads(read_metadata(out / "motion_module.safetensors")["schedule"])["kind"] == "beta_linear"
+    meta = read_metadata(out / "motion_module.safetensors")
+    assert json.loads(meta["schedule"])["kind"] == "beta_linear"
+    # AnimateLCM's layout (the teacher's file is AnimateDiff v2's, with position tables): none stored
+    assert read_metadata(world / "motion.safetensors")["layout"] == "animatediff_v2"
+    assert meta["layout"] == "animatelcm_t2v"
+    assert not any("pos_encoder" in k for k in read_state_dict(out / "motion_module.safetensors"))
 
 
 def test_stage2_target_init_follows_animatelcm(world, tmp_path):
@@ -180,6 +185,7 @@ def test_stage3_image_encoder_trains_from_scratch_and_exports_the_i2v_layout(wor
     assert any(p.abs().sum() > 0 for p in result["online"].parameters())  # it left zero-init
     i2v = load_sd15(world / "sd15.safetensors", out / "i2v_motion_module.safetensors")
     assert i2v.unet.img_encoder is not None
+    assert read_metadata(out / "i2v_motion_module.safetensors")["layout"] == "animatelcm_i2v"
     for k, v in i2v.unet.img_encoder.state_dict().items():
         assert torch.equal(v, result["target"].state_dict()[k])
     assert sorted(p.name for p in (out / "val").iterdir()) == [f"step000004_{n}steps.gif" for n in (1, 2, 4)]
@@ -362,6 +368,11 @@ def test_teacher_script_trains_the_image_model_and_new_motion_modules(world, tmp
     assert proj_out and all(v.abs().sum() > 0 for v in proj_out)  # the zero-initialised outputs moved
     video = load_sd15(tmp_path / "t2i" / "model.safetensors", tmp_path / "motion" / "motion_module.safetensors")
     assert video.unet.cfg.motion_mid_block
+    # written as AnimateDiff v2 writes it, a 32-long position table per temporal attention, so that other tools
+    # take it for the AnimateDiff model it is (test_exports.py: the same at SD1.5 size)
+    written = read_state_dict(tmp_path / "motion" / "motion_module.safetensors")
+    assert read_metadata(tmp_path / "motion" / "motion_module.safetensors")["layout"] == "animatediff_v2"
+    assert {tuple(v.shape[:2]) for k, v in written.items() if k.endswith(".pos_encoder.pe")} == {(1, 32)}
     with pytest.raises(UserError, match="--loss-weight must be uniform or sqrt_v or v "):  # a teacher's weights
         train_teacher.main(video_args_ + ["--loss-weight", "sqrt_snr"])
     with pytest.raises(UserError, match="--loss-weight must be uniform or sqrt_snr"):  # a distillation's

@@ -98,9 +98,9 @@ def test_unet2d_from_diffusers_folder(files, tmp_path):
         assert_close(ours(x, 250, c), ref(x, 250, c).sample)
 
 
-MOTION_VERSIONS = {  # name: (mid block, pe length in the file or None, frame norm)
-    "v1": (False, 24, "joint"), "v2": (True, 32, "per_frame"), "v3": (False, 32, "per_frame"),
-    "animatelcm": (True, None, "per_frame")}
+MOTION_VERSIONS = {  # layout: (mid block, pe length in the file or None, frame norm)
+    "animatediff_v1": (False, 24, "joint"), "animatediff_v2": (True, 32, "per_frame"),
+    "animatediff_v3": (False, 32, "per_frame"), "animatelcm_t2v": (True, None, "per_frame")}
 
 
 @pytest.mark.parametrize("version", MOTION_VERSIONS)
@@ -148,7 +148,7 @@ def test_wrapped_and_prefixed_motion_files(files, tmp_path):
     motion = original_motion_file_state(tiny_motion_adapter(), 32)
     torch.save({"state_dict": {"module." + k: v for k, v in motion.items()}}, tmp_path / "m.ckpt")
     state, cfg = read_motion_module(tmp_path / "m.ckpt")
-    assert cfg.version == "v2" and cfg.max_frames == 32
+    assert cfg.version == "animatediff_v2" and cfg.max_frames == 32
     assert not any("pos_encoder" in k or k.startswith("module.") for k in state)
 
 
@@ -220,12 +220,12 @@ def test_sd15_diffusers_unet_keys_are_our_names():
 
 
 @pytest.mark.parametrize("manifest,version,mid,frames,norm", [
-    ("animatediff_mm_sd_v15", "v1", False, 24, "joint"),
-    ("animatediff_mm_sd_v15_v2", "v2", True, 32, "per_frame"),
-    ("animatediff_v3_sd15_mm", "v3", False, 32, "per_frame"),
-    ("animatelcm_sd15_t2v", "animatelcm", True, 64, "per_frame"),
+    ("animatediff_mm_sd_v15", "animatediff_v1", False, 24, "joint"),
+    ("animatediff_mm_sd_v15_v2", "animatediff_v2", True, 32, "per_frame"),
+    ("animatediff_v3_sd15_mm", "animatediff_v3", False, 32, "per_frame"),
+    ("animatelcm_sd15_t2v", "animatelcm_t2v", True, 64, "per_frame"),
     ("animatelcm_sd15_i2v", "animatelcm_i2v", True, 64, "per_frame"),
-    ("diffusers_motion_adapter", "v2", True, 32, "per_frame"),
+    ("diffusers_motion_adapter", "animatediff_v2", True, 32, "per_frame"),
 ])
 def test_motion_module_keys_cover_our_motion_modules_exactly(manifest, version, mid, frames, norm):
     state, motion = read_motion_module(manifest_state(manifest))

@@ -151,7 +151,7 @@ def write_training_files(folder, size: str = "tiny") -> None:
             if p.dim() > 1:
                 p.normal_(0, 0.02)
         save_sd15(folder / "sd15.safetensors", unet, AutoencoderKL(vae_cfg), CLIPTextEncoder(text_cfg))
-        save_motion_module(unet, folder / "motion.safetensors")
+        save_motion_module(unet, folder / "motion.safetensors", "animatediff")  # a teacher's, as AnimateDiff v2
         LoRANetwork.create(unet, 64 if size == "sd15" else 4, 8.0).save(folder / "lora.safetensors")
 
 

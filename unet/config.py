@@ -84,7 +84,7 @@ class UNetConfig:
 @dataclass(frozen=True)
 class MotionConfig:
     """What a motion-module file says about itself (see unet/load.py: detect_motion_version)."""
-    version: str  # "v1", "v2", "v3", "animatelcm", "animatelcm_i2v", or "unknown"
+    version: str  # its layout: "animatediff_v1"/"_v2"/"_v3", "animatelcm_t2v" or "animatelcm_i2v"
     mid_block: bool
     max_frames: int
     frame_norm: str

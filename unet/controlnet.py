@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from runtime.weights import (CheckpointError, architecture_hints, describe_checkpoint, load_strict, read_component,
-                     strip_prefix)
+from runtime.weights import (HINTS_KEY, CheckpointError, architecture_hints, describe_checkpoint, load_strict,
+                     read_component, save_safetensors, strip_prefix)
 
 from .blocks import TimestepMLP, timestep_embedding
 from .config import UNetConfig
@@ -96,7 +96,10 @@ class ControlNet(nn.Module):
                   hint_channels: tuple[int, ...] = SD15_HINT_CHANNELS) -> "ControlNet":
         """The standard ControlNet init: the UNet's spatial encoder copied, zero convs at zero."""
         param = next(unet.parameters())
-        net = cls(unet.cfg, conditioning_channels, hint_channels).to(param.device, param.dtype)
+        # New layers are drawn on the CPU (the same draws for every device); a UNet of shapes only stays meta.
+        with torch.device("meta" if param.is_meta else "cpu"):
+            net = cls(unet.cfg, conditioning_channels, hint_channels)
+        net = net.to(param.device, param.dtype)
         shared = {k: v for k, v in unet.state_dict().items() if k.startswith(SHARED) and "motion_modules." not in k}
         load_strict(net, shared, "the UNet's spatial encoder", allow_missing=("controlnet_",))
         return net
@@ -180,6 +183,12 @@ def controlnet_state_to_ldm(controlnet: ControlNet) -> dict[str, torch.Tensor]:
                         cfg.attention_levels)
     table = control_table(2 * len(controlnet.hint_channels), len(controlnet.controlnet_down_blocks))
     return {LDM_CONTROL_PREFIX + k: v for k, v in _rename(state, {v: k for k, v in table.items()}).items()}
+
+
+def save_controlnet(controlnet: ControlNet, path, metadata: dict | None = None) -> None:
+    """Write a ControlNet-1.1-layout safetensors file, with architecture hints in its metadata."""
+    save_safetensors(controlnet_state_to_ldm(controlnet), path,
+                     {**(metadata or {}), HINTS_KEY: controlnet_hints(controlnet)})
 
 
 def read_controlnet(source) -> tuple[dict[str, torch.Tensor], str, Path | None]:

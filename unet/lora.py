@@ -2,7 +2,7 @@
 
 A `LoRANetwork` holds one `LoRAModule` per adapted layer, named as kohya names them
 (`lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q`), so its state dict *is* a
-kohya file (`.lora_down.weight`, `.lora_up.weight`, `.alpha`) that ComfyUI and A1111 load. It attaches
+kohya file (`.lora_down.weight`, `.lora_up.weight`, `.alpha`), the layout of AnimateLCM's LoRA. It attaches
 to the UNet with forward hooks (the UNet's own names and state dict stay untouched), or is merged
 into the base weights for inference at no extra cost.
 """
@@ -165,10 +165,14 @@ class LoRANetwork(nn.Module):
             self.merged = False
             self.attach()
 
+    def file_state(self, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+        """What a kohya file holds, as AnimateLCM's LoRA: per layer `lora_down.weight` and `lora_up.weight`
+        in `dtype`, and a 0-dim float32 `alpha`."""
+        return {k: v.to(dtype) if k.endswith(".weight") else v.float() for k, v in self.state_dict().items()}
+
     def save(self, path, dtype: torch.dtype = torch.float16, metadata: dict | None = None) -> None:
-        """Write a kohya-format safetensors file (loads in ComfyUI, A1111 and diffusers)."""
-        state = {k: v.to(dtype) if k.endswith(".weight") else v.float() for k, v in self.state_dict().items()}
-        save_safetensors(state, path, metadata)
+        """Write a kohya-format safetensors file."""
+        save_safetensors(self.file_state(dtype), path, metadata)
 
 
 def kohya_from_peft(state: dict[str, torch.Tensor], metadata: dict[str, str]) -> dict[str, torch.Tensor]:
