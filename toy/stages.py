@@ -68,8 +68,10 @@ QUICK = Budget(clips=24, vae_steps=10, teacher_image_steps=6, teacher_image_anne
 
 
 def direct_steps(b: Budget) -> int:
-    """Steps of the one-stage baseline that cost as much as stages 1 and 2 (per-step costs measured on CPU)."""
-    return max(1, round(0.4 * b.stage1_steps + 0.7 * b.stage2_steps))
+    """Steps of the one-stage baseline that cost as much as stages 1 and 2: on the 2-core CPU (one thread) a
+    stage-1 step (32 stills) takes 0.37 of a direct step (8 clips) and a stage-2 step 0.88 (0.79, 1.91 and
+    2.15 s, measured alternately)."""
+    return max(1, round(0.37 * b.stage1_steps + 0.88 * b.stage2_steps))
 
 
 def common(out: Path, stage: str, steps: int, batch: int, seed: int, device: str, lr: float,
@@ -181,8 +183,7 @@ def stages(out: Path, b: Budget, seed: int, device: str, condition: str = "clean
             *stage2_args(out, "stage2_plain_init", teacher, teacher_motion, lora, b, b.stage2_steps, seed, device,
                         condition),
             "--init", "plain"], score=score("consistency", frames=FRAMES))),
-        # the one-stage baseline at the same compute as stages 1 + 2: on the 2-core CPU a stage-1 step costs
-        # about 0.4 of a direct step and a stage-2 step about 0.7 (measured), so it gets that many steps
+        # the one-stage baseline at the cost of stages 1 + 2 (direct_steps), drawing w as they do
         "direct": (out / "direct" / "motion_module.safetensors", lambda: train_video.main([
             "--sd15", str(teacher), "--teacher-motion", str(teacher_motion), "--direct", "true",
             "--lora-rank", "16", *DISTILL_FLAGS, *video, "--original-steps",
