@@ -51,6 +51,7 @@ class Budget:
     style_vae_steps: int = 1500    # the VAE decoder fine-tuned on stills of both styles (docs/toy-world.md)
     personalize_steps: int = 1200  # the teacher fine-tuned on them, and a style LoRA on the teacher: outline
     personalize_anneal_at: int = 800  # share of stills 0.63-0.69 at 300 steps, 0.93 at 1200 (docs/toy-world.md)
+    personalize_lr: float = 1e-3   # the fine-tune's learning rate
     image_batch: int = 32
     video_batch: int = 8
     eval_count: int = 24           # videos per seed and cell (held-out prompts: half as many)
@@ -117,6 +118,19 @@ def stage2_args(out: Path, stage: str, teacher: Path, teacher_motion: Path, lora
     return ["--sd15", str(teacher), "--teacher-motion", str(teacher_motion), "--lora", str(lora), *DISTILL_FLAGS,
             *clips(out, condition), "--original-steps", str(ORIGINAL_STEPS),
             *common(out, stage, steps, b.video_batch, seed, device, 3e-4, b.stage2_warmup)]
+
+
+def personalization_args(out: Path, stage: str, b: Budget, seed: int, device: str, lr: float,
+                         steps: int | None = None, lora_rank: int | None = None) -> list[str]:
+    """train_teacher.py's command line for a personalization on the outline stills, from the teacher with the
+    style VAE: the image model fine-tuned whole, or with `lora_rank` a style LoRA on it (alpha = rank: scale
+    1); `steps` (default b.personalize_steps) at `lr`, a fifth of it from b.personalize_anneal_at."""
+    what = ["--train", "unet"] if lora_rank is None else ["--train", "lora", "--lora-rank", str(lora_rank),
+                                                          "--lora-alpha", str(lora_rank)]
+    return [*what, "--sd15", str(out / "style_vae" / "model.safetensors"), "--data", str(out / "outline_images"),
+            "--ema-decay", "0", "--val-prompt", VAL_PROMPT, "--caption-dropout", "0.1",
+            "--lr-anneal-at", str(b.personalize_anneal_at), "--lr-anneal-factor", "0.2",
+            *common(out, stage, steps or b.personalize_steps, b.image_batch, seed, device, lr)]
 
 
 def stages(out: Path, b: Budget, seed: int, device: str, condition: str = "clean") -> dict:
@@ -213,16 +227,12 @@ def stages(out: Path, b: Budget, seed: int, device: str, condition: str = "clean
         # the teacher's VAE decoder fine-tuned on stills of both styles (its encoder, the latent space, unchanged)
         "style_vae": (base, lambda: _style_vae(out, teacher, [d / "images", outline], b, seed, device)),
         # the image teacher fine-tuned on them, as personalized SD1.5 models are made
-        "personalize": (personalized, lambda: train_teacher.main([
-            "--train", "unet", "--sd15", str(base), "--data", str(outline), "--ema-decay", "0", *teacher_flags,
-            "--lr-anneal-at", str(b.personalize_anneal_at), "--lr-anneal-factor", "0.2",
-            *common(out, "personalize", b.personalize_steps, b.image_batch, seed, device, 1e-3)],
+        "personalize": (personalized, lambda: train_teacher.main(
+            personalization_args(out, "personalize", b, seed, device, b.personalize_lr),
             score=score("diffusion", frames=1))),
         # the same personalization as a style LoRA on the teacher (its scale: the fusion weight)
-        "style_lora": (out / "style_lora" / "lora.safetensors", lambda: train_teacher.main([
-            "--train", "lora", "--sd15", str(base), "--data", str(outline), "--ema-decay", "0", "--lora-rank", "16",
-            *teacher_flags, "--lr-anneal-at", str(b.personalize_anneal_at), "--lr-anneal-factor", "0.2",
-            *common(out, "style_lora", b.personalize_steps, b.image_batch, seed, device, 1e-3)],
+        "style_lora": (out / "style_lora" / "lora.safetensors", lambda: train_teacher.main(
+            personalization_args(out, "style_lora", b, seed, device, 1e-3, lora_rank=16),
             score=score("diffusion", frames=1))),
         # the upper bound the paper says is not needed: stage 1 distilled on the personalized model itself
         "stage1_outline": (out / "stage1_outline" / "lora.safetensors", lambda: train_image.main(
