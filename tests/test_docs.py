@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,3 +97,25 @@ def test_no_document_or_docstring_cites_a_file_the_repository_lacks():
             missing += [f"{source.relative_to(ROOT)}: {name}" for name in cited.findall(source.read_text())
                         if Path(name).name not in documents]
     assert not missing, "cited but not in the repository:\n" + "\n".join(missing)
+
+
+def test_every_generated_table_is_what_its_results_file_gives():
+    """README.md's and docs/*.md's results tables are docs/tables.py's rendering of toy/weights/*.json:
+    `python -m docs.tables` rewrites them after a study ships new results."""
+    from docs import tables
+    stale = [doc.name for doc in tables.DOCUMENTS if tables.regenerated(doc.read_text()) != doc.read_text()]
+    assert not stale, f"tables differ from their results files in {stale}: run python -m docs.tables"
+    shown = {m.group(2) for doc in tables.DOCUMENTS for m in tables.BLOCK.finditer(doc.read_text())}
+    assert shown == set(tables.TABLES), f"generated but not shown: {set(tables.TABLES) - shown}"
+
+
+def test_a_table_typed_over_by_hand_is_caught():
+    from docs import tables
+    doc = ROOT / "docs" / "toy-world.md"
+    text = doc.read_text()
+    start = text.index("<!-- table: t2v-fvd -->")
+    row = text.index("| AnimateLCM (decoupled) |", start)
+    edited = text[:row] + text[row:].replace(" ± ", " ± 9", 1)  # one digit changed in one cell
+    assert tables.regenerated(edited) == text != edited
+    with pytest.raises(KeyError, match="no generated table"):
+        tables.render("no-such-table")
