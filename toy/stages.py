@@ -133,6 +133,16 @@ def personalization_args(out: Path, stage: str, b: Budget, seed: int, device: st
             *common(out, stage, steps or b.personalize_steps, b.image_batch, seed, device, lr)]
 
 
+def teacher_motion_args(out: Path, stage: str, b: Budget, seed: int, device: str, condition: str = "clean") -> list[str]:
+    """train_teacher.py's command line for the teacher's motion module (AnimateDiff's recipe: the image model
+    frozen) on the clips under `condition`."""
+    return ["--train", "motion", "--sd15", str(out / "teacher_image" / "model.safetensors"), "--ema-decay", "0.99",
+            "--loss-weight", "sqrt_v", "--val-prompt", VAL_PROMPT, "--caption-dropout", "0.1",
+            *clips(out, condition),
+            *common(out, stage, b.teacher_motion_steps, b.video_batch, seed, device, 1e-3,
+                    warmup=teacher_warmup(b.teacher_motion_steps), checks=b.teacher_checks)]
+
+
 def stages(out: Path, b: Budget, seed: int, device: str, condition: str = "clean") -> dict:
     """name -> (the file it leaves, the function that makes it), in the order they run; every video stage
     learns from the clips under `condition` (toy/world.py:CONDITIONS), the image stages from the clean stills."""
@@ -182,11 +192,8 @@ def stages(out: Path, b: Budget, seed: int, device: str, condition: str = "clean
             score=score("diffusion", frames=1))),
         # the denoising loss weighted by 1/alpha_t (sqrt_v): with the plain epsilon loss the motion module ignores
         # the direction that the image layers draw, decided at high noise (docs/toy-world.md)
-        "teacher_motion": (teacher_motion, lambda: train_teacher.main([
-            "--train", "motion", "--sd15", str(teacher), "--ema-decay", "0.99", "--loss-weight", "sqrt_v",
-            *teacher_flags, *video,
-            *common(out, "teacher_motion", b.teacher_motion_steps, b.video_batch, seed, device, 1e-3,
-                    warmup=teacher_warmup(b.teacher_motion_steps), checks=b.teacher_checks)],
+        "teacher_motion": (teacher_motion, lambda: train_teacher.main(
+            teacher_motion_args(out, "teacher_motion", b, seed, device, condition),
             score=score("diffusion", frames=FRAMES))),
         "stage1": (lora, lambda: train_image.main(stage1_args(out, "stage1", teacher, b, seed, device),
                                                   score=score("consistency", frames=1))),
