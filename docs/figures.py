@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from docs import figures_method as method
+from docs import figures_results as results
 from docs import figures_stages as stages
 from docs.plotting import Context
 
@@ -29,8 +30,8 @@ FIGURES = {"schedule": method.fig_schedule, "forward_process": method.fig_forwar
            "teacher_step": method.fig_teacher_step, "loss_weighting": method.fig_loss_weighting,
            "sampler_steps": stages.fig_sampler_steps, "videos": stages.fig_videos, "ema_drift": stages.fig_ema_drift,
            "init_target": stages.fig_init_target, "teacher_free": stages.fig_teacher_free,
-           "toy_results": stages.fig_toy_results, "trajectory": method.fig_trajectory,
-           "personalization": stages.fig_personalization, "strip": stages.fig_strip}
+           "toy_results": results.fig_toy_results, "trajectory": method.fig_trajectory,
+           "personalization": results.fig_personalization, "strip": results.fig_strip}
 
 
 def main(argv=None) -> int:

@@ -1,11 +1,8 @@
-"""The walkthrough's figures for its sections 5-6 (sampling, AnimateLCM's stages) and the toy world's
-results."""
+"""The walkthrough's figures for its sections 5-6 (sampling, AnimateLCM's stages)."""
 from __future__ import annotations
 
 import copy
-import json
 
-import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -66,17 +63,21 @@ def fig_sampler_steps(ctx: Context) -> None:
 def fig_videos(ctx: Context) -> None:
     toy = ctx.toy
     lcm_steps, image_only, ddim_steps = ((1, 4), (), (4,)) if ctx.quick else ((1, 2, 4, 8), (4,), (4, 50))
-    rows_spec = [(f"AnimateLCM, {n} step{'s' * (n > 1)}", ctx.animatelcm, n, "lcm", 1.0) for n in lcm_steps]
-    rows_spec += [(f"image-only LCM, {n} steps", ctx.image_lcm, n, "lcm", 1.0) for n in image_only]
-    rows_spec += [(f"teacher DDIM, {n} steps", ctx.teacher, n, "ddim", toy.guidance) for n in ddim_steps]
+    # (label, model, steps, sampler, guidance, spacing): LCM's timesteps have no spacing to choose; the teacher
+    # runs DDIM's default, leading (AnimateDiff's config, the paper's baseline: 4 steps start at t = 751)
+    rows_spec = [(f"AnimateLCM, {n} step{'s' * (n > 1)}", ctx.animatelcm, n, "lcm", 1.0, None) for n in lcm_steps]
+    rows_spec += [(f"image-only LCM, {n} steps", ctx.image_lcm, n, "lcm", 1.0, None) for n in image_only]
+    rows_spec += [(f"teacher DDIM, {n} steps, leading", ctx.teacher, n, "ddim", toy.guidance, "leading")
+                  for n in ddim_steps]
     rows, labels = [], []
-    for label, model, steps, sampler, g in rows_spec:
+    for label, model, steps, sampler, g, spacing in rows_spec:
         videos = toy_videos(model, PROMPTS, steps, sampler, g, seed=ctx.seed, frames=toy.frames, resolution=toy.size,
-                            original_steps=toy.original_steps, schedule=toy.schedule)  # [N, 3, F, H, W]
+                            original_steps=toy.original_steps, schedule=toy.schedule,
+                            spacing=spacing)  # [N, 3, F, H, W]
         frames = (videos / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 4, 1).numpy()  # [N, F, H, W, 3]
         gap = np.ones((toy.size, 4, 3))
         rows.append([np.concatenate(sum([[*video, gap] for video in frames], [])[:-1], 1)])  # one strip
-        labels.append(label + (f", g = {g:g}" if sampler == "ddim" else ""))
+        labels.append(label + (f"\n(the paper's), g = {g:g}" if spacing == "leading" else ""))
     title = " | ".join(f'"{p}"' for p in PROMPTS) + f" (frames 0-{toy.frames - 1}), the same noise in every row"
     ctx.save(image_grid(rows, labels, None, title, cell=0.55), "videos")
 
@@ -208,95 +209,3 @@ def fig_teacher_free(ctx: Context) -> None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     ctx.save(fig, "teacher_free_gap")
-
-
-# ---- the toy world's results (docs/toy-world.md, README) -----------------------------------------
-
-def fig_toy_results(ctx: Context) -> None:
-    """Toy FVD and seen-prompt accuracy against steps, from seeds.json (toy/seeds.py --ship): each distilled
-    method's mean and std over its training seeds; the teacher is trained once, so its bars are the
-    sampling spread."""
-    results = json.loads((ctx.weights / "seeds.json").read_text())
-    rows = results["table"]
-    many = max(r["steps"] for r in rows)  # the teacher's many-step reference row
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-    for i, method in enumerate(dict.fromkeys(r["method"] for r in rows)):
-        few = sorted((r for r in rows if r["method"] == method and r["steps"] < many), key=lambda r: r["steps"])
-        ref = [r for r in rows if r["method"] == method and r["steps"] == many]
-        spread = "std" if few[0]["seeds"] > 1 else "sampling_std"
-        for ax, metric in zip(axes, ("fvd", "seen_accuracy")):
-            ax.errorbar([r["steps"] for r in few], [r[metric]["mean"] for r in few],
-                        [r[metric][spread] for r in few], fmt="o-", ms=4, capsize=3, color=f"C{i}", label=method)
-            for r in ref:
-                ax.axhline(r[metric]["mean"], color=f"C{i}", ls=":", label=f"{method}, {many} steps")
-    axes[0].set(yscale="log", ylabel="toy FVD (lower is better)")
-    axes[0].yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-    axes[0].yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    fvds = [r["fvd"]["mean"] for r in rows]
-    axes[0].set_yticks([t for t in (50, 100, 200, 400, 800) if min(fvds) / 1.5 < t < 1.5 * max(fvds)])
-    axes[1].set(ylabel="seen-prompt accuracy (chance 0.02)", ylim=(0, None))
-    for ax in axes:
-        ax.set(xscale="log", xlabel="sampling steps")
-        steps = sorted({r["steps"] for r in rows if r["steps"] < many})
-        ax.set_xticks(steps, [str(n) for n in steps])
-        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.suptitle(f"the toy models, seeds.json: mean ± std over {len(results['seeds'])} training seeds "
-                 f"(teacher: over {results['eval_seeds']} sampling sets of {results['eval_count']} videos)",
-                 fontsize=10)
-    fig.tight_layout()
-    ctx.save(fig, "toy_results")
-
-
-
-
-def fig_personalization(ctx: Context) -> None:
-    """From personalized.json (toy/personalize.py --ship): the style LoRA fused into the base at scale a,
-    with AnimateLCM's LoRA and motion module, 4 steps: the share of videos drawn in the outline style and
-    the prompt's attributes; beside them the personalized checkpoint's AnimateLCM and its teacher."""
-    results = json.loads((ctx.weights / "personalized.json").read_text())
-    rows = results["table"]
-    sweep = sorted((r for r in rows if r["method"].startswith("AnimateLCM, style LoRA at")),
-                   key=lambda r: float(r["method"].rsplit(" ", 1)[1]))
-    scales = [float(r["method"].rsplit(" ", 1)[1]) for r in sweep]
-
-    def row(method, steps):
-        return next(r for r in rows if r["method"] == method and r["steps"] == steps)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-    for ax, metric, title in ((axes[0], "outline", "share drawn in the outline style"),
-                              (axes[1], "direction", "moving as prompted (direction)")):
-        spread = "std" if sweep[0]["seeds"] > 1 else "sampling_std"  # one seed: the spread over sampling sets
-        ax.errorbar(scales, [r[metric]["mean"] for r in sweep], [r[metric][spread] for r in sweep], fmt="o-",
-                    capsize=3, label=f"AnimateLCM, 4 steps: base + a x style LoRA ({sweep[0]['seeds']} seed)")
-        for i, (method, steps) in enumerate((("AnimateLCM on the personalized model", 4),
-                                             ("personalized teacher, DDIM", max(r["steps"] for r in rows)))):
-            ref = row(method, steps)
-            ax.axhline(ref[metric]["mean"], color=f"C{i + 1}", ls=":", label=f"{method}, {steps} steps")
-        ax.set(xlabel="fusion weight a of the style LoRA", title=title, ylim=(0, 1.02))
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.suptitle(f"outline prompts, mean ± std over {len(results['seeds'])} personalization seeds", fontsize=10)
-    fig.tight_layout()
-    ctx.save(fig, "personalization")
-
-
-STRIP_PROMPTS = ["a red circle moving left", "a blue square moving up", "a yellow triangle moving down",
-                 "a green circle moving right"]
-
-
-@torch.no_grad()
-def fig_strip(ctx: Context) -> None:
-    """The README's GIF, one row per prompt: the teacher with DDIM at 50 steps and at 4 (trailing spacing),
-    AnimateLCM at 4 steps and at 1, the same noise in every column (3x enlarged)."""
-    from media.video import write_video
-    from toy.evaluate import strip
-    toy, teacher, ours = ctx.toy, ctx.teacher, ctx.animatelcm
-    many = 8 if ctx.quick else 50
-    columns = [(teacher, many, "ddim", toy.guidance, None), (teacher, 4, "ddim", toy.guidance, "trailing"),
-               (ours, 4, "lcm", 1.0, None), (ours, 1, "lcm", 1.0, None)]
-    videos = [toy_videos(model, STRIP_PROMPTS, steps, sampler, g, seed=7, frames=toy.frames, resolution=toy.size,
-                         original_steps=toy.original_steps, schedule=toy.schedule, spacing=spacing)
-              for model, steps, sampler, g, spacing in columns]
-    frames = torch.cat([torch.from_numpy(strip([v[i] for v in videos])) for i in range(len(STRIP_PROMPTS))], dim=1)
-    write_video(frames.numpy(), ctx.out / "strip.gif", fps=6)

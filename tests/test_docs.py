@@ -16,7 +16,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = sorted((ROOT / "docs").glob("*.md"))
 REFERENCE = re.compile(r"`([\w./-]+\.py):([A-Za-z_][\w.]*)`")  # `lcm/schedule.py:NoiseSchedule.add_noise`
-FIGURE = re.compile(r"\]\(figures/([\w-]+\.png)\)")
+FIGURE = re.compile(r"\]\((?:docs/)?figures/([\w-]+\.(?:png|gif))\)")  # in docs/*.md and the README
+IMAGE = re.compile(r"!\[[^\]]*\]\(((?:docs/)?figures/[\w.-]+)\)")
 
 
 def defined_names(body: list[ast.stmt]) -> dict[str, list[ast.stmt] | None]:
@@ -61,15 +62,43 @@ def test_figures_script_makes_every_figure_the_docs_show(tmp_path):
     done = subprocess.run([sys.executable, "-m", "docs.figures", "--quick", "--out", str(tmp_path)],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    shown = {name for doc in DOCS for name in FIGURE.findall(doc.read_text())}
-    made = {p.name for p in tmp_path.glob("*.png")}
-    assert shown and shown == made, f"shown but not made: {shown - made}; made but not shown: {made - shown}"
+    shown = {name for doc in [ROOT / "README.md", *DOCS] for name in FIGURE.findall(doc.read_text())}
+    made = {p.name for p in tmp_path.iterdir() if p.suffix in (".png", ".gif")}
+    assert "strip.gif" in shown and shown == made, \
+        f"shown but not made: {shown - made}; made but not shown: {made - shown}"
     for name in made:
         with Image.open(tmp_path / name) as image:
-            image.load()
-            assert image.format == "PNG" and min(image.size) >= 100
+            image.load()  # a GIF: its first frame
+            assert image.format == name.rsplit(".", 1)[1].upper() and min(image.size) >= 100
             extrema = image.convert("L").getextrema()
             assert extrema[1] - extrema[0] > 50  # not a blank canvas
+
+
+def uncaptioned(markdown: str) -> list[str]:
+    """The figures of a Markdown text without a caption: an italic paragraph (*...*, not bold) right after
+    the paragraph that is the image alone."""
+    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", markdown)]
+    missing = []
+    for here, after in zip(paragraphs, [*paragraphs[1:], ""]):
+        image = IMAGE.fullmatch(here)
+        italic = after.startswith("*") and after.endswith("*") and not (after.startswith("**") or after.endswith("**"))
+        if image and not italic:
+            missing.append(image.group(1))
+    return missing
+
+
+def test_every_figure_in_the_docs_has_a_caption():
+    shown = [(doc.name, name) for doc in [ROOT / "README.md", *DOCS] for name in IMAGE.findall(doc.read_text())]
+    assert len(shown) > 15
+    missing = [f"{doc}: {name}" for doc in [ROOT / "README.md", *DOCS] for name in uncaptioned(doc.read_text())]
+    assert not missing, "figures without an italic caption right below:\n" + "\n".join(missing)
+
+
+def test_caption_check_rejects_what_is_not_a_caption():
+    image = "![a plot](figures/a.png)"
+    assert uncaptioned(f"text\n\n{image}\n\n*What to look at: the crossing.*\n\nmore") == []
+    for after in ("Plain prose after it.", "**A bold heading.** Prose.", "*Italic start,* then prose.", ""):
+        assert uncaptioned(f"{image}\n\n{after}") == ["figures/a.png"], after
 
 
 def project_files(suffix: str) -> list[Path]:

@@ -1,0 +1,167 @@
+"""The toy world's results (docs/toy-world.md, the walkthrough's section 7, the README's GIF): plots of the
+results files that the toy runs ship, and the GIF of the shipped models side by side."""
+from __future__ import annotations
+
+import json
+import math
+
+import matplotlib
+import matplotlib.font_manager
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from docs.plotting import Context
+from toy.evaluate import toy_videos
+
+METRICS = {"fvd": "toy FVD (lower is better)", "seen_accuracy": "seen-prompt accuracy (chance 0.02)"}
+MARKERS = "osv^DP*X"  # one per method, so that points drawn side by side stay apart
+
+
+def same_videos(rows: list[dict], method: str, earlier: list[str], many: int) -> str:
+    """' (= M at 1, 2 steps)' for the first earlier method M that scored exactly what `method` did (both metrics
+    to 1e-4: the same videos, e.g. one step from pure noise is one step for DDIM and DPM-Solver++), else ''."""
+    mine = {r["steps"]: r for r in rows if r["method"] == method and r["steps"] < many}
+    for other in earlier:
+        steps = [r["steps"] for r in rows if r["method"] == other and r["steps"] in mine
+                 and all(math.isclose(r[m]["mean"], mine[r["steps"]][m]["mean"], rel_tol=1e-4) for m in METRICS)]
+        if steps:
+            return f" (= {other} at {', '.join(map(str, sorted(steps)))} step{'s' * (len(steps) > 1)})"
+    return ""
+
+
+def fig_toy_results(ctx: Context) -> None:
+    """Toy FVD and seen-prompt accuracy against steps, from seeds.json (toy/seeds.py --ship): each distilled
+    method's mean and std over its training seeds; the teacher is trained once, so its bars are the
+    sampling spread. Top: every step count; bottom: 4 and 8 steps enlarged. The methods stand side by side
+    at each step count (a small shift in x), each with its own marker."""
+    results = json.loads((ctx.weights / "seeds.json").read_text())
+    rows = results["table"]
+    many = max(r["steps"] for r in rows)  # the teacher's many-step reference row
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    steps = sorted({r["steps"] for r in rows if r["steps"] < many})
+    zoomed = [n for n in steps if n >= 4]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 6.6), gridspec_kw={"height_ratios": [1, 0.85]})
+    for i, method in enumerate(methods):
+        few = sorted((r for r in rows if r["method"] == method and r["steps"] < many), key=lambda r: r["steps"])
+        ref = [r for r in rows if r["method"] == method and r["steps"] == many]
+        spread = "std" if few[0]["seeds"] > 1 else "sampling_std"
+        shift = i - (len(methods) - 1) / 2
+        style = {"fmt": MARKERS[i % len(MARKERS)] + "-", "ms": 4.5, "capsize": 2, "color": f"C{i}", "lw": 1.2}
+        for column, metric in enumerate(METRICS):
+            top, bottom = axes[0][column], axes[1][column]
+            top.errorbar([r["steps"] * 2 ** (0.05 * shift) for r in few], [r[metric]["mean"] for r in few],
+                         [r[metric][spread] for r in few], **style,
+                         label=method + same_videos(rows, method, methods[:i], many))
+            near = [r for r in few if r["steps"] in zoomed]  # at 4 steps and beyond, on a linear scale, no lines
+            bottom.errorbar([zoomed.index(r["steps"]) + 0.07 * shift for r in near], [r[metric]["mean"] for r in near],
+                            [r[metric][spread] for r in near], **{**style, "fmt": style["fmt"][0], "ms": 5.5})
+            for r in ref:
+                for ax in (top, bottom):
+                    ax.axhline(r[metric]["mean"], color=f"C{i}", ls=":", lw=1,
+                               label=f"{method}, {many} steps" if ax is top else None)
+    axes[0][0].set(yscale="log")
+    axes[0][0].yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    axes[0][0].yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    fvds = [r["fvd"]["mean"] for r in rows]
+    axes[0][0].set_yticks([t for t in (50, 100, 200, 400, 800) if min(fvds) / 1.5 < t < 1.5 * max(fvds)])
+    axes[0][1].set(ylim=(0, 1.05))
+    for column, label in enumerate(METRICS.values()):
+        top, bottom = axes[0][column], axes[1][column]
+        top.set(xscale="log", xlabel="sampling steps", ylabel=label)
+        top.set_xticks(steps, [str(n) for n in steps])
+        top.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        bottom.set(xlim=(-0.5, len(zoomed) - 0.5), xlabel="sampling steps (enlarged)", ylabel=label.split(" (")[0])
+        bottom.set_xticks(range(len(zoomed)), [str(n) for n in zoomed])
+        for ax in (top, bottom):
+            ax.grid(alpha=0.3)
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="upper left", bbox_to_anchor=(1.0, 0.93), fontsize=7.5)
+    fig.suptitle(f"the toy models, seeds.json: mean ± std over {len(results['seeds'])} training seeds "
+                 f"(teacher: over {results['eval_seeds']} sampling sets of {results['eval_count']} videos); "
+                 f"dotted: the teacher's {many} steps", fontsize=10)
+    fig.tight_layout()
+    ctx.save(fig, "toy_results")
+
+
+def fig_personalization(ctx: Context) -> None:
+    """From personalized.json (toy/personalize.py --ship): the style LoRA fused into the base at scale a,
+    with AnimateLCM's LoRA and motion module, 4 steps: the share of videos drawn in the outline style and
+    the prompt's attributes; beside them the personalized checkpoint's AnimateLCM and its teacher."""
+    results = json.loads((ctx.weights / "personalized.json").read_text())
+    rows = results["table"]
+    sweep = sorted((r for r in rows if r["method"].startswith("AnimateLCM, style LoRA at")),
+                   key=lambda r: float(r["method"].rsplit(" ", 1)[1]))
+    scales = [float(r["method"].rsplit(" ", 1)[1]) for r in sweep]
+    swept_seeds = sweep[0]["seeds"]  # the sweep runs on some personalization seeds only (--sweep-seeds)
+    swept = f"{swept_seeds} personalization seed{'s' * (swept_seeds > 1)}"
+    spread = "std" if swept_seeds > 1 else "sampling_std"  # one seed: the spread over its sampling sets
+    bars = (f"std over {swept_seeds} seeds" if swept_seeds > 1 else
+            f"std over {results['eval_seeds']} sampling sets of {results['eval_count']} videos")
+    references = [("AnimateLCM on the personalized model", 4),
+                  ("personalized teacher, DDIM", max(r["steps"] for r in rows))]
+
+    def row(method, steps):
+        return next(r for r in rows if r["method"] == method and r["steps"] == steps)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for ax, metric, title in ((axes[0], "outline", "share drawn in the outline style"),
+                              (axes[1], "direction", "share moving as prompted (direction)")):
+        ax.errorbar(scales, [r[metric]["mean"] for r in sweep], [r[metric][spread] for r in sweep], fmt="o-",
+                    capsize=3, label=f"AnimateLCM, 4 steps: base + a × style LoRA ({swept})")
+        for i, (method, steps) in enumerate(references):
+            ref = row(method, steps)
+            ax.axhline(ref[metric]["mean"], color=f"C{i + 1}", ls=":",
+                       label=f"{method}, {steps} steps (mean of {ref['seeds']} seeds)")
+        ax.set(xlabel="fusion weight a of the style LoRA", title=title, ylim=(0, 1.02))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, 0.87))  # below the dotted lines
+    axes[1].legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"on seen prompts (the captions never name the style)\nsolid: the style LoRA swept over a on "
+                 f"{swept}, bars: {bars}; dotted: means over {len(results['seeds'])} "
+                 f"personalization seeds", fontsize=10)
+    fig.tight_layout()
+    ctx.save(fig, "personalization")
+
+
+STRIP_PROMPTS = ["a red circle moving left", "a blue square moving up", "a yellow triangle moving down",
+                 "a green circle moving right"]
+
+
+def labelled(frames: np.ndarray, columns: list[str], rows: list[str], header: int = 30) -> np.ndarray:
+    """uint8 frames [F, H, W, 3] of a grid of equal cells -> [F, header + H, margin + W, 3]: a white header row
+    naming the columns and a white margin naming the rows (as wide as the longest name), on every frame."""
+    count, h, w, _ = frames.shape
+    font = ImageFont.truetype(matplotlib.font_manager.findfont("DejaVu Sans"), 10)  # the plots' font
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    margin = 8 + max(measure.multiline_textbbox((0, 0), text, font)[2] for text in rows)
+    canvas = Image.new("RGB", (margin + w, header + h), "white")
+    draw = ImageDraw.Draw(canvas)
+    for j, text in enumerate(columns):
+        draw.multiline_text((margin + (j + 0.5) * w / len(columns), header / 2), text, "black", font, "mm",
+                            spacing=1, align="center")
+    for i, text in enumerate(rows):
+        draw.multiline_text((margin - 4, header + (i + 0.5) * h / len(rows)), text, "black", font, "rm",
+                            spacing=1, align="right")
+    out = np.repeat(np.asarray(canvas)[None], count, 0)
+    out[:, header:, margin:] = frames
+    return out
+
+
+@torch.no_grad()
+def fig_strip(ctx: Context) -> None:
+    """The README's GIF, one row per prompt: the teacher with DDIM at 50 steps (leading spacing, DDIM's default)
+    and at 4 (trailing), AnimateLCM at 4 steps and at 1, the same noise in every column (3x enlarged), the
+    columns and prompts named on it."""
+    from media.video import write_video
+    from toy.evaluate import strip
+    toy, teacher, ours = ctx.toy, ctx.teacher, ctx.animatelcm
+    many = 8 if ctx.quick else 50
+    columns = [(f"teacher: DDIM\n{many}, leading", teacher, many, "ddim", toy.guidance, "leading"),
+               ("teacher: DDIM\n4, trailing", teacher, 4, "ddim", toy.guidance, "trailing"),
+               ("AnimateLCM\n4 steps", ours, 4, "lcm", 1.0, None), ("AnimateLCM\n1 step", ours, 1, "lcm", 1.0, None)]
+    videos = [toy_videos(model, STRIP_PROMPTS, steps, sampler, g, seed=7, frames=toy.frames, resolution=toy.size,
+                         original_steps=toy.original_steps, schedule=toy.schedule, spacing=spacing)
+              for _, model, steps, sampler, g, spacing in columns]
+    frames = np.concatenate([strip([v[i] for v in videos]) for i in range(len(STRIP_PROMPTS))], axis=1)
+    names = [p.removeprefix("a ").replace(" moving", "\nmoving") for p in STRIP_PROMPTS]  # "red circle\nmoving left"
+    write_video(labelled(frames, [c[0] for c in columns], names), ctx.out / "strip.gif", fps=6)
