@@ -82,7 +82,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--anchor-first-frame", type=cli.boolean, default=None,
                    help="I2V, lcm sampler: replace frame 0 of each intermediate prediction by the image's latent, "
                         "so the first frame keeps the image (not in AnimateLCM-I2V's pipeline; default false, "
-                        "the toy model: true, see docs/toy-world.md 7.5)")
+                        "the toy model: true, see docs/toy-world.md 6.4)")
     p.add_argument("--video", help="video-to-video: source video file or folder of frames")
     p.add_argument("--strength", type=float, default=0.6, help="V2V: how much of the source is replaced")
     p.add_argument("--strength-convention", default="lcm", choices=["lcm", "diffusers"],

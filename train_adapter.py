@@ -1,4 +1,4 @@
-"""Stage 3 of AnimateLCM: teacher-free adaptation of adapters to the video consistency model (sec. 4.3).
+"""Stage 3 of AnimateLCM: teacher-free adaptation of adapters to the video consistency model.
 
     # (a) image-to-video: train the AnimateLCM-I2V image encoder from scratch on video clips,
     #     conditioned on each clip's first frame
@@ -12,12 +12,13 @@
         --control-data my_depth_videos/ ... --out runs/control
     torchrun --nproc_per_node 4 train_adapter.py ...;  --resume true continues a run, --overwrite true starts it over.
 
-No teacher: the target point is the clean latent noised to t_n with the *same* noise that made the
-online input at t_{n+k} (the one-sample score estimate: consistency training). The video consistency
-model (SD1.5 + stage-1 LoRA merged + stage-2 motion modules) stays frozen; only the adapter (image
-encoder, the ControlNet's LoRA, or a new ControlNet) trains, and the target is its EMA. A ControlNet
-for the *diffusion* model is trained by train_teacher.py --train controlnet (the DDPM loss); plug it in
-as it is, or adapt it here. Why a teacher-free target works: docs/consistency-distillation.md, 6.4.
+No teacher (AnimateLCM v1 sec. 4.3, known through a review): the target point is the clean latent noised
+to t_n with the *same* noise that made the online input at t_{n+k} (the one-sample score estimate:
+consistency training). The video consistency model (SD1.5 + stage-1 LoRA merged + stage-2 motion
+modules) stays frozen; only the adapter (image encoder, the ControlNet's LoRA, or a new ControlNet)
+trains, and the target is its EMA. A ControlNet for the *diffusion* model is trained by train_teacher.py
+--train controlnet (the DDPM loss); plug it in as it is, or adapt it here. Why a teacher-free target
+works: docs/consistency-distillation.md, section 7.4.
 Outputs: i2v_motion_module.safetensors (motion modules + img_encoder, the AnimateLCM-I2V layout),
 controlnet_lora.safetensors (kohya names, for `sample.py --controlnet-lora`) or controlnet.safetensors
 (ControlNet-1.1 layout); checkpoint.pt; log.jsonl; val/ GIFs.

@@ -9,7 +9,7 @@ weight w inside one DDIM step on the 50-point solver grid. Online student: the s
 trainable rank-64 LoRA on the LCM-LoRA layers. Target: the student's own current weights without
 gradient (the LCM-LoRA scripts keep no separate EMA copy), or an EMA copy of the LoRA with
 --ema-decay > 0. The algorithm, step by step: lcm/distill.py; why it works:
-docs/consistency-distillation.md, sections 2-4 and 6.2.
+docs/consistency-distillation.md, sections 2-5 and 7.2.
 Outputs in --out: lora.safetensors (kohya format, the keys of AnimateLCM's LoRA at rank 64; the
 schedule and settings in its metadata), checkpoint.pt (full resume state), log.jsonl, val/ PNGs.
 """

@@ -1,4 +1,4 @@
-"""Stage 2 of AnimateLCM: motion consistency distillation (AnimateLCM sec. 4.2).
+"""Stage 2 of AnimateLCM: motion consistency distillation (AnimateLCM v3 sec. 3.2, v1 sec. 4.2).
 
     python train_video.py --sd15 v1-5-pruned-emaonly.safetensors --teacher-motion mm_sd_v15_v2.ckpt \\
         --lora runs/stage1/lora.safetensors --data my_videos/ --out runs/stage2
@@ -10,13 +10,14 @@
 
 Teacher: SD1.5 + an AnimateDiff motion module, frozen; classifier-free guidance with a random weight w
 inside one DDIM step. Online student: SD1.5 with the stage-1 spatial LoRA merged + the motion modules;
-only the motion modules train. Target: AnimateLCM's initialisation, the same network *without* the
-LoRA, moved by EMA of all online weights, so its spatial weights drift to base + LoRA while early
-targets stay sane (`--init plain` starts the target as a copy of the online model instead).
+only the motion modules train. Target: AnimateLCM's initialisation (v1 sec. 4.2, known through a
+review), the same network *without* the LoRA, moved by EMA of all online weights, so its spatial weights
+drift to base + LoRA while early targets stay sane (`--init plain` starts the target as a copy of the
+online model instead).
 `--direct`: no stage 1: a fresh spatial LoRA and the motion modules train together on the videos (the
 non-decoupled baseline of the paper's ablation; VideoLCM's fixed guidance weight is --w-min = --w-max).
 The algorithm, step by step: lcm/distill.py; why it works and what the ablations showed:
-docs/consistency-distillation.md, section 7.3.
+docs/consistency-distillation.md, sections 7.1 and 7.3.
 Outputs in --out: motion_module.safetensors (the keys of AnimateLCM_sd15_t2v.ckpt, from the EMA
 target), lora.safetensors in --direct mode, checkpoint.pt (full resume state), log.jsonl,
 val/ GIFs.

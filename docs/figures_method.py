@@ -1,5 +1,5 @@
-"""The walkthrough's figures for its sections 1-4: the forward process, the consistency function, the
-solver grid and the teacher's step, the loss."""
+"""The walkthrough's figures for its sections 1-5: the forward process, the consistency function, the
+solver grid and the teacher's step, the loss, f along the teacher's trajectory."""
 from __future__ import annotations
 
 
@@ -184,7 +184,7 @@ def fig_loss_weighting(ctx: Context) -> None:
 
 
 
-# ---- why it works: f is constant along the teacher's trajectory -----------------------------------
+# ---- 5. why it works: f is constant along the teacher's trajectory -------------------------------
 
 @torch.no_grad()
 def fig_trajectory(ctx: Context) -> None:

@@ -1,4 +1,4 @@
-"""The walkthrough's figures for its sections 5-6 (sampling, AnimateLCM's stages)."""
+"""The walkthrough's figures for its sections 6-7 (sampling, AnimateLCM's stages)."""
 from __future__ import annotations
 
 import copy
@@ -17,7 +17,7 @@ from pipeline import guided_model as cfg_model, vae_scale
 from toy.evaluate import toy_videos
 
 
-# ---- 5. sampling: LCM beside DDIM from the same start --------------------------------------------
+# ---- 6. sampling: LCM beside DDIM from the same start --------------------------------------------
 
 @torch.no_grad()
 def fig_sampler_steps(ctx: Context) -> None:
@@ -42,7 +42,7 @@ def fig_sampler_steps(ctx: Context) -> None:
     reference = sample_lcm(model, x_T, s, timesteps, torch.Generator().manual_seed(ctx.seed), progress=False)
     assert torch.allclose(x, reference), "the step-by-step LCM loop left lcm/sampler.py:sample_lcm"
 
-    # DDIM with trailing spacing, from t = 999 as LCM (the leading default would start at 751: section 5)
+    # DDIM with trailing spacing, from t = 999 as LCM (the leading default would start at 751: section 6)
     model, ddim_ts = cfg_model(teacher.unet, context, uncontext, toy.guidance), ddim_timesteps(steps, "trailing", 0)
     x = x_T
     for t in ddim_ts:  # lcm/sampler.py:sample_ddim, one step at a time
@@ -82,7 +82,7 @@ def fig_videos(ctx: Context) -> None:
     ctx.save(image_grid(rows, labels, None, title, cell=0.55), "videos")
 
 
-# ---- 6. AnimateLCM: the stage-2 target's initialisation and teacher-free adaptation --------------
+# ---- 7. AnimateLCM: the stage-2 target's initialisation and teacher-free adaptation --------------
 
 def spatial_fraction(target, base_state: dict, online_state: dict) -> float:
     """|W_target - W_base| / |W_online - W_base| over the weights the LoRA changed."""

@@ -1,4 +1,5 @@
-"""Consistency distillation and its teacher-free variant, as small functions (AnimateLCM v3 sec. 3-4; each fact's source: docs/sources.md).
+"""Consistency distillation and its teacher-free variant, as small functions (AnimateLCM v1 sec. 4, via a
+review; each fact's source: docs/sources.md).
 
 One latent consistency distillation (LCD) step, in the paper's notation:
   1. a grid index n (drawn by the loop); t_{n+k} = grid[n], t_n = t_{n+k} - k (clamped at 0)   `solver_pair`
@@ -69,7 +70,9 @@ def loss_weight(schedule: NoiseSchedule, t: torch.Tensor, kind: str = "uniform",
     """lambda_n of the consistency loss per sample, at t = t_{n+k} [B]; mean 1 over the solver grid.
 
     "uniform": 1 (LCM, LCM-LoRA). "sqrt_snr": alpha_t / sigma_t, the time weight AnimateLCM's code carries a
-    helper for (docs/sources.md): it leans on small t, where multi-step sampling ends.
+    helper for (docs/sources.md): with an L1-like distance it measures the error in the eps view, so it
+    weighs high noise, where sampling starts, little (t = 999: 0.04 on beta_linear;
+    docs/consistency-distillation.md, section 4).
     """
     if kind == "uniform":
         return torch.ones(t.shape, device=t.device)
@@ -86,7 +89,8 @@ def loss_weight(schedule: NoiseSchedule, t: torch.Tensor, kind: str = "uniform",
 
 def teacher_ddim_point(teacher, uncontext: torch.Tensor, w: torch.Tensor | float):
     """Consistency distillation: the teacher's x0 and eps at t_{n+k}, each guided with w in the LCM form,
-    then one DDIM step to t_n (AnimateLCM sec. 4.1; docs/sources.md). `teacher(x, t, context) -> eps`."""
+    then one DDIM step to t_n (AnimateLCM v1 sec. 4.1, via a review; docs/sources.md).
+    `teacher(x, t, context) -> eps`."""
     def point(schedule, x0, noise, x_start, t_start, t_end, context):
         eps_c, eps_u = teacher(x_start, t_start, context), teacher(x_start, t_start, uncontext)
         x0_c, x0_u = schedule.x0_from_eps(x_start, eps_c, t_start), schedule.x0_from_eps(x_start, eps_u, t_start)
@@ -96,8 +100,8 @@ def teacher_ddim_point(teacher, uncontext: torch.Tensor, w: torch.Tensor | float
 
 def teacher_free_point(schedule: NoiseSchedule, x0: torch.Tensor, noise: torch.Tensor, x_start: torch.Tensor,
                        t_start: torch.Tensor, t_end: torch.Tensor, context=None) -> torch.Tensor:
-    """Teacher-free (AnimateLCM sec. 4.3): the clean latent noised to t_n with the same eps that made
-    x_{t_{n+k}}, i.e. the one-sample score estimate -eps/sigma in place of a teacher."""
+    """Teacher-free (AnimateLCM v1 sec. 4.3, via a review): the clean latent noised to t_n with the same eps
+    that made x_{t_{n+k}}, i.e. the one-sample score estimate -eps/sigma in place of a teacher."""
     return schedule.add_noise(x0, noise, t_end)
 
 

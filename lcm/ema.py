@@ -9,8 +9,8 @@ from torch import nn
 def ema_update(target: nn.Module, online: nn.Module, decay: float) -> None:
     """Move every floating tensor of `target` toward `online`, frozen ones included.
 
-    AnimateLCM's initialisation (sec. 4.2) starts the target without the spatial LoRA that the online
-    model has merged; updating all weights moves the target's spatial weights toward base + LoRA
+    AnimateLCM's initialisation (v1 sec. 4.2, via a review) starts the target without the spatial LoRA that
+    the online model has merged; updating all weights moves the target's spatial weights toward base + LoRA
     geometrically (1 - mu^n after n updates).
     """
     online_state = online.state_dict()

@@ -106,7 +106,7 @@ def ddim_timesteps(steps: int, spacing: str = "leading", offset: int = 1, total:
 
     "leading" starts low for few steps: one step runs at t = 1 only, two at (501, 1), four start at
     751, so a few-step DDIM never sees pure noise. "trailing" starts at t = 999 whatever the count
-    (the fair few-step baseline; docs/consistency-distillation.md, section 5)."""
+    (the fair few-step baseline; docs/consistency-distillation.md, section 6)."""
     if spacing == "leading":
         ts = (np.arange(0, steps) * (total // steps)).round()[::-1] + offset
     elif spacing == "linspace":

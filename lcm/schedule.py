@@ -70,7 +70,8 @@ class NoiseSchedule:
 
 
 def boundary_scalings(t, sigma_data: float = 0.5, timestep_scaling: float = 10.0):
-    """LCM boundary conditions (Consistency Models eq. 5; values: docs/sources.md): c_skip = sd^2/((st)^2+sd^2), c_out = st/sqrt((st)^2+sd^2).
+    """LCM's boundary scalings for the skip form of Consistency Models eq. 5 (docs/sources.md):
+    c_skip = sd^2/((st)^2+sd^2), c_out = st/sqrt((st)^2+sd^2).
 
     c_skip(0) = 1 and c_out(0) = 0, so f(x, 0) = x exactly: the consistency function's boundary.
     """

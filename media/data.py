@@ -72,13 +72,14 @@ def read_text(path: Path) -> str:
 
 
 def load_image(path: Path) -> np.ndarray:
-    """uint8 [H, W, 3]; like video_io.read_image, but closes the file when decoding fails too."""
+    """uint8 [H, W, 3]; like media/video.py:read_image, but an undecodable file raises PIL's own error, which
+    CaptionFolder.__getitem__ turns into a skip with a warning."""
     with Image.open(path) as im:
         return np.asarray(im.convert("RGB"))
 
 
 def frame_files(folder: Path) -> list[Path]:
-    """The frame images of a clip folder, in name order (as video_io.read_video reads them)."""
+    """The frame images of a clip folder, in name order (as media/video.py:read_video reads them)."""
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 

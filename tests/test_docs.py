@@ -148,3 +148,90 @@ def test_a_table_typed_over_by_hand_is_caught():
     assert tables.regenerated(edited) == text != edited
     with pytest.raises(KeyError, match="no generated table"):
         tables.render("no-such-table")
+
+
+# ---- section pointers: "docs/consistency-distillation.md, section 7.3", "toy-world.md 6.4", ... ---------
+
+SECTIONED = ("consistency-distillation.md", "toy-world.md")  # the documents others cite by section number
+NUMBER = r"\d{1,2}(?:\.\d{1,2})?(?!\d)"
+NUMBERS = rf"{NUMBER}(?:\s*-\s*{NUMBER})?(?:(?:\s*,\s*|\s+and\s+){NUMBER}(?:\s*-\s*{NUMBER})?)*"
+SECTION_WORD = r"(?:[Ss]ections?|§)\s*"
+CITATIONS = [  # (pattern, the document it names or None for the file's own); the numbers are group "n"
+    # a document's name, then the numbers: "toy-world.md 6.4", "consistency-distillation.md, sections 2-5
+    # and 7.2", "[toy-world.md](toy-world.md), section 4.3", a docstring's "md, "\n "section 7.2"
+    (rf"(?P<doc>consistency-distillation|toy-world)\.md[\s,\"')(]*(?:{SECTION_WORD})?(?P<n>{NUMBERS})", None),
+    # the walkthrough by name: "the walkthrough, section 6", "walkthrough's figures for its sections 1-5"
+    (rf"walkthrough(?:'s)?(?:\W+\w+){{0,3}}?\W+[Ss]ections?\s+(?P<n>{NUMBERS})", "consistency-distillation.md"),
+    (rf"[Ss]ections?\s+(?P<n>{NUMBERS})\s+of\s+the\s+walkthrough", "consistency-distillation.md"),
+]
+SELF_CITATION = rf"\b[Ss]ections?\s+(?P<n>{NUMBERS})"  # inside the walkthrough: its own sections ("§" is a paper's)
+# Sections announced by a citation before they are written; an entry must go once its heading exists.
+BEING_WRITTEN = {("toy-world.md", "4.4")}
+
+
+def section_numbers(doc: Path) -> set[str]:
+    """The numbers of a document's "## N." and "### N.M" headings."""
+    return {m.group(1) for line in doc.read_text().splitlines()
+            if (m := re.match(r"#{2,4}\s+(\d+(?:\.\d+)?)\.?\s", line))}
+
+
+def cited_numbers(numbers: str) -> list[str]:
+    """"2-5 and 7.2" -> 2, 3, 4, 5, 7.2: a range of whole sections names each one in it."""
+    cited = []
+    for part in re.split(r"\s*,\s*|\s+and\s+", numbers.strip()):
+        ends = [e.strip() for e in part.split("-")]
+        if len(ends) == 2 and all(e.isdigit() for e in ends):
+            cited += [str(i) for i in range(int(ends[0]), int(ends[1]) + 1)]
+        else:
+            cited += ends
+    return cited
+
+
+def section_citations(text: str, own: str | None = None) -> list[tuple[int, str, str]]:
+    """(line, document, number) for every section a text cites; `own` is the text's own document, whose
+    bare "section N" citations count only in the walkthrough (elsewhere a bare one names no document)."""
+    found, covered = [], []
+    for pattern, doc in CITATIONS:
+        for m in re.finditer(pattern, text):
+            name = doc or m.group("doc") + ".md"
+            found += [(text.count("\n", 0, m.start()) + 1, name, n) for n in cited_numbers(m.group("n"))]
+            covered.append(m.span())
+    if own == "consistency-distillation.md":
+        for m in re.finditer(SELF_CITATION, text):
+            if not any(a <= m.start() < b for a, b in covered):
+                found += [(text.count("\n", 0, m.start()) + 1, own, n) for n in cited_numbers(m.group("n"))]
+    return found
+
+
+def test_every_cited_section_is_a_heading_of_that_document():
+    """Docstrings, comments and documents point a reader at "docs/consistency-distillation.md, section 7.3";
+    each such number must be a heading of that document, or the reader lands in the wrong place."""
+    headings = {name: section_numbers(ROOT / "docs" / name) for name in SECTIONED}
+    here = Path(__file__).resolve()
+    sources = [p for p in project_files(".py") + project_files(".md") if p.resolve() != here]
+    citations = [(source, *c) for source in sources
+                 for c in section_citations(source.read_text(), source.name)]
+    assert len(citations) > 20
+    wrong = [f"{source.relative_to(ROOT)}:{line}: {doc} has no section {number}"
+             for source, line, doc, number in citations
+             if number not in headings[doc] and (doc, number) not in BEING_WRITTEN]
+    assert not wrong, "section pointers that name no heading:\n" + "\n".join(wrong)
+    written = [f"{doc} {number}" for doc, number in BEING_WRITTEN if number in headings[doc]]
+    assert not written, f"now written, remove from BEING_WRITTEN: {written}"
+
+
+def test_section_citations_are_read_in_every_form_used_and_wrong_numbers_rejected():
+    text = ('see docs/consistency-distillation.md, sections 2-5 and 7.2; toy-world.md 6.4;\n'
+            '[docs/toy-world.md](docs/toy-world.md), section 3; (docs/consistency-distillation.md, "\n'
+            '    "section 7.2)"; the walkthrough, section 6; the walkthrough\'s figures for its sections 1-4;\n'
+            'section 6 of the walkthrough; docs/toy-world.md 150 steps')
+    assert [(doc[:3], n) for _, doc, n in section_citations(text)] == [
+        ("con", "2"), ("con", "3"), ("con", "4"), ("con", "5"), ("con", "7.2"), ("toy", "6.4"), ("toy", "3"),
+        ("con", "7.2"), ("con", "6"), ("con", "1"), ("con", "2"), ("con", "3"), ("con", "4"), ("con", "6")]
+    walkthrough = "Section 5 says why; [toy-world.md](toy-world.md) (section 3); AnimateLCM v1 §4.2"
+    assert [(doc[:3], n) for _, doc, n in section_citations(walkthrough, "consistency-distillation.md")] == [
+        ("toy", "3"), ("con", "5")]
+    headings = section_numbers(ROOT / "docs" / "consistency-distillation.md")
+    assert {"1", "5", "7", "7.2", "7.6", "9"} <= headings
+    wrong = [n for _, doc, n in section_citations("docs/consistency-distillation.md, section 6.4") if n not in headings]
+    assert wrong == ["6.4"]  # section 6 has no subsections: the old number of teacher-free adaptation

@@ -148,7 +148,7 @@ def gaussian_blur(videos: torch.Tensor, sigma: float, radius: int = 3) -> torch.
 
 def test_detector_reads_soft_shapes():
     """Blurred real clips (the soft edges of generated videos): the shape is still read, and a square is
-    not taken for a circle (docs/toy-world.md 5.2: the teacher's squares that it reads as circles are
+    not taken for a circle (docs/toy-world.md 6.2: the teacher's squares that it reads as circles are
     misshapen, not merely soft)."""
     videos, _, clips = sample_videos(240, 321, ALL)
     x, truth = to_model(videos), labels(clips)["shape"]

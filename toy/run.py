@@ -141,7 +141,7 @@ def ship(out: Path, folder: Path) -> None:
     settings = {"frames": FRAMES, "height": RESOLUTION, "width": RESOLUTION, "original_steps": ORIGINAL_STEPS,
                 "beta_schedule": BETA_SCHEDULE, "beta_end": SCHEDULE.beta_end,
                 "lora_scale": 1.0, "guidance_teacher": TEACHER_GUIDANCE,
-                "anchor_first_frame": True}  # sample.py --image: 23.4 -> 26.3 dB at 4 steps (toy-world.md 7.5)
+                "anchor_first_frame": True}  # sample.py --image: 23.4 -> 26.3 dB at 4 steps (toy-world.md 6.4)
     write_json(folder / "toy.json", settings)
 
 

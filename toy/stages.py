@@ -35,9 +35,9 @@ class Budget:
     """How much of everything: the full run and --quick differ only here."""
     clips: int = 2000
     vae_steps: int = 1500
-    teacher_image_steps: int = 6000  # at 1500 its stills put the trail on the prompted side at chance (5.1)
-    teacher_image_anneal_at: int = 4000  # then a fifth of the learning rate: sharper squares (5.3, 5.4)
-    teacher_motion_steps: int = 1500  # sqrt_v weight: direction 0.57 at 1000 steps, 0.93 at 1500 (5.4)
+    teacher_image_steps: int = 6000  # at 1500 its stills put the trail on the prompted side at chance (6.1)
+    teacher_image_anneal_at: int = 4000  # then a fifth of the learning rate: sharper squares (6.2)
+    teacher_motion_steps: int = 1500  # sqrt_v weight: direction 0.57 at 1000 steps (6.1), 0.93 at 1500
     teacher_checks: int = 3          # validations of each teacher (toy detector accuracy), the last at the end
     val_every_nth: int = 1           # the validations sample every n-th seen combination (1: all 42)
     stage1_steps: int = 900
@@ -88,7 +88,8 @@ def common(out: Path, stage: str, steps: int, batch: int, seed: int, device: str
 
 
 def teacher_warmup(steps: int) -> int:
-    """The teachers' warm-up: a twentieth of their steps and one, at most 150 (docs/toy-world.md 5.4)."""
+    """The teachers' warm-up: a twentieth of their steps and one, at most 150 (the shipped teachers' recipe:
+    150 steps for the image model, 76 for the motion module)."""
     return min(150, steps // 20 + 1)
 
 

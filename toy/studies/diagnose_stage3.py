@@ -1,4 +1,4 @@
-"""Where stage 3's error is made (docs/toy-world.md 7.5): the breakdowns behind its prose.
+"""Where stage 3's error is made (docs/toy-world.md 6.4 and 6.5): the breakdowns behind its prose.
 
     python -m toy.studies.diagnose_stage3                       # the run's I2V encoder and ControlNet, 4 steps
     python -m toy.studies.diagnose_stage3 --shipped             # the same for the shipped weights (toy/weights/)
