@@ -216,6 +216,9 @@ def evaluate(argv=None) -> int:
                      "videos_folder": str(d), "model": method})
     results = write_results(out, measures, real, rows)
     print(markdown_table(results["rows"], protocol.prompt_score))
+    counts = sorted({(r["fvd_generated"], r["fvd_real"]) for r in results["rows"]})
+    print("FVD from " + ", ".join(f"{g} generated vs {n} real videos" for g, n in counts) +
+          "; FVD falls as the counts grow, so compare only numbers of equal counts")
     print(f"wrote {out / 'results.json'} and {out / 'results.md'}")
     return 0
 

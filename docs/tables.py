@@ -27,7 +27,7 @@ DOCUMENTS = (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")))
 BLOCK = re.compile(r"(<!-- table: ([\w-]+) -->\n)(.*?)(<!-- end table -->)", re.S)
 
 # the method names of the results files -> the names the docs give them
-NAMES = {"teacher DDIM": "teacher, DDIM, leading spacing (the paper's)",
+NAMES = {"teacher DDIM": "teacher, DDIM, leading spacing (AnimateDiff's default)",
          "teacher DDIM, trailing": "teacher, DDIM, trailing spacing (fair)",
          "teacher DPM-Solver++": "teacher, DPM-Solver++, default spacing",
          "teacher DPM-Solver++, trailing": "teacher, DPM-Solver++, trailing (fair)",
@@ -54,8 +54,14 @@ def steps_label(n: int) -> str:
     return f"{n} step{'s' * (n > 1)}"
 
 
-def fvd_counts(r: dict, real: int = 512) -> str:
-    return f"{r['eval_count']} generated vs {real} real clips"
+def fvd_note(r: dict) -> list[str]:
+    """The line under a toy-FVD table that says its counts: a results file's sampling sets of `eval_count`
+    videos, each against the toy world's reference set of real clips."""
+    from toy.stages import Budget
+    return ["", f"Toy FVD of each sampling set of {r['eval_count']} generated videos against "
+                f"{Budget.reference_count} real clips (mean over {r['eval_seeds']} sets); the FVD falls as the "
+                "counts grow, so only numbers of equal counts compare (`python evaluate.py` compares more videos "
+                "and prints its counts)."]
 
 
 # ---- toy/weights/seeds.json: text-to-video over three training seeds (toy/seeds.py) -------------------------
@@ -78,7 +84,7 @@ def t2v_fvd() -> list[str]:
     steps = (1, 2, 4, 8, 50)
     rows = [[NAMES.get(m, m), *(pm(cell[(m, n)]["fvd"], 1, is_teacher(m)) if (m, n) in cell else ""
                                 for n in steps)] for m in T2V_ROWS]
-    return table(["method", *(steps_label(n) for n in steps)], rows)
+    return table(["method", *(steps_label(n) for n in steps)], rows) + fvd_note(r)
 
 
 def t2v_accuracy() -> list[str]:
@@ -156,7 +162,7 @@ def samplers() -> list[str]:
                   "UNet calls a step"],
                  [[label, *(pm(cell[(m, n)]["fvd"], 1, is_teacher(m)) for n in (1, 2, 4)),
                    " / ".join(f"{cell[(m, n)]['seen_accuracy']['mean']:.2f}" for n in (1, 2, 4)), str(calls)]
-                  for m, label, calls in rows])
+                  for m, label, calls in rows]) + fvd_note(r)
 
 
 def readme_results() -> list[str]:
@@ -166,7 +172,8 @@ def readme_results() -> list[str]:
             "direct (VideoLCM-style)")
     return table(["method", "toy FVD, 1 step", "2 steps", "4 steps", "prompt accuracy, 1 / 2 / 4 steps"],
                  [[NAMES.get(m, m), *(pm(cell[(m, n)]["fvd"], 1, is_teacher(m)) for n in (1, 2, 4)),
-                   " / ".join(f"{cell[(m, n)]['seen_accuracy']['mean']:.2f}" for n in (1, 2, 4))] for m in rows])
+                   " / ".join(f"{cell[(m, n)]['seen_accuracy']['mean']:.2f}" for n in (1, 2, 4))] for m in rows]) + \
+        fvd_note(r)
 
 
 # ---- toy/weights/personalized.json: the personalization over three seeds (toy/personalize.py) ---------------
