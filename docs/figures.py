@@ -6,9 +6,9 @@
     python -m docs.figures --weights runs/toy_ship  # another toy run's shipped folder (toy/run.py --ship-to)
 
 Everything comes from the weight files in --weights and their metadata (noise schedule, solver grid,
-guidance range, loss, EMA rate and step count of each stage), toy.json (the teacher's guidance) and
-results.json (the toy run's evaluation, which `toy/run.py --ship` copies there): after the toy world
-is retrained, run this again. No result is written in here.
+guidance range, loss, EMA rate and step count of each stage), toy.json (the teacher's guidance) and the
+studies' results files beside them (seeds.json, personalized.json, conditions.json, drift.json): after
+the toy world is retrained, run this again. No result is written in here.
 Plots need matplotlib (requirements-dev.txt); nothing outside docs/ imports it.
 """
 from __future__ import annotations

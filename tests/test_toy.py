@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -107,10 +108,13 @@ def test_quick_pipeline_runs_every_stage_and_reports(quick_run):
 @pytest.mark.slow  # the toy pipeline end to end (--quick): minutes on a 2-core CPU
 def test_from_weights_keeps_a_folders_teachers_and_trains_stage_2_on(quick_run, tmp_path):
     """--from-weights: the shipped VAE, teachers, stage 1, diffusion ControlNet and judge are kept (fp32 copies
-    of the fp16 files, their times from results.json); stage 2 and what depends on it train, with the
+    of the fp16 files, their times from the folder's seeds.json); stage 2 and what depends on it train, with the
     --stage2-steps given; a second call continues; a folder with trained stages of its own is refused."""
     from safetensors.torch import load_file
-    weights, out = quick_run / "weights", tmp_path / "again"
+    weights, out = tmp_path / "weights", tmp_path / "again"
+    shutil.copytree(quick_run / "weights", weights)
+    shipped_times = json.loads((quick_run / "run" / "times.json").read_text())
+    (weights / "seeds.json").write_text(json.dumps({"times_s": {"0": shipped_times}}))  # as toy.seeds --ship writes
     flags = ["--quick", "--out", str(out), "--from-weights", str(weights), "--skip-eval", "--stage2-steps", "2"]
     assert toy_run.main(flags) == 0
     for name, source in SHIPPED.items():
@@ -127,7 +131,6 @@ def test_from_weights_keeps_a_folders_teachers_and_trains_stage_2_on(quick_run, 
     steps = [json.loads(line).get("step", 0) for line in (out / "stage2" / "log.jsonl").read_text().splitlines()]
     assert max(steps) == 2
     times = json.loads((out / "times.json").read_text())
-    shipped_times = json.loads((quick_run / "run" / "results.json").read_text())["times_s"]
     assert all(times[k] == shipped_times[k] for k in KEPT_FROM_WEIGHTS if k in shipped_times)
     assert {"stage2", "direct", "i2v", "layout"} <= set(times)
     assert toy_run.main(flags) == 0 and json.loads((out / "times.json").read_text()) == times  # nothing retrained

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import torch
 
 from runtime import cli
-from runtime.files import write_json, write_output, write_text
+from runtime.files import write_json, write_text
 from runtime.folder import load_checkpoint
 from runtime.weights import read_metadata, read_state_dict, save_safetensors
 from toy.classifier import load_classifier
@@ -135,9 +134,6 @@ def ship(out: Path, folder: Path) -> None:
     for name, source in SHIPPED.items():
         judge = name == "toy_classifier.safetensors"  # the judge stays fp32: its features feed the toy FVD
         recast_file(out / source, folder / name, torch.float32 if judge else torch.float16)
-    for name in ("results.json", "results.md"):  # the run's evaluation, beside the weights
-        if (out / name).exists():
-            write_output(folder / name, lambda tmp: shutil.copyfile(out / name, tmp))
     settings = {"frames": FRAMES, "height": RESOLUTION, "width": RESOLUTION, "original_steps": ORIGINAL_STEPS,
                 "beta_schedule": BETA_SCHEDULE, "beta_end": SCHEDULE.beta_end,
                 "lora_scale": 1.0, "guidance_teacher": TEACHER_GUIDANCE,
@@ -154,7 +150,7 @@ VIDEO_TRAINED = ("teacher_motion", "layout_diffusion", "stage2", "i2v", "layout"
 
 def start_from_weights(out: Path, folder: Path, keep: tuple[str, ...] = KEPT_FROM_WEIGHTS) -> None:
     """Make `out` a run whose stages `keep` are those of a shipped folder (upcast to fp32, their times
-    copied from its results.json): by default its VAE, teachers, stage-1 LoRA, diffusion ControlNet and
+    copied from the training seed 0 of its seeds.json, if it has one): by default its VAE, teachers, stage-1 LoRA, diffusion ControlNet and
     judge, so that only the stages that depend on stage 1 train (stage 2, its ablations, the rest of
     stage 3); with every shipped stage, only what is not shipped trains (the ablations' models)."""
     if all((out / stage / "DONE").exists() for stage in keep):
@@ -170,8 +166,8 @@ def start_from_weights(out: Path, folder: Path, keep: tuple[str, ...] = KEPT_FRO
     for name, source in kept.items():
         (out / source).parent.mkdir(parents=True, exist_ok=True)
         recast_file(folder / name, out / source, torch.float32)
-    shipped = folder / "results.json"
-    shipped_times = json.loads(shipped.read_text()).get("times_s", {}) if shipped.exists() else {}
+    shipped = folder / "seeds.json"  # toy/seeds.py --ship: the shipped run is its training seed 0
+    shipped_times = json.loads(shipped.read_text()).get("times_s", {}).get("0", {}) if shipped.exists() else {}
     times = {**read_times(out), **{k: v for k, v in shipped_times.items() if k in keep}}
     write_json(out / "times.json", times)
     for stage in keep:
