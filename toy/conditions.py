@@ -35,8 +35,9 @@ import torch
 import train_image
 import train_video
 from runtime import cli
+from runtime.files import write_json, write_text
 from sd15 import load_sd15
-from toy.classifier import load_classifier
+from toy.classifier import attribute_accuracy, load_classifier
 from toy.constants import TEACHER_GUIDANCE, WEIGHTS
 from toy.evaluate import Method, evaluate_text_to_video, mean_std
 from toy.run import read_times, run_stages
@@ -186,6 +187,26 @@ def evaluate_folder(out: Path, classifier, b: Budget, device: str) -> list[dict]
     return evaluate_text_to_video(methods, EVAL_STEPS, classifier, b.eval_count, b.eval_seeds, b.reference_count)
 
 
+def real_clips_row(condition: str, classifier, b: Budget) -> list[dict]:
+    """The real clips under `condition` measured like a method's videos (the same sampling sets' prompts): what
+    the condition itself does to the toy FVD against clean clips, to the judge's accuracy and to the mark."""
+    from toy.classifier import frechet_distance, judge, prompt_accuracy, real_reference, to_model
+    from toy.detect import has_watermark
+    from toy.world import CONDITIONS as DEGRADATIONS, SEEN, sample_videos
+    reference = real_reference(classifier, b.reference_count, seed=50_000)
+    fvd, accuracy, marked, direction = [], [], [], []
+    for s in range(b.eval_seeds):
+        videos, _, clips = sample_videos(b.eval_count, 60_000 + s, SEEN, condition=DEGRADATIONS[condition])
+        videos = to_model(videos)
+        features, preds = judge(classifier, videos)
+        fvd.append(frechet_distance(features, reference))
+        accuracy.append(prompt_accuracy(preds, clips))
+        marked.append(float(has_watermark(videos).float().mean()))
+        direction.append(attribute_accuracy(preds, clips)["direction"])
+    return [{"method": "real clips", "steps": 0, "fvd": mean_std(fvd), "seen_accuracy": mean_std(accuracy),
+             "watermark": mean_std(marked), "seen_attributes": {"direction": mean_std(direction)}}]
+
+
 def evaluate_teacher(out: Path, classifier, b: Budget, device: str) -> list[dict]:
     """The condition's teacher: DDIM at its many-step reference and with trailing spacing at 1, 2 and 4."""
     teacher = load_sd15(out / "teacher_image" / "model.safetensors",
@@ -222,7 +243,7 @@ def steps_name(n: int) -> str:
     return f"{n} step{'s' * (n > 1)}"
 
 
-def claims(rows: list[dict]) -> dict[str, bool]:
+def claims(rows: list[dict], watermarked: bool = False) -> dict[str, bool]:
     """AnimateLCM's design claims for one (condition, seed), each true or false; a claim whose cells were not
     measured is left out. Comparisons are of means over the same sampling sets (the same prompts and noise)."""
     cell = {(r["method"], r["steps"]): r for r in rows}
@@ -236,8 +257,9 @@ def claims(rows: list[dict]) -> dict[str, bool]:
                 "direct (one stage)", n, "fvd", float.__lt__)
         compare(f"decoupled at least as accurate as direct at {steps_name(n)}", "AnimateLCM (decoupled)",
                 "direct (one stage)", n, "seen_accuracy", float.__ge__)
-        compare(f"decoupled draws the watermark less often than direct at {steps_name(n)}",
-                "AnimateLCM (decoupled)", "direct (one stage)", n, "watermark", float.__lt__)
+        if watermarked:
+            compare(f"decoupled draws the watermark less often than direct at {steps_name(n)}",
+                    "AnimateLCM (decoupled)", "direct (one stage)", n, "watermark", float.__lt__)
         compare(f"stage 2 beats image-only LCM at {steps_name(n)} (toy FVD)", "AnimateLCM (decoupled)",
                 "image-only LCM", n, "fvd", float.__lt__)
     points = sorted({int(m.split()[-1]) for m, _ in cell if m.startswith("stage 2, plain init")})
@@ -256,22 +278,38 @@ def evaluate(run: Path, seeds: list[int], b: Budget, device: str, conditions=CON
     for condition in conditions:
         print(f"== the teacher, {condition}", flush=True)
         teachers[condition] = measured(base / f"{condition}_teacher.json",
-                                       lambda: evaluate_teacher(folder(run, condition, 0), classifier, b, device))
+                                       lambda: real_clips_row(condition, classifier, b) +
+                                       evaluate_teacher(folder(run, condition, 0), classifier, b, device))
         for seed in seeds:
             print(f"== {condition}, training seed {seed}", flush=True)
             out = folder(run, condition, seed)
             per_seed.setdefault(condition, {})[seed] = measured(
                 base / f"{condition}_seed{seed}.json", lambda: evaluate_folder(out, classifier, b, device))
-            for claim, holds in claims(per_seed[condition][seed]).items():
+            for claim, holds in claims(per_seed[condition][seed], watermarked=condition != "clean").items():
                 held.setdefault(f"{condition}: {claim}", []).append(holds)
             times[f"{condition}/{seed}"] = read_times(out)
     table = [{"condition": c, **row} for c in conditions
              for row in across_seeds({0: teachers[c]}) + across_seeds(per_seed[c])]
     results = {"seeds": seeds, "conditions": list(conditions), "table": table, "claims": held, "times_s": times,
                "eval_count": b.eval_count, "eval_seeds": b.eval_seeds, "curve_points": list(curve_points(b))}
-    (base / "results.json").write_text(json.dumps({**results, "per_seed": per_seed, "teachers": teachers},
-                                                  indent=1) + "\n")
+    write_json(base / "results.json", {**results, "per_seed": per_seed, "teachers": teachers})
+    write_text(base / "results.md", markdown(results))
     return results
+
+
+def markdown(results: dict) -> str:
+    """The run's tables: every row (mean ± std over training seeds; the teacher's and the real clips' over
+    sampling sets), then the claims per seed."""
+    def cell(c, digits):
+        return f"{c['mean']:.{digits}f} ± {c['std'] if c.get('std') else c['sampling_std']:.{digits}f}"
+    lines = ["| condition | method | steps | seeds | toy FVD vs clean clips | prompt accuracy | watermark | direction |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results["table"]:
+        lines.append(f"| {r['condition']} | {r['method']} | {r['steps']} | {r['seeds']} | {cell(r['fvd'], 1)} | "
+                     f"{cell(r['seen_accuracy'], 2)} | {cell(r['watermark'], 2)} | {cell(r['direction'], 2)} |")
+    lines += ["", "| claim | holds in |", "|---|---|"]
+    lines += [f"| {claim} | {sum(v)} of {len(v)} |" for claim, v in results["claims"].items()]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
@@ -296,7 +334,7 @@ def main(argv=None) -> int:
     if not args.skip_eval:
         results = evaluate(run, args.seeds, budget, args.device, args.conditions)
         if args.ship:
-            Path(args.ship_to).write_text(json.dumps(results, indent=1) + "\n")
+            write_json(Path(args.ship_to), results)
             print(f"shipped: {args.ship_to}")
     return 0
 
