@@ -319,3 +319,103 @@ def test_stage1_sweep_trains_each_variant_and_a_stage2_on_it(quick_run, tmp_path
         assert (tmp_path / "sweep" / folder / "lora.safetensors").exists()
         assert (tmp_path / "sweep" / f"{folder}_stage2" / "motion_module.safetensors").exists()
     assert rows["base: image-only LCM, 4 steps"] != rows["uniform: image-only LCM, 4 steps"]
+
+
+def test_weight_drift_is_zero_for_the_base_and_grows_with_a_loras_scale():
+    """toy/drift.py:weight_drift, the relative distance of a personalization's weights from the base: 0 for a
+    LoRA at scale 0, growing in proportion to its scale (the merged delta is linear in it), and per block
+    only where the LoRA acts."""
+    from toy.constants import TOY_UNET
+    from toy.drift import drift_report, weight_drift
+    from unet.lora import LoRANetwork
+    from unet.model import UNet
+    torch.manual_seed(0)
+    unet = UNet(TOY_UNET)
+    base = {k: v.clone() for k, v in unet.state_dict().items()}
+    lora = LoRANetwork.create(unet, 4)
+    with torch.no_grad():
+        for p in lora.parameters():
+            p.normal_(0, 0.05)  # a trained LoRA: its up weights no longer zero
+    drifts = []
+    for scale in (0.0, 0.5, 1.0, 2.0):
+        lora.set_multiplier(scale)
+        lora.merge()
+        drifts.append(weight_drift(base, unet.state_dict()))
+        lora.unmerge()
+    assert drifts[0] == 0 and 0 < drifts[1] < drifts[2] < drifts[3]
+    assert abs(drifts[3] / drifts[2] - 2) < 1e-3 and abs(drifts[2] / drifts[1] - 2) < 1e-3
+    lora.set_multiplier(1.0)
+    lora.merge()
+    report = drift_report(base, unet.state_dict())
+    assert report["total"] == pytest.approx(drifts[2])
+    assert all(report[part] > 0 for part in ("down_blocks.0", "mid_block", "up_blocks.1", "attention layers", "resnets"))
+    unet = UNet(TOY_UNET)
+    base = {k: v.clone() for k, v in unet.state_dict().items()}
+    lora = LoRANetwork.create(unet, 4, targets=("to_q",))  # one kind of layer, inside the attention layers only
+    with torch.no_grad():
+        for p in lora.parameters():
+            p.normal_(0, 0.05)
+    lora.merge()
+    report = drift_report(base, unet.state_dict())
+    assert report["resnets"] == 0 < report["attention layers"]
+
+
+@pytest.mark.slow  # the toy pipeline end to end (--quick): minutes on a 2-core CPU
+def test_the_condition_flag_trains_every_video_stage_on_the_degraded_clips(quick_run, tmp_path):
+    """toy/run.py --condition webvid --from-weights: the degraded copies of the clips are written, what learnt
+    from stills is kept, and every stage that learns from videos trains on the degraded clips."""
+    out = tmp_path / "webvid"
+    assert toy_run.main(["--quick", "--condition", "webvid", "--from-weights", str(quick_run / "weights"),
+                         "--out", str(out), "--skip-eval"]) == 0
+    assert len(list((out / "data" / "clips_webvid").glob("*.webp"))) == len(list((out / "data" / "clips").glob("*.gif")))
+    from runtime.folder import load_checkpoint
+    for stage in toy_run.VIDEO_TRAINED:
+        assert (out / stage / "log.jsonl").exists(), stage  # trained here, not kept
+        assert load_checkpoint(out / stage / "checkpoint.pt")["settings"]["data"].endswith("clips_webvid"), stage
+    for stage in ("teacher_image", "stage1"):  # learnt from stills: kept
+        assert not (out / stage / "log.jsonl").exists(), stage
+    with pytest.raises(UserError, match="--keep-shipped keeps stages"):
+        toy_run.main(["--quick", "--condition", "webvid", "--from-weights", str(quick_run / "weights"),
+                      "--keep-shipped", "--out", str(tmp_path / "x")])
+
+
+@pytest.mark.slow  # a study on the --quick run: minutes on a 2-core CPU
+def test_conditions_trains_the_2x2_the_curves_and_the_schedule_study(quick_run, tmp_path):
+    """toy/conditions.py on the --quick run, training seeds 0 and 1: both conditions' teachers, stage 2 with
+    either initialisation (snapshots at every step), the direct baseline, the schedule study; every row has the
+    watermark share; claims counted per seed; the shipped file is what the docs' tables read."""
+    from toy import conditions
+    run = quick_run / "run"
+    assert conditions.main(["--run", str(run), "--quick", "--seeds", "0", "1", "--ship",
+                            "--ship-to", str(tmp_path / "conditions.json")]) == 0
+    results = json.loads((tmp_path / "conditions.json").read_text())
+    cells = {(r["condition"], r["method"], r["steps"]) for r in results["table"]}
+    for condition in conditions.CONDITIONS:
+        for method in ("real clips", "teacher DDIM", "image-only LCM", "AnimateLCM (decoupled)", "direct (one stage)",
+                       "stage 2, AnimateLCM init, at step 1", "stage 2, plain init, at step 3"):
+            assert any(c[:2] == (condition, method) for c in cells), (condition, method)
+    assert ("clean", "AnimateLCM, stage 1 under sqrt_beta_linear", 4) in cells
+    assert all(0 <= r["watermark"]["mean"] <= 1 for r in results["table"])
+    assert all(len(held) == 2 for held in results["claims"].values())
+    assert any(c.startswith("webvid: decoupled draws the watermark") for c in results["claims"])
+    assert not any(c.startswith("clean: decoupled draws the watermark") for c in results["claims"])
+    webvid_1 = run / "conditions" / "webvid" / "1"
+    assert (webvid_1 / "stage1").resolve() == (run / "conditions" / "clean" / "1" / "stage1").resolve()
+    assert (webvid_1 / "teacher_motion").resolve() == (run / "conditions" / "webvid" / "0" / "teacher_motion").resolve()
+
+
+@pytest.mark.slow  # a study on the --quick run: minutes on a 2-core CPU
+def test_drift_sweep_trains_every_personalization_and_measures_it(quick_run):
+    """toy/drift.py --quick --restore on the --quick run: every fine-tune rate and LoRA rank, kept at its
+    snapshots, measured (drift, the personalized teacher, AnimateLCM on it); the heaviest with parts restored."""
+    from toy import drift
+    run = quick_run / "run"
+    assert drift.main(["--run", str(run), "--quick", "--restore"]) == 0
+    results = json.loads((run / "drift" / "results.json").read_text())
+    runs = {r["run"] for r in results["rows"]}
+    assert runs == {"base model", *drift.sweep_runs(QUICK)}
+    assert results["rows"][0]["drift"]["total"] == 0 and all(r["drift"]["total"] > 0 for r in results["rows"][1:])
+    assert {r["restored"] for r in results["restored"]} == set(drift.RESTORED)
+    for row in results["rows"]:
+        assert {"teacher", "animatelcm", "drift"} <= set(row)
+        assert all(0 <= row[who]["outline"][0] <= 1 for who in ("teacher", "animatelcm"))
