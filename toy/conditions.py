@@ -23,6 +23,7 @@ stage or measurement is kept, so an interrupted command continues.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import shutil
 import statistics
@@ -35,7 +36,7 @@ import torch
 import train_image
 import train_video
 from runtime import cli
-from runtime.files import write_json, write_text
+from runtime.files import write_json, write_output, write_text
 from sd15 import load_sd15
 from toy.classifier import attribute_accuracy, load_classifier
 from toy.constants import TEACHER_GUIDANCE, WEIGHTS
@@ -292,9 +293,47 @@ def evaluate(run: Path, seeds: list[int], b: Budget, device: str, conditions=CON
              for row in across_seeds({0: teachers[c]}) + across_seeds(per_seed[c])]
     results = {"seeds": seeds, "conditions": list(conditions), "table": table, "claims": held, "times_s": times,
                "eval_count": b.eval_count, "eval_seeds": b.eval_seeds, "curve_points": list(curve_points(b))}
+    write_samples(run, b, device, conditions, base / "samples.npz")
     write_json(base / "results.json", {**results, "per_seed": per_seed, "teachers": teachers})
     write_text(base / "results.md", markdown(results))
     return results
+
+
+SAMPLED = (("real clips", 0), ("teacher DDIM", 50), ("AnimateLCM (decoupled)", 4), ("direct (one stage)", 4),
+           ("AnimateLCM (decoupled)", 1), ("direct (one stage)", 1))  # the samples figure's rows, per condition
+SAMPLES = 4  # videos a row: the first prompts of the first sampling set, with its noise
+SAMPLED_FRAMES = (0, 3, 7)  # the frames kept of each
+
+
+def write_samples(run: Path, b: Budget, device: str, conditions, path: Path) -> None:
+    """uint8 videos [SAMPLES, len(SAMPLED_FRAMES), H, W, 3] of each SAMPLED row under each condition (training seed 0), the same
+    prompts and noise as the measurement's first sampling set, into one .npz (keys "condition/method/steps"):
+    what the docs' figure of samples shows, watermark or not."""
+    import numpy as np
+    from media.video import to_uint8
+    from toy.evaluate import prompts, toy_videos
+    from toy.world import CONDITIONS as DEGRADATIONS, SEEN, sample_videos
+    if path.exists():
+        return
+    captions, _ = prompts(SAMPLES, 60_000, SEEN)
+    arrays = {}
+    for condition in conditions:
+        out = folder(run, condition, 0)
+        found = {"teacher DDIM": load_sd15(out / "teacher_image" / "model.safetensors",
+                                           out / "teacher_motion" / "motion_module.safetensors", device=device),
+                 **models(out, device, snapshots=False)}
+        for method, steps in SAMPLED:
+            if method == "real clips":
+                videos, _, _ = sample_videos(SAMPLES, 60_000, SEEN, condition=DEGRADATIONS[condition])
+            else:
+                found[method].unet.eval()
+                sampler, guidance = ("ddim", TEACHER_GUIDANCE) if method.startswith("teacher") else ("lcm", 1.0)
+                made = toy_videos(found[method], captions, steps, sampler, guidance, seed=0)
+                videos = np.stack([to_uint8(v / 2 + 0.5) for v in made])
+            arrays[f"{condition}/{method}/{steps}"] = videos[:, list(SAMPLED_FRAMES)]
+    buffer = io.BytesIO()  # written by Python, so that a failed write keeps its errno (runtime/files.py)
+    np.savez_compressed(buffer, **arrays)
+    write_output(path, lambda tmp: tmp.write_bytes(buffer.getvalue()))
 
 
 def markdown(results: dict) -> str:
@@ -333,9 +372,11 @@ def main(argv=None) -> int:
     print(f"== trained in {time.perf_counter() - start:.0f} s", flush=True)
     if not args.skip_eval:
         results = evaluate(run, args.seeds, budget, args.device, args.conditions)
-        if args.ship:
+        if args.ship:  # the tables' numbers, and the samples' figure's videos beside them
             write_json(Path(args.ship_to), results)
-            print(f"shipped: {args.ship_to}")
+            samples = Path(args.ship_to).with_name(Path(args.ship_to).stem + "_samples.npz")
+            write_output(samples, lambda tmp: shutil.copyfile(run / "conditions" / "samples.npz", tmp))
+            print(f"shipped: {args.ship_to}, {samples}")
     return 0
 
 
