@@ -31,7 +31,8 @@ FIGURES = {"schedule": method.fig_schedule, "forward_process": method.fig_forwar
            "sampler_steps": stages.fig_sampler_steps, "videos": stages.fig_videos, "ema_drift": stages.fig_ema_drift,
            "init_target": stages.fig_init_target, "teacher_free": stages.fig_teacher_free,
            "toy_results": results.fig_toy_results, "trajectory": method.fig_trajectory,
-           "personalization": results.fig_personalization, "strip": results.fig_strip}
+           "personalization": results.fig_personalization, "strip": results.fig_strip,
+           "conditions_samples": results.fig_conditions_samples, "learning_curves": results.fig_learning_curves}
 
 
 def main(argv=None) -> int:

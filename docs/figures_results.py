@@ -165,3 +165,77 @@ def fig_strip(ctx: Context) -> None:
     frames = np.concatenate([strip([v[i] for v in videos]) for i in range(len(STRIP_PROMPTS))], axis=1)
     names = [p.removeprefix("a ").replace(" moving", "\nmoving") for p in STRIP_PROMPTS]  # "red circle\nmoving left"
     write_video(labelled(frames, [c[0] for c in columns], names), ctx.out / "strip.gif", fps=6)
+
+
+# ---- toy/weights/conditions.json (toy/conditions.py --ship): the design claims under both video conditions ----
+
+def conditions_row(rows: list[dict], condition: str, method: str, steps: int) -> dict | None:
+    return next((r for r in rows if r["condition"] == condition and r["method"] == method and r["steps"] == steps),
+                None)
+
+
+def fig_conditions_samples(ctx: Context) -> None:
+    """Samples of each cell of the 2x2 and its references (conditions_samples.npz: training seed 0, the
+    measurement's first prompts and noise, frames 0, 3 and 7 of each video; two videos a line), a column per
+    condition, each named with its watermark share over the training seeds (conditions.json)."""
+    from toy.conditions import SAMPLED
+    results = json.loads((ctx.weights / "conditions.json").read_text())
+    samples = np.load(ctx.weights / "conditions_samples.npz")
+
+    def cell(videos: np.ndarray) -> np.ndarray:  # [N, 3, H, W, 3] -> two videos a line, a white gap between
+        gap = np.full_like(videos[0][0][:, :3], 255)
+        lines = [np.concatenate([np.concatenate([*videos[i], gap], axis=1) for i in (j, j + 1)], axis=1)
+                 for j in range(0, len(videos), 2)]
+        return np.concatenate([np.concatenate([line, np.full_like(line[:3], 255)]) for line in lines])
+    conditions = results["conditions"]
+    fig, axes = plt.subplots(len(SAMPLED), len(conditions), figsize=(5.2 * len(conditions), 1.55 * len(SAMPLED)),
+                             squeeze=False)
+    for j, condition in enumerate(conditions):
+        for i, (method, steps) in enumerate(SAMPLED):
+            ax = axes[i][j]
+            ax.imshow(cell(samples[f"{condition}/{method}/{steps}"]), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            row = conditions_row(results["table"], condition, method, steps)
+            when = "" if method == "real clips" else f", {steps_word(steps)}"
+            share = f": the mark in {row['watermark']['mean']:.2f} of the videos" if row else ""
+            ax.set_title(f"{condition} clips, {method}{when}{share}", fontsize=8)
+    fig.suptitle("four videos a panel, frames 0, 3 and 7 of each (training seed 0); the mark is the white box "
+                 "mid-frame (toy/world.py:WEBVID)", fontsize=9)
+    fig.tight_layout()
+    ctx.save(fig, "conditions_samples")
+
+
+def steps_word(n: int) -> str:
+    return f"{n} step{'s' * (n > 1)}"
+
+
+def fig_learning_curves(ctx: Context) -> None:
+    """Stage 2's learning curves (conditions.json): the toy FVD of AnimateLCM at 1 and 4 sampling steps against
+    the stage-2 step at which its motion module was kept, with AnimateLCM's target initialisation and with the
+    plain one, mean ± std over training seeds; step 0 is the image-only LCM, where both start."""
+    results = json.loads((ctx.weights / "conditions.json").read_text())
+    rows, points = results["table"], results["curve_points"]
+    fig, axes = plt.subplots(2, len(results["conditions"]), figsize=(5.2 * len(results["conditions"]), 6.4),
+                             squeeze=False)
+    for j, condition in enumerate(results["conditions"]):
+        for i, steps in enumerate((1, 4)):
+            ax = axes[i][j]
+            start = conditions_row(rows, condition, "image-only LCM", steps)
+            for k, init in enumerate(("AnimateLCM init", "plain init")):
+                cells = [start] + [conditions_row(rows, condition, f"stage 2, {init}, at step {p}", steps)
+                                   for p in points]
+                xs = [0, *points]
+                ax.errorbar([x + (k - 0.5) * 1.5 for x in xs], [c["fvd"]["mean"] for c in cells],
+                            [c["fvd"]["std"] for c in cells], fmt="o-" if k == 0 else "s--", capsize=3, ms=4,
+                            label=f"{init} ({cells[-1]['seeds']} training seeds)")
+            ax.set(xlabel="stage-2 step (0: the image-only LCM)", ylabel="toy FVD against clean clips",
+                   title=f"{condition} clips, AnimateLCM at {steps_word(steps)}")
+            ax.set_xscale("symlog", linthresh=10)
+            ax.set_xticks([0, *points], [str(p) for p in (0, *points)])
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.suptitle("stage 2 with AnimateLCM's target initialisation (the target starts without the stage-1 LoRA) and "
+                 "with the plain one (a copy of the online model); bars: std over training seeds", fontsize=9)
+    fig.tight_layout()
+    ctx.save(fig, "learning_curves")
