@@ -419,3 +419,12 @@ def test_drift_sweep_trains_every_personalization_and_measures_it(quick_run):
     for row in results["rows"]:
         assert {"teacher", "animatelcm", "drift"} <= set(row)
         assert all(0 <= row[who]["outline"][0] <= 1 for who in ("teacher", "animatelcm"))
+
+
+@pytest.mark.slow  # an investigation (toy/studies/) on the --quick run
+def test_step_time_times_each_stage_at_each_batch(quick_run, capsys):
+    from toy.studies import step_time
+    assert step_time.main(["--run", str(quick_run / "run"), "--quick", "--batches", "2", "4",
+                           "--stages", "image", "direct"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "a step" in line]
+    assert len(lines) == 4 and all(float(line.split()[3]) > 0 for line in lines)
