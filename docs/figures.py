@@ -32,7 +32,8 @@ FIGURES = {"schedule": method.fig_schedule, "forward_process": method.fig_forwar
            "init_target": stages.fig_init_target, "teacher_free": stages.fig_teacher_free,
            "toy_results": results.fig_toy_results, "trajectory": method.fig_trajectory,
            "personalization": results.fig_personalization, "strip": results.fig_strip,
-           "conditions_samples": results.fig_conditions_samples, "learning_curves": results.fig_learning_curves}
+           "conditions_samples": results.fig_conditions_samples, "learning_curves": results.fig_learning_curves,
+           "drift": results.fig_drift}
 
 
 def main(argv=None) -> int:

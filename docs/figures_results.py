@@ -239,3 +239,46 @@ def fig_learning_curves(ctx: Context) -> None:
                  "with the plain one (a copy of the online model); bars: std over training seeds", fontsize=9)
     fig.tight_layout()
     ctx.save(fig, "learning_curves")
+
+
+# ---- toy/weights/drift.json (toy/drift.py --ship): style gained and motion kept against weight drift ----------
+
+def fig_drift(ctx: Context) -> None:
+    """Each personalization of the sweep (drift.json; personalization seed 0, bars: std over sampling sets) at
+    its weight drift from the base: the share of videos drawn in the outline style (the style gained) and the
+    share moving as prompted (the motion kept), for the personalized teacher (DDIM) and AnimateLCM on it (4
+    steps); the shipped personalization is circled; dotted: the base model."""
+    results = json.loads((ctx.weights / "drift.json").read_text())
+    rows = results["rows"]
+    base, sweep = rows[0], rows[1:]
+    shipped = shipped_personalization(ctx)
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.2), sharex=True)
+    for j, (who, label) in enumerate((("teacher", f"the personalized teacher, DDIM {results['reference_steps']}"),
+                                      ("animatelcm", "AnimateLCM on it, 4 steps"))):
+        for i, (metric, title) in enumerate((("outline", "outline style: style gained"),
+                                             ("direction", "moving as prompted: motion kept"))):
+            ax = axes[i][j]
+            for k, run in enumerate(dict.fromkeys(r["run"] for r in sweep)):
+                points = [r for r in sweep if r["run"] == run]
+                ax.errorbar([r["drift"]["total"] for r in points], [r[who][metric][0] for r in points],
+                            [r[who][metric][1] for r in points], fmt=MARKERS[k] + ("-" if "fine" in run else "--"),
+                            capsize=2, ms=5, label=f"{run} ({', '.join(str(r['steps']) for r in points)} steps)")
+            ax.axhline(base[who][metric][0], color="grey", ls=":", label="the base model")
+            mark = [r for r in sweep if (r["run"], r["steps"]) == shipped]
+            if mark:
+                ax.plot(mark[0]["drift"]["total"], mark[0][who][metric][0], "o", ms=14, mfc="none", mec="black",
+                        label="shipped")
+            ax.set(xscale="log", ylim=(-0.02, 1.02), title=label if i == 0 else None, ylabel=f"share {title}",
+                   xlabel="weight drift ||W' - W|| / ||W|| of the UNet" if i else None)
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=6.5, loc="upper left")
+    fig.suptitle("the personalization sweep on seen prompts (the captions never name the style), seed 0; bars: std "
+                 f"over {results['eval_seeds']} sampling sets of {results['eval_count']} videos", fontsize=9)
+    fig.tight_layout()
+    ctx.save(fig, "drift")
+
+
+def shipped_personalization(ctx: Context) -> tuple[str, int] | None:
+    """(run, steps) of the sweep's point that toy/weights ships, from personalized.json's recipe, if it says."""
+    shipped = json.loads((ctx.weights / "personalized.json").read_text()).get("recipe")
+    return (shipped["run"], shipped["steps"]) if shipped else None

@@ -176,6 +176,93 @@ def readme_results() -> list[str]:
         fvd_note(r)
 
 
+def k_of(held: list[bool]) -> str:
+    return f"{sum(held)} of {len(held)}"
+
+
+def readme_claims() -> list[str]:
+    """The README's claims, each with what AnimateLCM measured, what it is compared with, and in how many
+    training seeds it holds: the few-step claims and stage 3 (seeds.json), the design claims under both video
+    conditions (conditions.json), the personalization (personalized.json)."""
+    r, cell = seeds_cells()
+    held = r["claims"]
+    ours = "AnimateLCM (decoupled)"
+
+    def fvd(m, n):
+        return pm(cell[(m, n)]["fvd"], 1, is_teacher(m))
+
+    def acc(m, n):
+        return pm(cell[(m, n)]["seen_accuracy"], 2, is_teacher(m))
+    worst = min(("colour", "shape", "direction"),  # the attribute furthest below the teacher's
+                key=lambda k: cell[(ours, 4)][k]["mean"] - cell[("teacher DDIM", 50)][k]["mean"])
+    s3 = {s["steps"]: s for s in r["stage3_table"]}
+    rows = [
+        ["1 step: lower toy FVD than the teacher's DDIM with trailing spacing (the fair baseline)", fvd(ours, 1),
+         fvd("teacher DDIM, trailing", 1), k_of(held["1 step: lower toy FVD than DDIM trailing at 1"])],
+        ["1 step: prompt accuracy at least DDIM trailing's", acc(ours, 1), acc("teacher DDIM, trailing", 1),
+         k_of(held["1 step: prompt accuracy at least DDIM trailing's at 1"])],
+        ["4 steps: every attribute within 0.05 of the teacher's DDIM at 50 steps (judge; the furthest one shown)",
+         f"{worst} {pm(cell[(ours, 4)][worst], 2)}", f"{worst} {pm(cell[('teacher DDIM', 50)][worst], 2, True)}",
+         k_of(held["4 steps: every attribute within 0.05 of the teacher's DDIM 50 (judge)"])],
+        ["4 steps: lower toy FVD than DDIM trailing", fvd(ours, 4), fvd("teacher DDIM, trailing", 4),
+         k_of(held["4 steps: lower toy FVD than DDIM trailing at 4"])],
+        ["4 steps: prompt accuracy at least DDIM trailing's", acc(ours, 4), acc("teacher DDIM, trailing", 4),
+         k_of(held["4 steps: prompt accuracy at least DDIM trailing's at 4"])],
+        *condition_claim_rows(),
+        ["image-to-video, 4 steps: first frame at 25 dB or more, the encoder alone (colour-matched)",
+         pm(s3[4]["image_to_video.first_frame_psnr_matched"], 1), "25 dB",
+         k_of(held["I2V, 4 steps, encoder alone: first frame >= 25 dB (colour-matched)"])],
+        ["the same with the first frame anchored at sampling", pm(s3[4]["image_to_video.anchored_first_frame_psnr_matched"], 1),
+         "25 dB", k_of(held["I2V, 4 steps, first frame anchored: first frame >= 25 dB (colour-matched)"])],
+        ["layout, 4 steps: the teacher-free adaptation raises the plugged-in ControlNet's mask IoU",
+         pm(s3[4]["layout.mask_iou"], 2), pm(s3[4]["layout_plugged_in.mask_iou"], 2),
+         k_of(held["teacher-free adaptation raises the plugged-in ControlNet's mask IoU at 4 steps"])],
+        ["layout, 1 step: the same", pm(s3[1]["layout.mask_iou"], 2), pm(s3[1]["layout_plugged_in.mask_iou"], 2),
+         k_of(held["teacher-free adaptation raises the plugged-in ControlNet's mask IoU at 1 step"])],
+        *personalization_claim_rows(),
+    ]
+    return table(["claim", "AnimateLCM", "compared with", "holds in"], rows)
+
+
+def condition_claim_rows() -> list[list[str]]:
+    """Decoupled against one-stage distillation under each video condition (conditions.json), both directions
+    at every step count; the initialisation along stage 2."""
+    if not (WEIGHTS / "conditions.json").exists():
+        return []
+    r = results("conditions.json")
+    cell = {(c["condition"], c["method"], c["steps"]): c for c in r["table"]}
+    rows = []
+    for condition in r["conditions"]:
+        name = "clean clips" if condition == "clean" else "WebVid-like clips"
+        for n in (1, 2, 4):
+            ours, direct = cell[(condition, "AnimateLCM (decoupled)", n)], cell[(condition, "direct (one stage)", n)]
+            rows.append([f"{name}, {steps_label(n)}: decoupled has a lower toy FVD than one-stage distillation",
+                         pm(ours["fvd"], 1), pm(direct["fvd"], 1),
+                         k_of(r["claims"][f"{condition}: decoupled beats direct at {steps_label(n)} (toy FVD)"])])
+        if condition != "clean":
+            ours, direct = cell[(condition, "AnimateLCM (decoupled)", 4)], cell[(condition, "direct (one stage)", 4)]
+            rows.append([f"{name}, 4 steps: decoupled draws the watermark in fewer videos than one-stage",
+                         pm(ours["watermark"], 2), pm(direct["watermark"], 2),
+                         k_of(r["claims"][f"{condition}: decoupled draws the watermark less often than direct at "
+                                          "4 steps"])])
+    return rows
+
+
+def personalization_claim_rows() -> list[list[str]]:
+    """The personalization's targets (personalized.json), each with the cells it compares."""
+    r = results("personalized.json")
+    cell = {(c["method"], c["steps"]): c for c in r["table"]}
+    teacher = cell[("personalized teacher, DDIM", 50)]
+    ours, base = cell[("AnimateLCM on the personalized model", 4)], cell[("AnimateLCM on the base model", 4)]
+    return [[f"personalized model: {claim}", *cells, k_of(r["claims"][claim])] for claim, cells in (
+        ("personalized teacher: outline style >= 0.9", [pm(teacher["outline"], 2), "0.9"]),
+        ("personalized teacher: direction >= 0.9", [pm(teacher["direction"], 2), "0.9"]),
+        ("AnimateLCM 4 steps: outline style within 0.05 of the personalized teacher",
+         [pm(ours["outline"], 2), pm(teacher["outline"], 2)]),
+        ("AnimateLCM 4 steps: every attribute within 0.05 of AnimateLCM on the base model",
+         [f"direction {pm(ours['direction'], 2)}", f"direction {pm(base['direction'], 2)}"]))]
+
+
 # ---- toy/weights/personalized.json: the personalization over three seeds (toy/personalize.py) ---------------
 
 def personalization() -> list[str]:
@@ -199,10 +286,48 @@ def personalization_targets() -> list[str]:
                  claims_rows(r["claims"], r["seeds"]))
 
 
-TABLES = {"readme-results": readme_results, "t2v-fvd": t2v_fvd, "t2v-accuracy": t2v_accuracy, "t2v-attributes": t2v_attributes,
+# ---- toy/weights/drift.json: how far a personalization may move the image model (toy/drift.py) ---------------
+
+def ms(cell: list, digits: int = 2) -> str:
+    """A drift.json cell [mean, std over sampling sets] as "mean ± std"."""
+    return f"{cell[0]:.{digits}f} ± {cell[1]:.{digits}f}"
+
+
+def drift_sweep() -> list[str]:
+    r = results("drift.json")
+    rows = []
+    for row in r["rows"]:
+        t, a = row["teacher"], row["animatelcm"]
+        rows.append([row["run"], str(row["steps"]), f"{row['drift']['total']:.3f}", ms(t["outline"]),
+                     ms(t["direction"]), ms(a["outline"]), ms(a["colour"]), ms(a["shape"]), ms(a["direction"]),
+                     ms(a["fvd"], 1)])
+    return table(["personalization", "steps", "drift", "teacher: outline", "teacher: direction",
+                  "AnimateLCM 4 steps: outline", "colour", "shape", "direction", "toy FVD (outline clips)"], rows)
+
+
+def drift_blocks() -> list[str]:
+    """Where each personalization moved the image model: the drift per level and per kind of layer."""
+    r = results("drift.json")
+    parts = [k for k in r["rows"][0]["drift"] if k != "total"]
+    return table(["personalization", "steps", *parts],
+                 [[row["run"], str(row["steps"]), *(f"{row['drift'][k]:.3f}" for k in parts)]
+                  for row in r["rows"][1:] if row["steps"] == max(x["steps"] for x in r["rows"])])
+
+
+def drift_restored() -> list[str]:
+    r = results("drift.json")
+    rows = [[row["restored"], f"{row['drift']['total']:.3f}", ms(row["teacher"]["outline"]),
+             ms(row["teacher"]["direction"]), ms(row["animatelcm"]["outline"]), ms(row["animatelcm"]["direction"])]
+            for row in r["restored"]]
+    return table(["put back to the base", "drift left", "teacher: outline", "teacher: direction",
+                  "AnimateLCM 4 steps: outline", "direction"], rows)
+
+
+TABLES = {"readme-results": readme_results, "readme-claims": readme_claims, "t2v-fvd": t2v_fvd, "t2v-accuracy": t2v_accuracy, "t2v-attributes": t2v_attributes,
           "sampling-spread": sampling_spread, "stage3": stage3, "claims": claims, "training-times": training_times,
           "samplers": samplers, "personalization": personalization,
-          "personalization-targets": personalization_targets}
+          "personalization-targets": personalization_targets, "drift-sweep": drift_sweep,
+          "drift-blocks": drift_blocks, "drift-restored": drift_restored}
 
 
 def render(name: str) -> str:
