@@ -3,7 +3,7 @@
 The count on fake tensors equals the same counter on real CPU tensors; weights, gradients and AdamW's
 state equal the bytes the models' shapes and dtypes give; activations grow with frames and pixels; the
 CPU follows CUDA's autocast dtypes; each script's loop and the budget's copy of it call the same
-functions in the same order; At SD1.5 size (slow): the counts
+functions in the same order; the docs' table is the results file's. At SD1.5 size (slow): the counts
 against the H100's measured peaks (docs/equivalence.md).
 """
 import ast
@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmarks import budget, budget_stages
+from benchmarks import budget, budget_stages, budget_table
 from benchmarks.memory import cuda_fp32_ops
 from unet.model import UNet
 
@@ -150,6 +150,22 @@ def test_the_budget_steps_through_each_scripts_loop(stage):
     expected = script_loop(budget_stages.SCRIPTS[stage])
     assert "backward" in expected and "ema_update" in expected
     assert budget_loop(stage) == expected
+
+
+def test_the_docs_table_is_the_one_the_results_file_gives():
+    budget_table.check()
+    doc = (ROOT / "docs" / "gpu-budget.md").read_text()
+    assert "(docs/gpu-budget.md)" in (ROOT / "README.md").read_text()  # the training section points here
+    assert all(f"`{flags}`" in doc for _, _, flags, _ in budget_table.rows())
+
+
+def test_the_gpu_check_runs_bench_train_at_a_rows_settings():
+    from benchmarks.budget_gpu import bench_args
+    argv, (stage, s) = bench_args("--stage video --frames 16 --size 512 --precision fp32 --gradient-checkpointing "
+                                  "false", "sd15", "cuda", 6)
+    assert stage == "video" and s.frames == 16
+    assert " ".join(argv) == ("--size sd15 --stages video --frames 16 --resolution 512 --batch 1 --precision fp32 "
+                              "--gradient-checkpointing false --steps 6 --device cuda")
 
 
 # ---- SD1.5 size: the counts against the peaks measured on an H100 (docs/equivalence.md) -------------
