@@ -43,11 +43,12 @@ from runtime.draws import integers, normal
 from runtime.run import TrainingRun, evaluating, one_run, set_learning_rate
 from runtime.settings import (AT_LEAST_1, DECAY, FINITE, GRID, NOT_NEGATIVE, OPTIONAL_PATH, PIXELS, SCHEDULE, WEIGHT,
                               TrainSettings, check_settings, flag, one_of, parse_settings)
-from sd15 import load_sd15
+from sd15 import StableDiffusion, load_sd15
 from unet.adapter import ImageEncoder
 from unet.controlnet import SD15_HINT_CHANNELS, ControlNet, load_controlnet, save_controlnet
 from unet.load import save_motion_module
 from unet.lora import LoRANetwork
+from unet.model import UNet
 
 
 @dataclasses.dataclass
@@ -81,6 +82,47 @@ class Settings(TrainSettings):
 EXPORTED_FILES = ("i2v_motion_module.safetensors", "controlnet_lora.safetensors", "controlnet.safetensors")
 
 
+def adapter_models(s: Settings, model: StableDiffusion, controlnet: ControlNet | None, device):
+    """Stage 3's models: the frozen video consistency model (`model`) and the adapter that trains on it, the
+    online one and its EMA target. `controlnet`: the ControlNet to adapt (--controlnet, loaded) or None.
+    Returns (the UNet, online adapter, target adapter, the module that trains and its EMA copy, the
+    trainable parameters)."""
+    unet = model.unet.requires_grad_(False)
+    unet.train().enable_gradient_checkpointing(s.gradient_checkpointing)
+    if s.adapter == "image_encoder":
+        if unet.img_encoder is None:  # from scratch (zero-initialised: starts as "no image")
+            unet.img_encoder = ImageEncoder(unet.cfg.in_channels, unet.cfg.block_out_channels).to(device)
+            unet.cfg = dataclasses.replace(unet.cfg, image_encoder=True)
+        online_net = unet.img_encoder.requires_grad_(True)
+    else:  # a given ControlNet, or a new one as a copy of the UNet's encoder (hints downsample as the VAE does)
+        hint = SD15_HINT_CHANNELS[:len(model.vae.cfg.block_out_channels)]
+        online_net = controlnet if controlnet is not None else \
+            ControlNet.from_unet(unet, hint_channels=hint).to(device)
+        online_net.requires_grad_(not s.controlnet).train()  # a new one trains whole (its outputs start at 0)
+        online_net.enable_gradient_checkpointing(s.gradient_checkpointing)
+    target_net = copy.deepcopy(online_net).requires_grad_(False).eval()
+    trained, follower = online_net, target_net  # the module whose weights train, and its EMA copy
+    if s.adapter == "controlnet" and s.controlnet:  # an existing ControlNet: adapted through a LoRA on it
+        trained = LoRANetwork.create(online_net, s.lora_rank)
+        follower = LoRANetwork.create(target_net, s.lora_rank).requires_grad_(False)
+        follower.load_state_dict(trained.state_dict())
+    trainable = list(trained.parameters())
+    return unet, online_net, target_net, trained, follower, trainable
+
+
+def steering(s: Settings, unet: UNet):
+    """steered(adapter, condition): the frozen video consistency model steered by one copy (online or EMA) of
+    the adapter, as a model(x, t, context)."""
+    def steered(adapter, condition):
+        def call(x, t, context):
+            if s.adapter == "image_encoder":
+                return unet(x, t, context, image_features=adapter(condition, x.shape[2], s.motion_scale))
+            down, mid = adapter(x, t, context, condition)
+            return unet(x, t, context, down_residuals=down, mid_residual=mid)
+        return call
+    return steered
+
+
 @one_run
 def main(argv=None):
     # ---- settings, device, data, the run's folder: every problem is refused before any model loads ----
@@ -101,39 +143,15 @@ def main(argv=None):
 
     # ---- models: the frozen video consistency model + the trainable adapter (online, EMA target) ------
     model = load_sd15(s.sd15, s.motion, [(s.lora, 1.0)] if s.lora else [], device=rt.device)
-    unet = model.unet.requires_grad_(False)
-    unet.train().enable_gradient_checkpointing(s.gradient_checkpointing)
-    if s.adapter == "image_encoder":
-        if unet.img_encoder is None:  # from scratch (zero-initialised: starts as "no image")
-            unet.img_encoder = ImageEncoder(unet.cfg.in_channels, unet.cfg.block_out_channels).to(rt.device)
-            unet.cfg = dataclasses.replace(unet.cfg, image_encoder=True)
-        online_net = unet.img_encoder.requires_grad_(True)
-    else:  # a given ControlNet, or a new one as a copy of the UNet's encoder (hints downsample as the VAE does)
-        hint = SD15_HINT_CHANNELS[:len(model.vae.cfg.block_out_channels)]
-        online_net = load_controlnet(s.controlnet, device=rt.device) if s.controlnet else \
-            ControlNet.from_unet(unet, hint_channels=hint).to(rt.device)
-        online_net.requires_grad_(not s.controlnet).train()  # a new one trains whole (its outputs start at 0)
-        online_net.enable_gradient_checkpointing(s.gradient_checkpointing)
-    target_net = copy.deepcopy(online_net).requires_grad_(False).eval()
-    trained, follower = online_net, target_net  # the module whose weights train, and its EMA copy
-    if s.adapter == "controlnet" and s.controlnet:  # an existing ControlNet: adapted through a LoRA on it
-        trained = LoRANetwork.create(online_net, s.lora_rank)
-        follower = LoRANetwork.create(target_net, s.lora_rank).requires_grad_(False)
-        follower.load_state_dict(trained.state_dict())
-    trainable = list(trained.parameters())
+    controlnet = load_controlnet(s.controlnet, device=rt.device) if s.adapter == "controlnet" and s.controlnet \
+        else None
+    unet, online_net, target_net, trained, follower, trainable = adapter_models(s, model, controlnet, rt.device)
     if rt.main:
         print(f"trainable parameters: {sum(p.numel() for p in trainable):,} ({s.adapter})")
     schedule = NoiseSchedule(s.beta_schedule)
     optimizer = torch.optim.AdamW(trainable, lr=s.lr, weight_decay=s.weight_decay)
 
-    def steered(adapter, condition):
-        """The frozen video consistency model steered by one copy (online or EMA) of the adapter."""
-        def call(x, t, context):
-            if s.adapter == "image_encoder":
-                return unet(x, t, context, image_features=adapter(condition, x.shape[2], s.motion_scale))
-            down, mid = adapter(x, t, context, condition)
-            return unet(x, t, context, down_residuals=down, mid_residual=mid)
-        return call
+    steered = steering(s, unet)
 
     if run.resume_state is not None:  # --resume true: continue bit for bit
         run.restore(optimizer, online=trained, target=follower)

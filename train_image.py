@@ -34,6 +34,7 @@ from runtime.settings import (AT_LEAST_1, DECAY, GRID, NOT_NEGATIVE, POSITIVE, S
                               check_settings, flag, one_of, parse_settings)
 from sd15 import load_sd15
 from unet.lora import LoRANetwork
+from unet.model import UNet
 
 
 @dataclasses.dataclass
@@ -67,6 +68,28 @@ class Settings(TrainSettings):
 EXPORTED_FILES = ("lora.safetensors",)  # what a run writes into --out for its users
 
 
+def student_and_target(s: Settings, unet: UNet):
+    """Stage 1's models on one UNet: the online student (the UNet + a trainable LoRA), its target (the same
+    network without gradient, or an EMA copy of the LoRA with --ema-decay) and the teacher (the UNet with
+    the LoRA detached). Returns (online, target, lora, target_lora, teacher)."""
+    online = unet.requires_grad_(False).train()
+    online.enable_gradient_checkpointing(s.gradient_checkpointing)
+    target = copy.deepcopy(online).eval() if s.ema_decay > 0 else online  # copied before the LoRA hooks
+    lora = target_lora = LoRANetwork.create(online, s.lora_rank, s.lora_alpha)
+    if s.ema_decay > 0:
+        target_lora = LoRANetwork.create(target, s.lora_rank, s.lora_alpha).requires_grad_(False)
+        target_lora.load_state_dict(lora.state_dict())
+
+    def teacher(x, t, c):  # one UNet in memory: the base model is the online model minus its LoRA
+        lora.detach()
+        try:
+            return online(x, t, c)
+        finally:
+            lora.attach()
+
+    return online, target, lora, target_lora, teacher
+
+
 @one_run
 def main(argv=None, score=None):
     """`score(model, schedule) -> dict`, if given, is logged at each validation (the toy world passes its
@@ -84,21 +107,7 @@ def main(argv=None, score=None):
     # ---- models: online = base + LoRA (trained); teacher = the same UNet with the LoRA detached; --------
     # ---- target = the online model itself without gradient, or an EMA copy of the LoRA ------------------
     model = load_sd15(s.sd15, device=rt.device)
-    online = model.unet.requires_grad_(False).train()
-    online.enable_gradient_checkpointing(s.gradient_checkpointing)
-    target = copy.deepcopy(online).eval() if s.ema_decay > 0 else online  # copied before the LoRA hooks
-    lora = target_lora = LoRANetwork.create(online, s.lora_rank, s.lora_alpha)
-    if s.ema_decay > 0:
-        target_lora = LoRANetwork.create(target, s.lora_rank, s.lora_alpha).requires_grad_(False)
-        target_lora.load_state_dict(lora.state_dict())
-
-    def teacher(x, t, c):  # one UNet in memory: the base model is the online model minus its LoRA
-        lora.detach()
-        try:
-            return online(x, t, c)
-        finally:
-            lora.attach()
-
+    online, target, lora, target_lora, teacher = student_and_target(s, model.unet)
     trainable = list(lora.parameters())
     if rt.main:
         print(f"trainable parameters: {sum(p.numel() for p in trainable):,} (LoRA)")

@@ -42,10 +42,11 @@ from runtime.draws import coin_flips, integers, normal
 from runtime.run import TrainingRun, evaluating, one_run, set_learning_rate
 from runtime.settings import (AT_LEAST_1, DECAY, NOT_NEGATIVE, OPTIONAL_PATH, POSITIVE, SCHEDULE, SHARE, WEIGHT,
                               TrainSettings, check_settings, flag, one_of, parse_settings)
-from sd15 import load_sd15, save_sd15
+from sd15 import StableDiffusion, load_sd15, save_sd15
 from unet.controlnet import SD15_HINT_CHANNELS, ControlNet, save_controlnet
 from unet.load import add_motion_modules, save_motion_module
 from unet.lora import LoRANetwork
+from unet.model import UNet
 
 
 @dataclasses.dataclass
@@ -81,6 +82,54 @@ EXPORTED_FILES = ("model.safetensors", "lora.safetensors", "motion_module.safete
 IMAGES = ("unet", "lora")  # the parts that learn from images
 
 
+def learners(s: Settings, model: StableDiffusion, device, low: torch.dtype | None):
+    """What learns (online), its EMA copy (target, or the online model itself) and the trainable parameters,
+    on `model` (given new motion modules for --train motion when it has none); with --train motion the
+    frozen weights are stored in `low` (runtime/distributed.py:low_precision; None: kept in fp32)."""
+    if s.train == "motion" and not model.unet.cfg.motion_modules:  # new modules, their outputs at zero
+        model.unet = add_motion_modules(model.unet)
+    unet = model.unet
+    if s.train == "unet":  # the whole image model learns
+        online = unet.requires_grad_(True).train()
+        online.enable_gradient_checkpointing(s.gradient_checkpointing)
+    elif s.train == "lora":  # a LoRA learns; the image model stays as it is
+        unet.requires_grad_(False).train().enable_gradient_checkpointing(s.gradient_checkpointing)
+        online = LoRANetwork.create(unet, s.lora_rank, s.lora_alpha)
+    elif s.train == "motion":  # the motion modules learn; the spatial layers stay as they are
+        online = unet.requires_grad_(False).eval()
+        for name, p in online.named_parameters():
+            p.requires_grad_("motion_modules." in name)
+    else:  # a new ControlNet learns to steer the frozen video model: a copy of its encoder, zero convs at zero
+        unet.requires_grad_(False).train().enable_gradient_checkpointing(s.gradient_checkpointing)
+        hint = SD15_HINT_CHANNELS[:len(model.vae.cfg.block_out_channels)]  # downsamples as the VAE does
+        online = ControlNet.from_unet(unet, hint_channels=hint).to(device).requires_grad_(True).train()
+        online.enable_gradient_checkpointing(s.gradient_checkpointing)
+    target = copy.deepcopy(online).requires_grad_(False).eval() if s.ema_decay > 0 else online
+    if s.train == "motion":
+        online.train().enable_gradient_checkpointing(s.gradient_checkpointing)
+        for p in online.parameters():  # frozen weights only ever run under autocast: store them in its precision
+            if low is not None and not p.requires_grad:
+                p.data = p.data.to(low)
+    trainable = [p for p in online.parameters() if p.requires_grad]
+    return online, target, trainable
+
+
+def denoising(s: Settings, unet: UNet):
+    """denoiser(net, control) -> eps_theta(x, t, c): the network itself (a LoRA: the UNet it is attached to),
+    or the frozen video model steered by a ControlNet."""
+    def denoiser(net, control):
+        if s.train == "lora":
+            return unet
+        if s.train != "controlnet":
+            return net
+
+        def steered(x, t, context):
+            down, mid = net(x, t, context, control)
+            return unet(x, t, context, down_residuals=down, mid_residual=mid)
+        return steered
+    return denoiser
+
+
 @one_run
 def main(argv=None, score=None):
     """`score(model, schedule) -> dict`, if given, is logged at each validation (the toy world passes its
@@ -103,47 +152,12 @@ def main(argv=None, score=None):
 
     # ---- models: what learns (online), its EMA copy (target, or the online model itself), what is frozen ---
     model = load_sd15(s.sd15, s.motion or None, device=rt.device)
-    if s.train == "motion" and not model.unet.cfg.motion_modules:  # new modules, their outputs at zero
-        model.unet = add_motion_modules(model.unet)
+    online, target, trainable = learners(s, model, rt.device, low_precision(rt, s.precision))
     unet = model.unet
-    if s.train == "unet":  # the whole image model learns
-        online = unet.requires_grad_(True).train()
-        online.enable_gradient_checkpointing(s.gradient_checkpointing)
-    elif s.train == "lora":  # a LoRA learns; the image model stays as it is
-        unet.requires_grad_(False).train().enable_gradient_checkpointing(s.gradient_checkpointing)
-        online = LoRANetwork.create(unet, s.lora_rank, s.lora_alpha)
-    elif s.train == "motion":  # the motion modules learn; the spatial layers stay as they are
-        online = unet.requires_grad_(False).eval()
-        for name, p in online.named_parameters():
-            p.requires_grad_("motion_modules." in name)
-    else:  # a new ControlNet learns to steer the frozen video model: a copy of its encoder, zero convs at zero
-        unet.requires_grad_(False).train().enable_gradient_checkpointing(s.gradient_checkpointing)
-        hint = SD15_HINT_CHANNELS[:len(model.vae.cfg.block_out_channels)]  # downsamples as the VAE does
-        online = ControlNet.from_unet(unet, hint_channels=hint).to(rt.device).requires_grad_(True).train()
-        online.enable_gradient_checkpointing(s.gradient_checkpointing)
-    target = copy.deepcopy(online).requires_grad_(False).eval() if s.ema_decay > 0 else online
-    if s.train == "motion":
-        online.train().enable_gradient_checkpointing(s.gradient_checkpointing)
-        low = low_precision(rt, s.precision)
-        for p in online.parameters():  # frozen weights only ever run under autocast: store them in its precision
-            if low is not None and not p.requires_grad:
-                p.data = p.data.to(low)
-    trainable = [p for p in online.parameters() if p.requires_grad]
     if rt.main:
         print(f"trainable parameters: {sum(p.numel() for p in trainable):,} ({s.train})")
 
-    def denoiser(net, control):
-        """eps_theta(x, t, c): the network itself (a LoRA: the UNet it is attached to), or the frozen video
-        model steered by a ControlNet."""
-        if s.train == "lora":
-            return unet
-        if s.train != "controlnet":
-            return net
-
-        def steered(x, t, context):
-            down, mid = net(x, t, context, control)
-            return unet(x, t, context, down_residuals=down, mid_residual=mid)
-        return steered
+    denoiser = denoising(s, unet)
 
     schedule = NoiseSchedule(s.beta_schedule)
     optimizer = torch.optim.AdamW(trainable, lr=s.lr, weight_decay=s.weight_decay)

@@ -45,6 +45,7 @@ from runtime.settings import (AT_LEAST_1, DECAY, GRID, NOT_NEGATIVE, OPTIONAL_PA
 from sd15 import load_sd15
 from unet.load import save_motion_module
 from unet.lora import LoRANetwork
+from unet.model import UNet
 
 
 @dataclasses.dataclass
@@ -85,6 +86,38 @@ class Settings(TrainSettings):
 EXPORTED_FILES = ("motion_module.safetensors", "lora.safetensors")  # what a run writes into --out for its users
 
 
+def student_and_target(s: Settings, teacher: UNet, stage1_lora, low: torch.dtype | None):
+    """Stage 2's models from the teacher's UNet: the online student (with the stage-1 LoRA `stage1_lora`, a
+    file or state dict, merged; with --direct a fresh LoRA instead), its EMA target and what trains; frozen
+    weights are stored in `low` (runtime/distributed.py:low_precision; None: kept in fp32). Returns (online,
+    target, the spatial LoRAs by name, the trainable parameters)."""
+    teacher.requires_grad_(False).eval()
+    online = copy.deepcopy(teacher)
+    target = copy.deepcopy(teacher)  # AnimateLCM's initialisation: the target starts without the LoRA
+    if s.direct:  # one stage: a fresh spatial LoRA trains beside the motion modules (and its EMA copy)
+        lora = LoRANetwork.create(online, s.lora_rank)
+        target_lora = LoRANetwork.create(target, s.lora_rank).requires_grad_(False)
+        target_lora.load_state_dict(lora.state_dict())
+        spatial = {"lora": lora, "target_lora": target_lora}
+    else:  # decoupled: the stage-1 image consistency LoRA, merged and fixed
+        LoRANetwork.load(online, stage1_lora).merge()
+        spatial = {}
+    if s.init == "plain":  # the initialisation ablation: the target starts as a copy of the online model
+        target.load_state_dict(online.state_dict())
+    for name, p in online.named_parameters():
+        p.requires_grad_("motion_modules." in name)
+    trainable = (list(spatial["lora"].parameters()) if s.direct else []) + \
+        [p for n, p in online.named_parameters() if "motion_modules." in n]
+    online.train().enable_gradient_checkpointing(s.gradient_checkpointing)
+    target.requires_grad_(False).eval()
+    if low is not None:  # frozen weights only ever run under autocast: store them in its precision
+        teacher.to(low)  # (about 4 GB less at SD1.5 size; the EMA target stays fp32)
+        for p in online.parameters():
+            if not p.requires_grad:
+                p.data = p.data.to(low)
+    return online, target, spatial, trainable
+
+
 @one_run
 def main(argv=None, score=None):
     """`score(model, schedule) -> dict`, if given, is logged at each validation (the toy world passes its
@@ -105,31 +138,8 @@ def main(argv=None, score=None):
 
     # ---- models: teacher (frozen), online student, EMA target; the ablations are chosen here, once -----
     teacher = load_sd15(s.sd15, s.teacher_motion, device=rt.device)
-    teacher.unet.requires_grad_(False).eval()
-    online = copy.deepcopy(teacher.unet)
-    target = copy.deepcopy(teacher.unet)  # AnimateLCM's initialisation: the target starts without the LoRA
-    if s.direct:  # one stage: a fresh spatial LoRA trains beside the motion modules (and its EMA copy)
-        lora = LoRANetwork.create(online, s.lora_rank)
-        target_lora = LoRANetwork.create(target, s.lora_rank).requires_grad_(False)
-        target_lora.load_state_dict(lora.state_dict())
-        spatial = {"lora": lora, "target_lora": target_lora}
-    else:  # decoupled: the stage-1 image consistency LoRA, merged and fixed
-        LoRANetwork.load(online, s.lora).merge()
-        spatial = {}
-    if s.init == "plain":  # the initialisation ablation: the target starts as a copy of the online model
-        target.load_state_dict(online.state_dict())
-    for name, p in online.named_parameters():
-        p.requires_grad_("motion_modules." in name)
-    trainable = (list(spatial["lora"].parameters()) if s.direct else []) + \
-        [p for n, p in online.named_parameters() if "motion_modules." in n]
-    online.train().enable_gradient_checkpointing(s.gradient_checkpointing)
-    target.requires_grad_(False).eval()
-    low = low_precision(rt, s.precision)
-    if low is not None:  # frozen weights only ever run under autocast: store them in its precision
-        teacher.unet.to(low)  # (about 4 GB less at SD1.5 size; the EMA target stays fp32)
-        for p in online.parameters():
-            if not p.requires_grad:
-                p.data = p.data.to(low)
+    online, target, spatial, trainable = student_and_target(s, teacher.unet, s.lora,
+                                                            low_precision(rt, s.precision))
     if rt.main:
         print(f"trainable parameters: {sum(p.numel() for p in trainable):,} "
               f"(motion modules{' + spatial LoRA' if s.direct else ''})")

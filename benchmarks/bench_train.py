@@ -8,7 +8,8 @@ Random weights of the chosen size are written in the real file formats (SD1.5 si
 motion module, kohya LoRA) next to a folder of synthetic captioned clips; then train_image.py,
 train_video.py and train_adapter.py run for `--steps` steps each with a log record per step. The
 median step time (over the steps after the first two, which include start-up) and the peak GPU
-memory (the CUDA allocator's peak; not measured on CPU) are read back from the scripts' own log.jsonl.
+memory (the CUDA allocator's peak of each stage's run; not measured on CPU) are read back from the
+scripts' own log.jsonl. benchmarks/budget_gpu.py runs it at the settings of docs/gpu-budget.md's rows.
 """
 from __future__ import annotations
 
@@ -65,6 +66,8 @@ def main(argv=None):
     for stage in args.stages.split(","):
         module, argv = runs[stage]
         out = folder / f"run_{stage}"
+        if torch.device(args.device).type == "cuda":  # each stage's own peak, not the largest so far
+            torch.cuda.reset_peak_memory_stats(args.device)
         __import__(module).main([*argv, *common, "--out", str(out)])
         step, peak = step_times(out / "log.jsonl")
         results.append((stage, step, peak))
@@ -74,6 +77,7 @@ def main(argv=None):
     for stage, step, peak in results:
         memory = f"peak memory {peak:.2f} GiB" if peak else "peak memory n/a on CPU"
         print(f"  stage {stage:>7}: {step * 1e3:9.1f} ms/step   {memory}")
+    return results
 
 
 if __name__ == "__main__":
