@@ -14,7 +14,7 @@ Model flags are sample.py's (--sd15 --motion --lora --lora-scale --beta-schedule
 --vae-dtype --decode-chunk --context-frames --context-overlap): the same loaders and samplers. Each
 video is a file under OUT/videos/NAME/SAMPLER-Nsteps/ named by prompt index and seed, written
 whole or not at all, so a rerun skips what exists and an interrupted evaluation resumes. Results:
-OUT/results.json (every setting, sha256 of every weight file) and OUT/results.md (Table 1's layout);
+OUT/results.json (every setting, sha256 of every weight file) and OUT/results.txt (Table 1's layout);
 runs into one OUT with the same protocol add rows to them. Nothing is downloaded.
 """
 from __future__ import annotations
@@ -83,7 +83,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.Namespace]:
     p.add_argument("--name", help="the method's name in the table (default: the motion module's file name)")
     p.add_argument("--sampler", nargs="+", choices=["lcm", "ddim", "dpmpp_2m"], default=["lcm"])
     p.add_argument("--steps", nargs="+", type=int, help="step counts (ucf101: 1 2 4 8; toy: 1 2 4)")
-    p.add_argument("--out", default="eval", help="folder: videos, real statistics, results.json and results.md")
+    p.add_argument("--out", default="eval", help="folder: videos, real statistics, results.json and results.txt")
     p.add_argument("--batch", type=int, default=8, help="videos generated at once (a video does not depend on it, "
                    "up to float rounding)")
     p.add_argument("--i3d", help=EXPECTED["i3d"])
@@ -219,7 +219,7 @@ def evaluate(argv=None) -> int:
     counts = sorted({(r["fvd_generated"], r["fvd_real"]) for r in results["rows"]})
     print("FVD from " + ", ".join(f"{g} generated vs {n} real videos" for g, n in counts) +
           "; FVD falls as the counts grow, so compare only numbers of equal counts")
-    print(f"wrote {out / 'results.json'} and {out / 'results.md'}")
+    print(f"wrote {out / 'results.json'} and {out / 'results.txt'}")
     return 0
 
 

@@ -93,7 +93,7 @@ def fig_personalization(ctx: Context) -> None:
     sweep = sorted((r for r in rows if r["method"].startswith("AnimateLCM, style LoRA at")),
                    key=lambda r: float(r["method"].rsplit(" ", 1)[1]))
     scales = [float(r["method"].rsplit(" ", 1)[1]) for r in sweep]
-    swept_seeds = sweep[0]["seeds"]  # the sweep runs on some personalization seeds only (--sweep-seeds)
+    swept_seeds = sweep[0]["seeds"]  # the sweep runs on some personalization seeds only (seed 0)
     swept = f"{swept_seeds} personalization seed{'s' * (swept_seeds > 1)}"
     spread = "std" if swept_seeds > 1 else "sampling_std"  # one seed: the spread over its sampling sets
     bars = (f"std over {swept_seeds} seeds" if swept_seeds > 1 else
@@ -243,8 +243,11 @@ def fig_learning_curves(ctx: Context) -> None:
 
 # ---- toy/weights/drift.json (toy/drift.py --ship): style gained and motion kept against weight drift ----------
 
+DRIFT_TICKS = (0.03, 0.05, 0.1, 0.2, 0.3)
+
+
 def fig_drift(ctx: Context) -> None:
-    """Each personalization of the sweep (drift.json; personalization seed 0, bars: std over sampling sets) at
+    """Each personalization of the sweep (drift.json; personalization seed 0, bars: std over its sampling sets) at
     its weight drift from the base: the share of videos drawn in the outline style (the style gained) and the
     share moving as prompted (the motion kept), for the personalized teacher (DDIM) and AnimateLCM on it (4
     steps); the shipped personalization is circled; dotted: the base model."""
@@ -270,10 +273,14 @@ def fig_drift(ctx: Context) -> None:
                         label="shipped")
             ax.set(xscale="log", ylim=(-0.02, 1.02), title=label if i == 0 else None, ylabel=f"share {title}",
                    xlabel="weight drift ||W' - W|| / ||W|| of the UNet" if i else None)
+            ax.set_xticks(DRIFT_TICKS, [f"{t:g}" for t in DRIFT_TICKS])
+            ax.xaxis.set_minor_formatter(plt.NullFormatter())
             ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=6.5, loc="upper left")
-    fig.suptitle("the personalization sweep on seen prompts (the captions never name the style), seed 0; bars: std "
-                 f"over {results['eval_seeds']} sampling sets of {results['eval_count']} videos", fontsize=9)
+    axes[1][0].legend(fontsize=6.5, loc="lower left")  # below the points: the lower half is empty there
+    spread = (f"bars: std over {results['eval_seeds']} sampling sets of {results['eval_count']} videos"
+              if results["eval_seeds"] > 1 else f"one sampling set of {results['eval_count']} videos a point")
+    fig.suptitle("the personalization sweep on seen prompts (the captions never name the style), seed 0; "
+                 f"{spread}; circled: the recipe shipped", fontsize=9)
     fig.tight_layout()
     ctx.save(fig, "drift")
 

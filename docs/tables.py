@@ -254,13 +254,15 @@ def personalization_claim_rows() -> list[list[str]]:
     cell = {(c["method"], c["steps"]): c for c in r["table"]}
     teacher = cell[("personalized teacher, DDIM", 50)]
     ours, base = cell[("AnimateLCM on the personalized model", 4)], cell[("AnimateLCM on the base model", 4)]
+    k = "direction"  # the motion, and the attribute furthest below the base's
+    worst = min(("colour", "shape"), key=lambda a: ours[a]["mean"] - base[a]["mean"])
     return [[f"personalized model: {claim}", *cells, k_of(r["claims"][claim])] for claim, cells in (
         ("personalized teacher: outline style >= 0.9", [pm(teacher["outline"], 2), "0.9"]),
         ("personalized teacher: direction >= 0.9", [pm(teacher["direction"], 2), "0.9"]),
         ("AnimateLCM 4 steps: outline style within 0.05 of the personalized teacher",
          [pm(ours["outline"], 2), pm(teacher["outline"], 2)]),
         ("AnimateLCM 4 steps: every attribute within 0.05 of AnimateLCM on the base model",
-         [f"direction {pm(ours['direction'], 2)}", f"direction {pm(base['direction'], 2)}"]))]
+         [f"{k} {pm(m[k], 2)}, {worst} {pm(m[worst], 2)}" for m in (ours, base)]))]
 
 
 # ---- toy/weights/personalized.json: the personalization over three seeds (toy/personalize.py) ---------------
@@ -293,16 +295,32 @@ def ms(cell: list, digits: int = 2) -> str:
     return f"{cell[0]:.{digits}f} ± {cell[1]:.{digits}f}"
 
 
+def drift_cell(r: dict):
+    """drift.json's cells: "mean ± std" over its sampling sets, or the one set's value."""
+    return ms if r["eval_seeds"] > 1 else (lambda c, digits=2: f"{c[0]:.{digits}f}")
+
+
+def drift_note(r: dict) -> list[str]:
+    if r["eval_seeds"] > 1:
+        return ["", f"Personalization seed 0, ± the std over {r['eval_seeds']} sampling sets of {r['eval_count']} "
+                    "seen prompts (the pixel detector; toy FVD against real outline clips)."]
+    return ["", f"Personalization seed 0, one sampling set of {r['eval_count']} seen prompts a cell (the pixel "
+                "detector; toy FVD against real outline clips): a screen, its shares good to about ± 0.06 near "
+                "0.9 (binomial)."]
+
+
 def drift_sweep() -> list[str]:
     r = results("drift.json")
+    ms_ = drift_cell(r)
     rows = []
     for row in r["rows"]:
         t, a = row["teacher"], row["animatelcm"]
-        rows.append([row["run"], str(row["steps"]), f"{row['drift']['total']:.3f}", ms(t["outline"]),
-                     ms(t["direction"]), ms(a["outline"]), ms(a["colour"]), ms(a["shape"]), ms(a["direction"]),
-                     ms(a["fvd"], 1)])
-    return table(["personalization", "steps", "drift", "teacher: outline", "teacher: direction",
-                  "AnimateLCM 4 steps: outline", "colour", "shape", "direction", "toy FVD (outline clips)"], rows)
+        rows.append([row["run"], str(row["steps"]), f"{row['drift']['total']:.3f}", ms_(t["outline"]),
+                     ms_(t["shape"]), ms_(t["direction"]), ms_(a["outline"]), ms_(a["colour"]), ms_(a["shape"]),
+                     ms_(a["direction"]), ms_(a["fvd"], 1)])
+    return table(["personalization", "steps", "drift", "teacher: outline", "shape", "direction",
+                  "AnimateLCM 4 steps: outline", "colour", "shape", "direction", "toy FVD (outline clips)"],
+                 rows) + drift_note(r)
 
 
 def drift_blocks() -> list[str]:
@@ -316,18 +334,92 @@ def drift_blocks() -> list[str]:
 
 def drift_restored() -> list[str]:
     r = results("drift.json")
-    rows = [[row["restored"], f"{row['drift']['total']:.3f}", ms(row["teacher"]["outline"]),
-             ms(row["teacher"]["direction"]), ms(row["animatelcm"]["outline"]), ms(row["animatelcm"]["direction"])]
+    ms_ = drift_cell(r)
+    rows = [[row["restored"], f"{row['drift']['total']:.3f}", ms_(row["teacher"]["outline"]),
+             ms_(row["teacher"]["direction"]), ms_(row["animatelcm"]["outline"]), ms_(row["animatelcm"]["direction"])]
             for row in r["restored"]]
     return table(["put back to the base", "drift left", "teacher: outline", "teacher: direction",
                   "AnimateLCM 4 steps: outline", "direction"], rows)
 
 
+# ---- toy/weights/conditions.json: AnimateLCM's design claims under two video conditions (toy/conditions.py) ----
+
+CONDITION_NAMES = {"clean": "clean clips", "webvid": "WebVid-like clips"}
+CONDITION_ROWS = (("real clips", (0,)), ("teacher DDIM", (50,)), ("teacher DDIM, trailing", (1, 4)),
+                  ("image-only LCM", (1, 4)), ("AnimateLCM (decoupled)", (1, 2, 4)), ("direct (one stage)", (1, 2, 4)))
+
+
+def conditions_cells() -> tuple[dict, dict]:
+    r = results("conditions.json")
+    return r, {(c["condition"], c["method"], c["steps"]): c for c in r["table"]}
+
+
+def conditions_2x2() -> list[str]:
+    """Decoupled against one-stage distillation under each condition, with the teacher, image-only LCM and the
+    real clips themselves; every toy FVD against clean clips."""
+    r, cell = conditions_cells()
+    rows = []
+    for condition in r["conditions"]:
+        for method, steps in CONDITION_ROWS:
+            for n in steps:
+                c = cell[(condition, method, n)]
+                once = c["seeds"] < len(r["seeds"])  # the teacher and the clips: one of each per condition
+                label = "the real clips" if method == "real clips" else NAMES.get(method, method)
+                rows.append([CONDITION_NAMES[condition], label, str(n) if n else "",
+                             *(pm(c[k], d, once) for k, d in (("fvd", 1), ("seen_accuracy", 2), ("direction", 2),
+                                                              ("watermark", 2)))])
+    return table(["clips", "method", "steps", "toy FVD vs clean clips", "prompt accuracy", "direction",
+                  "watermark drawn"], rows) + [
+        "", f"Mean ± std over training seeds {', '.join(str(s) for s in r['seeds'])}; * trained once (the "
+            "teacher, the clips): ± the std over its sampling sets."] + fvd_note(r)
+
+
+def conditions_claims() -> list[str]:
+    r = results("conditions.json")
+    return table(["condition: claim", "holds in", "seeds " + " / ".join(str(s) for s in r["seeds"])],
+                 claims_rows({k: v for k, v in r["claims"].items() if "init beats" not in k}, r["seeds"]))
+
+
+def learning_curves() -> list[str]:
+    """Stage 2 from AnimateLCM's initialisation (the stage-1 LoRA merged in) against a plain one, along
+    training: the toy FVD at 1 and 4 steps, and how many seeds the initialisation wins."""
+    r, cell = conditions_cells()
+    rows = []
+    for condition in r["conditions"]:
+        for p in r["curve_points"]:
+            row = [CONDITION_NAMES[condition], str(p)]
+            for n in (1, 4):
+                ours = cell[(condition, f"stage 2, AnimateLCM init, at step {p}", n)]
+                plain = cell[(condition, f"stage 2, plain init, at step {p}", n)]
+                held = r["claims"][f"{condition}: AnimateLCM init beats plain init at stage-2 step {p}, "
+                                   f"{steps_label(n)} (toy FVD)"]
+                row += [pm(ours["fvd"], 1), pm(plain["fvd"], 1), k_of(held)]
+            rows.append(row)
+    return table(["clips", "stage-2 step", "AnimateLCM init, 1 step", "plain init, 1 step", "init wins in",
+                  "AnimateLCM init, 4 steps", "plain init, 4 steps", "init wins in"], rows) + fvd_note(r)
+
+
+def schedule_study() -> list[str]:
+    """Stage 1 under the teacher's beta_linear against sqrt_beta_linear: the clean clips, training seed 0 (the
+    only seed trained both ways), ± the std over sampling sets."""
+    r = results("conditions.json")
+    cell = {(c["method"], c["steps"]): c for c in r["schedule"]}
+    rows = []
+    for method, label in (("image-only LCM", "image-only LCM"), ("AnimateLCM (decoupled)", "AnimateLCM")):
+        for schedule in ("beta_linear", "sqrt_beta_linear"):
+            m = method if schedule == "beta_linear" else f"{label}, stage 1 under sqrt_beta_linear"
+            cells = [cell[(m, n)] for n in (1, 2, 4)]
+            rows.append([label, schedule + " (the teacher's)" * (schedule == "beta_linear"),
+                         *(ms(c["fvd"], 1) for c in cells), " / ".join(f"{c['seen_accuracy'][0]:.2f}" for c in cells)])
+    return table(["model", "stage-1 schedule", "toy FVD, 1 step", "2 steps", "4 steps",
+                  "prompt accuracy, 1 / 2 / 4 steps"], rows) + fvd_note(r)
+
 TABLES = {"readme-results": readme_results, "readme-claims": readme_claims, "t2v-fvd": t2v_fvd, "t2v-accuracy": t2v_accuracy, "t2v-attributes": t2v_attributes,
           "sampling-spread": sampling_spread, "stage3": stage3, "claims": claims, "training-times": training_times,
           "samplers": samplers, "personalization": personalization,
           "personalization-targets": personalization_targets, "drift-sweep": drift_sweep,
-          "drift-blocks": drift_blocks, "drift-restored": drift_restored}
+          "drift-blocks": drift_blocks, "drift-restored": drift_restored, "conditions-2x2": conditions_2x2,
+          "conditions-claims": conditions_claims, "learning-curves": learning_curves, "schedule": schedule_study}
 
 
 def render(name: str) -> str:

@@ -5,6 +5,6 @@
 * `clipsim.py`: CLIPSIM with open_clip from a local weights file.
 * `scorers.py`: what a protocol measures with: I3D + CLIPSIM, or the toy world's judge.
 * `real_videos.py`: the real clips' FVD statistics, computed once and cached.
-* `report.py`: results.json and results.md, laid out like the paper's Table 1.
+* `report.py`: results.json and results.txt, laid out like the paper's Table 1.
 * `ucf101_prompts.yaml`: AnimateLCM's one-line prompt per UCF-101 class (its metrics/UCF101_prompts.yaml).
 """

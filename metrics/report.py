@@ -1,4 +1,4 @@
-"""The results of evaluate.py: OUT/results.json (every setting and sha256, all rows) and OUT/results.md,
+"""The results of evaluate.py: OUT/results.json (every setting and sha256, all rows) and OUT/results.txt,
 laid out like AnimateLCM's Table 1 (a row per method and sampler; FVD, then the prompt score, per step count)."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ SAMPLER_TITLES = {"lcm": "LCM", "ddim": "DDIM", "dpmpp_2m": "DPM-Solver++ 2M"}
 
 
 def write_results(out: Path, measures: dict, real: dict, rows: list[dict]) -> dict:
-    """Merge this run's rows into OUT/results.json (a method's sampler and steps again: replaced); write results.md."""
+    """Merge this run's rows into OUT/results.json (a method's sampler and steps again: replaced); write results.txt."""
     file = out / "results.json"
     old = json.loads(file.read_text())["rows"] if file.exists() else []
     new = {(r["method"], r["sampler"], r["steps"]) for r in rows}
@@ -19,7 +19,7 @@ def write_results(out: Path, measures: dict, real: dict, rows: list[dict]) -> di
     real_info = {k: v for k, v in real.items() if k not in ("mu", "sigma")}
     results = {**measures, "real_statistics": real_info, "rows": rows}
     write_json(file, results)  # each whole or not at all (runtime/files.py)
-    write_text(out / "results.md", markdown(results))
+    write_text(out / "results.txt", markdown(results))
     return results
 
 

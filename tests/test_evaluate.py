@@ -58,7 +58,7 @@ def test_end_to_end_then_resume_after_an_interruption(tmp_path, real_clips, monk
     assert results["real_statistics"]["count"] == 10 and results["real_videos"] == str(real_clips.resolve())
     hashes = results["rows"][0]["model"]["sha256"]
     assert any(k.endswith("toy_motion.safetensors") and len(v) == 64 for k, v in hashes.items())
-    table = (tmp_path / "a" / "results.md").read_text()
+    table = (tmp_path / "a" / "results.txt").read_text()
     assert "| method | FVD 1 | FVD 2 | prompt-accuracy 1 | prompt-accuracy 2 |" in table
     assert "| toy_motion: LCM, no CFG |" in table and "toy_classifier.safetensors" in table
     folder = tmp_path / "a" / "videos" / "toy_motion"
@@ -111,14 +111,14 @@ def test_other_settings_for_the_same_videos_or_protocol_are_refused(tmp_path, re
     assert "holds results made with other settings" in capsys.readouterr().err
     # another method (its own --name) adds its rows to the same table
     assert evaluate.main(tiny(tmp_path, real_clips, "--guidance", "2", "--name", "cfg2", "--sampler", "ddim")) == 0
-    table = (tmp_path / "results.md").read_text()
+    table = (tmp_path / "results.txt").read_text()
     assert "| toy_motion: LCM, no CFG |" in table and "| cfg2: DDIM, CFG 2 |" in table
 
 
 def test_a_full_disk_at_the_results_is_one_line_and_keeps_the_earlier_ones(tmp_path, real_clips):
     """The real `python evaluate.py` run again on a finished evaluation, with no file allowed to grow to half the
     size of results.json (its settings files are smaller): one line names results.json and the cause; the
-    earlier results.json and results.md stay as they were, and no temporary file is left."""
+    earlier results.json and results.txt stay as they were, and no temporary file is left."""
     assert evaluate.main(tiny(tmp_path, real_clips)) == 0
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     results = tmp_path / "results.json"
@@ -236,7 +236,7 @@ def test_the_paper_protocol_path_runs_with_i3d_and_clip_files(tmp_path, monkeypa
     assert results["real_statistics"]["skipped"] == 1 and results["clip_model"] == "tiny-clip-eval"
     assert {Path(k).name for k in results["sha256"]} == {"i3d_pretrained_400.pt", "clip.bin"}
     assert list((tmp_path / "out" / "videos" / "toy_motion" / "lcm-2steps").glob("*.mp4"))  # the ucf101 default
-    assert "i3d-logits (frames to 224x224 by squash)" in (tmp_path / "out" / "results.md").read_text()
+    assert "i3d-logits (frames to 224x224 by squash)" in (tmp_path / "out" / "results.txt").read_text()
 
 
 def test_the_toy_judge_scores_real_clips_by_their_prompts_and_refuses_other_sizes():

@@ -193,7 +193,7 @@ def test_seeds_retrains_the_distillations_and_counts_claims_per_seed(quick_run):
     assert [r["steps"] for r in stage3] == list(toy_run.STAGE3_STEPS) and all(r["seeds"] == 2 for r in stage3)
     assert stage3[-1]["layout.mask_iou"]["mean"] == pytest.approx(np.mean(
         [results["per_seed_stage3"][s]["layout"][-1]["mask_iou"][0] for s in ("0", "1")]))
-    assert "holds in" in (run / "seeds" / "results.md").read_text()
+    assert "holds in" in (run / "seeds" / "results.txt").read_text()
     # a second call trains and measures nothing: the same results
     assert seeds.main(["--run", str(run), "--seeds", "1", "--quick", "--device", "cpu"]) == 0
     assert json.loads((run / "seeds" / "results.json").read_text()) == results
@@ -201,9 +201,9 @@ def test_seeds_retrains_the_distillations_and_counts_claims_per_seed(quick_run):
 
 @pytest.mark.slow  # about 2 minutes on a 2-core CPU
 def test_personalize_trains_each_seed_measures_every_method_and_ships(quick_run, tmp_path):
-    """toy/personalize.py on the --quick run: seed 1's personalized model, style LoRA and upper bound on the
-    run's stills and VAE; every method measured on outline prompts; targets counted per seed; the shipped
-    model marked as the toy's, so that sample.py fills in the rest."""
+    """toy/personalize.py on the --quick run: seed 1's personalized model on the run's stills and VAE (the
+    style LoRA and the upper bound: seed 0's); every method measured on seen prompts; targets counted per
+    seed; the recipe recorded; the shipped model marked as the toy's, so that sample.py fills in the rest."""
     from runtime.weights import read_metadata
     from toy import personalize
     run = quick_run / "run"
@@ -218,8 +218,10 @@ def test_personalize_trains_each_seed_measures_every_method_and_ships(quick_run,
             "AnimateLCM on the base model", "AnimateLCM, style LoRA at 0", "AnimateLCM, style LoRA at 1"} <= methods
     assert all(0 <= r[k]["mean"] <= 1 for r in results["table"] for k in ("outline", "colour", "direction", "all"))
     assert len(results["claims"]) == 5 and all(len(v) == 2 for v in results["claims"].values())
-    seeds_of = {r["method"]: r["seeds"] for r in results["table"]}  # the sweep: --sweep-seeds (seed 0) only
+    seeds_of = {r["method"]: r["seeds"] for r in results["table"]}  # the sweep and the upper bound: seed 0 only
     assert seeds_of["AnimateLCM on the personalized model"] == 2 and seeds_of["AnimateLCM, style LoRA at 1"] == 1
+    assert seeds_of["upper bound: its own stage 1"] == 1 and not (run / "personalize" / "1" / "style_lora").exists()
+    assert results["recipe"] == {"run": "fine-tune, lr 0.0003", "steps": 3}
     assert read_metadata(tmp_path / "toy_outline_sd15.safetensors")["toy_world"] == "outline"
     assert sample.is_toy_model(str(tmp_path / "toy_outline_sd15.safetensors"))
     assert not sample.is_toy_model(str(run / "personalize" / "model.safetensors"))
@@ -319,6 +321,23 @@ def test_stage1_sweep_trains_each_variant_and_a_stage2_on_it(quick_run, tmp_path
         assert (tmp_path / "sweep" / folder / "lora.safetensors").exists()
         assert (tmp_path / "sweep" / f"{folder}_stage2" / "motion_module.safetensors").exists()
     assert rows["base: image-only LCM, 4 steps"] != rows["uniform: image-only LCM, 4 steps"]
+
+
+def test_a_restored_personalization_keeps_the_loras_merged_on_it():
+    """toy/drift.py:restored_model puts parts of a fine-tune back to the base and then merges the LoRAs, so
+    that AnimateLCM's acceleration LoRA is in the restored model: with every part restored it is the base
+    model with the LoRA, with none the fine-tune with it."""
+    from sd15 import load_sd15
+    from toy.drift import restored_model, restored_state, unet_state
+    weights = ROOT / "toy" / "weights"
+    tuned, base_file, lora = (weights / "toy_outline_sd15.safetensors", weights / "toy_sd15.safetensors",
+                              [(weights / "toy_lcm_lora.safetensors", 1.0)])
+    heavy, base = unet_state(load_sd15(tuned)), unet_state(load_sd15(base_file))
+    for where, expected in ((lambda k: True, base_file), (lambda k: False, tuned)):
+        made = unet_state(restored_model(tuned, restored_state(heavy, base, where), None, lora))
+        want = unet_state(load_sd15(expected, None, lora))
+        assert made.keys() == want.keys()
+        assert all(torch.allclose(made[k], want[k], atol=1e-6) for k in want)
 
 
 def test_weight_drift_is_zero_for_the_base_and_grows_with_a_loras_scale():

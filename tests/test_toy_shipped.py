@@ -188,8 +188,8 @@ def test_python_sample_py_with_no_arguments_makes_a_toy_gif(tmp_path):
 # The personalized toy model (toy/weights/toy_outline_sd15.safetensors: the teacher fine-tuned on outline
 # stills, with its own VAE; toy/personalize.py), on every other seen combination: the share of videos drawn
 # in the outline style and the direction, by the pixel detector. PERSONALIZED_MEASURED: what `-s -n 0` printed.
-PERSONALIZED_MEASURED = {"personalized teacher, DDIM 25": {"outline": 0.857, "direction": 0.619},
-                         "AnimateLCM on the personalized model, 4 steps": {"outline": 0.905, "direction": 0.667}}
+PERSONALIZED_MEASURED = {"personalized teacher, DDIM 25": {"outline": 0.905, "direction": 0.905},
+                         "AnimateLCM on the personalized model, 4 steps": {"outline": 0.857, "direction": 0.905}}
 # what each row samples: (motion module, LoRA or None, steps, sampler) on toy_outline_sd15.safetensors
 PERSONALIZED = {"personalized teacher, DDIM 25": ("toy_teacher_motion.safetensors", None, 25, "ddim"),
                 "AnimateLCM on the personalized model, 4 steps": ("toy_motion.safetensors", "toy_lcm_lora.safetensors",
@@ -200,9 +200,9 @@ PERSONALIZED = {"personalized teacher, DDIM 25": ("toy_teacher_motion.safetensor
 def test_shipped_personalized_model_keeps_its_style_in_four_steps(shipped, name):
     """The paper's title claim in miniature: the personalized image model with the teacher's motion module
     draws outlines, and with AnimateLCM's acceleration LoRA and motion module (trained on the base model
-    only) it still does, in 4 steps (the base model's AnimateLCM draws none: the test above). Both move as
-    prompted less often than the base model's 0.95 (the motion module does not fully transfer:
-    docs/toy-world.md, 4.3)."""
+    only) it still does, in 4 steps (the base model's AnimateLCM draws none: the test above), and both still
+    move as prompted: the shipped fine-tune is the gentle one of docs/toy-world.md 4.3 (the old, heavier
+    recipe measured 0.62 and 0.67 here)."""
     from sd15 import load_sd15
     from toy.health import prompt_following
     motion, lora, steps, sampler = PERSONALIZED[name]

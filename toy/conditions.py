@@ -17,7 +17,7 @@ stills stay clean. On the run's teacher image model and judge, this trains:
     SD1.5's training schedule, then stage 2 under the beta_linear that it samples with.
 Both stage-2 runs keep their motion module at LEARNING_CURVE steps (the learning curves). Everything is
 measured the way toy/run.py measures, against *clean* real clips, with the share of videos that draw the
-watermark (toy/detect.py:has_watermark). Outputs: <run>/conditions/results.json and results.md; a finished
+watermark (toy/detect.py:has_watermark). Outputs: <run>/conditions/results.json and results.txt; a finished
 stage or measurement is kept, so an interrupted command continues.
 """
 from __future__ import annotations
@@ -220,6 +220,8 @@ def evaluate_teacher(out: Path, classifier, b: Budget, device: str) -> list[dict
 
 
 METRICS = ("fvd", "seen_accuracy", "watermark")
+SCHEDULE_ROWS = ("image-only LCM", "AnimateLCM (decoupled)", "image-only LCM, stage 1 under sqrt_beta_linear",
+                 "AnimateLCM, stage 1 under sqrt_beta_linear")  # the schedule study: clean clips, training seed 0
 
 
 def across_seeds(per_seed: dict[int, list[dict]]) -> list[dict]:
@@ -291,11 +293,13 @@ def evaluate(run: Path, seeds: list[int], b: Budget, device: str, conditions=CON
             times[f"{condition}/{seed}"] = read_times(out)
     table = [{"condition": c, **row} for c in conditions
              for row in across_seeds({0: teachers[c]}) + across_seeds(per_seed[c])]
+    schedule = [r for r in per_seed.get("clean", {}).get(0, []) if r["method"] in SCHEDULE_ROWS]
     results = {"seeds": seeds, "conditions": list(conditions), "table": table, "claims": held, "times_s": times,
-               "eval_count": b.eval_count, "eval_seeds": b.eval_seeds, "curve_points": list(curve_points(b))}
+               "eval_count": b.eval_count, "eval_seeds": b.eval_seeds, "curve_points": list(curve_points(b)),
+               "schedule": schedule}
     write_samples(run, b, device, conditions, base / "samples.npz")
     write_json(base / "results.json", {**results, "per_seed": per_seed, "teachers": teachers})
-    write_text(base / "results.md", markdown(results))
+    write_text(base / "results.txt", markdown(results))
     return results
 
 

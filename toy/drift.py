@@ -10,14 +10,14 @@ section 4.3).
 On the run's teacher (with the style VAE of toy/personalize.py) and its outline stills, the sweep trains
   - the image model fine-tuned whole at each of FINE_TUNE_RATES, and
   - a style LoRA of each of LORA_RANKS,
-each one run of the recipe's length (toy/stages.py:personalization_args) kept at SNAPSHOTS steps. Every kept
+each one run of Budget.drift_steps (toy/stages.py:personalization_args) kept at SNAPSHOTS steps. Every kept
 model is measured by its drift from the base (`weight_drift`: the relative distance of the image layers'
 weights, in total and per block) and, as toy/personalize.py measures, by the outline share, colour, shape
 and direction of the personalized teacher (the teacher's motion module, DDIM 50, guidance as shipped) and
 of AnimateLCM on it at 4 steps (the base model's LCM-LoRA and motion module), with the toy FVD against outline
 clips. `--restore` takes the heaviest fine-tune and puts parts of it back to the base weights (the
 attention layers, the resnets, each level), to see which layers carry what the motion modules read.
-Outputs: <run>/drift/results.json and results.md; a finished stage or measurement is kept.
+Outputs: <run>/drift/results.json and results.txt; a finished stage or measurement is kept.
 """
 from __future__ import annotations
 
@@ -38,14 +38,19 @@ from toy.constants import TEACHER_GUIDANCE, WEIGHTS
 from toy.personalize import measure
 from toy.run import run_stages
 from toy.stages import QUICK, Budget, personalization_args
+from unet.lora import LoRANetwork
 
 ROOT = Path(__file__).resolve().parents[1]
 FINE_TUNE_RATES = (1e-4, 3e-4, 1e-3)  # the shipped recipe's 1e-3 down to a gentle one
 LORA_RANKS = (4, 16, 64)
-SNAPSHOTS = (150, 300, 600, 1200)     # steps at which each run is kept (the recipe drops its rate at 800)
+SNAPSHOTS = (300, 600, 1200)          # steps at which each run is kept and measured (the recipe drops its rate
+                                      # at 800)
+SWEEP_SETS = 1  # sampling sets of b.eval_count videos per cell: a screen on one seed (DDIM 50 costs ~5 min a
+                # cell at 3 sets on one core); the shipped choice is then measured over three seeds
 BLOCKS = ("down_blocks.0", "down_blocks.1", "mid_block", "up_blocks.0", "up_blocks.1")
 RESTORED = {"attention layers": lambda k: ".attentions." in k, "resnets": lambda k: ".resnets." in k,
-            **{f"{block}": (lambda k, b=block: k.startswith(b + ".")) for block in BLOCKS}}
+            "down blocks": lambda k: k.startswith("down_blocks."),
+            "middle and up blocks": lambda k: k.startswith(("mid_block.", "up_blocks."))}
 NEEDED = ("teacher_image", "teacher_motion", "stage1", "stage2", "classifier", "outline_images", "style_vae")
 
 
@@ -77,7 +82,7 @@ def unet_state(model) -> dict[str, torch.Tensor]:
 # ---- training ------------------------------------------------------------------------------------------
 
 def snapshot_points(b: Budget) -> tuple[int, ...]:
-    return tuple(p for p in SNAPSHOTS if p <= b.personalize_steps) or (b.personalize_steps,)
+    return tuple(p for p in SNAPSHOTS if p <= b.drift_steps) or (b.drift_steps,)
 
 
 def sweep_runs(b: Budget) -> dict[str, dict]:
@@ -96,7 +101,7 @@ def sweep_stages(run: Path, b: Budget, seed: int, device: str) -> dict:
     todo = {}
     for name, settings in sweep_runs(b).items():
         stage = stage_name(name)
-        args = personalization_args(run, stage, b, seed, device, **settings)
+        args = personalization_args(run, stage, b, seed, device, steps=b.drift_steps, **settings)
         product = run / stage / ("lora.safetensors" if "lora_rank" in settings else "model.safetensors")
 
         def make(args=args, product=product):
@@ -131,8 +136,8 @@ def measure_model(run: Path, make_model, classifier, reference, b: Budget, devic
     for model in (teacher, animatelcm):
         model.unet.eval()
     return {"teacher": measure(teacher, "ddim", TEACHER_GUIDANCE, b.reference_steps, classifier, reference,
-                               b.eval_count, b.eval_seeds),
-            "animatelcm": measure(animatelcm, "lcm", 1.0, 4, classifier, reference, b.eval_count, b.eval_seeds),
+                               b.eval_count, SWEEP_SETS),
+            "animatelcm": measure(animatelcm, "lcm", 1.0, 4, classifier, reference, b.eval_count, SWEEP_SETS),
             "drift": drift_report(unet_state(load_sd15(run / "style_vae" / "model.safetensors")),
                                   unet_state(make_model(None, ())))}
 
@@ -157,8 +162,8 @@ def evaluate_sweep(run: Path, b: Budget, device: str, restore: bool) -> dict:
         device))
     rows.append({"run": "base model", "steps": 0, **base_row})
     for name, settings in sweep_runs(b).items():
-        for snapshot in sorted((run / stage_name(name) / "snapshots").glob("step*.safetensors")):
-            steps = int(snapshot.stem[4:])
+        for steps in snapshot_points(b):
+            snapshot = run / stage_name(name) / "snapshots" / f"step{steps:04d}.safetensors"
             print(f"== {name}, {steps} steps", flush=True)
             row = cached(folder / f"{stage_name(name)}_{steps}.json", lambda s=snapshot, lora="lora_rank" in settings:
                          measure_model(run, lambda motion, loras: personalized_model(run, s, lora, motion, loras,
@@ -167,10 +172,10 @@ def evaluate_sweep(run: Path, b: Budget, device: str, restore: bool) -> dict:
             rows.append({"run": name, "steps": steps, **row})
             report(rows[-1])
     restored = evaluate_restored(run, b, device, classifier, reference) if restore else []
-    results = {"rows": rows, "restored": restored, "eval_count": b.eval_count, "eval_seeds": b.eval_seeds,
+    results = {"rows": rows, "restored": restored, "eval_count": b.eval_count, "eval_seeds": SWEEP_SETS,
                "reference_steps": b.reference_steps}
     write_json(folder / "results.json", results)
-    write_text(folder / "results.md", markdown(results))
+    write_text(folder / "results.txt", markdown(results))
     return results
 
 
@@ -186,11 +191,21 @@ def restored_state(heavy: dict, base: dict, where) -> dict:
     return {k: base[k] if where(k) else v for k, v in heavy.items()}
 
 
+def restored_model(heavy_file: Path, state: dict, motion: Path | None, loras=(), device: str = "cpu"):
+    """The model of `heavy_file` with its UNet's weights replaced by `state`, then `motion` and `loras` on it
+    (the LoRAs merged after the replacement, as load_sd15 merges them after loading)."""
+    model = load_sd15(heavy_file, motion, device=device)
+    model.unet.load_state_dict({**model.unet.state_dict(), **state})
+    for lora, multiplier in loras:
+        LoRANetwork.load(model.unet, lora, multiplier).merge()
+    return model
+
+
 def evaluate_restored(run: Path, b: Budget, device: str, classifier, reference) -> list[dict]:
     """The heaviest fine-tune (the highest rate, its last snapshot) with each part of RESTORED put back to the
     base weights: which layers' change makes the motion modules stop acting on the direction."""
     stage = run / stage_name(f"fine-tune, lr {max(FINE_TUNE_RATES):g}") / "snapshots"
-    heavy_file = sorted(stage.glob("step*.safetensors"))[-1]
+    heavy_file = stage / f"step{snapshot_points(b)[-1]:04d}.safetensors"
     heavy = unet_state(load_sd15(heavy_file))
     base = unet_state(load_sd15(run / "style_vae" / "model.safetensors"))
     rows = []
@@ -198,10 +213,7 @@ def evaluate_restored(run: Path, b: Budget, device: str, classifier, reference) 
         print(f"== the heaviest fine-tune, {part} restored to the base", flush=True)
 
         def make_model(motion, loras, where=where):
-            model = load_sd15(heavy_file, motion, list(loras), device=device)
-            state = restored_state(heavy, base, where)
-            model.unet.load_state_dict({**model.unet.state_dict(), **state})
-            return model
+            return restored_model(heavy_file, restored_state(heavy, base, where), motion, loras, device)
         row = cached(run / "drift" / f"restored_{part.replace(' ', '_')}.json",
                      lambda m=make_model: measure_model(run, m, classifier, reference, b, device))
         rows.append({"restored": part, "from": heavy_file.parent.parent.name, **row})
@@ -255,7 +267,7 @@ def main(argv=None) -> int:
     run_stages(run, sweep_stages(run, budget, args.seed, args.device))
     if not args.skip_eval:
         results = evaluate_sweep(run, budget, args.device, args.restore)
-        print((run / "drift" / "results.md").read_text())
+        print((run / "drift" / "results.txt").read_text())
         if args.ship:
             write_json(Path(args.ship_to), results)
             print(f"shipped: {args.ship_to}")

@@ -9,9 +9,10 @@ video of its style and without distilling it again.
 
 The run (toy/run.py) has the teacher, AnimateLCM's stage-1 LoRA and stage-2 motion module, all trained on
 the filled world, and its personalization stages (toy/stages.py): the image teacher fine-tuned on stills
-in the outline style (a personalized model), the same as a style LoRA, and the upper bound, stage 1
-distilled on the personalized model itself. Each extra seed retrains those three with that seed (the
-same stills), into <run>/personalize/<seed>/. Every seed is then measured on seen prompts (the captions
+in the outline style (a personalized model, at the recipe toy/drift.py's sweep chose: Budget.personalize_lr
+and personalize_steps), the same as a style LoRA, and the upper bound, stage 1 distilled on the
+personalized model itself (both on seed 0 only). Each extra seed retrains the fine-tune with that seed
+(the same stills), into <run>/personalize/<seed>/. Every seed is then measured on seen prompts (the captions
 never mention the style), against real outline clips: the share of videos drawn in the outline style,
 colour, shape and direction (the pixel detector, which reads outlines: tests/test_toy_detect.py), and
 the toy FVD, for
@@ -19,11 +20,11 @@ the toy FVD, for
     AnimateDiff's claim, the motion module transfers;
   - AnimateLCM on the personalized model (+ the stage-1 LoRA and the AnimateLCM motion module): the
     paper's claim; and DDIM (leading and trailing) at 4 steps on the personalized teacher;
-  - the upper bound (the personalized model's own stage 1);
+  - the upper bound (the personalized model's own stage 1; seed 0);
   - AnimateLCM on the base model, for reference;
   - the style LoRA fused into the base at scales `--scales` with AnimateLCM's LoRA and motion module, and
-    its teacher (on `--sweep-seeds`, seed 0 by default: a figure, not a target).
-Outputs: <run>/personalize/results.json and results.md. A finished stage or measurement is kept.
+    its teacher (seed 0: a figure, not a target).
+Outputs: <run>/personalize/results.json and results.txt. A finished stage or measurement is kept.
 """
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ from toy.run import read_times, recast_file, run_stages, start_from_weights
 from toy.stages import QUICK, Budget, stages
 from toy.world import SEEN
 
-STAGES = ("personalize", "style_lora", "stage1_outline")  # per seed; seed 0 (the run) also the stills and VAE
+STAGES = ("personalize",)  # per seed; seed 0 (the run) also the stills, the VAE, the style LoRA, the upper bound
+SEED0_STAGES = ("outline_images", "style_vae", *STAGES, "style_lora", "stage1_outline")
 SHARED = ("data", "teacher_image", "teacher_motion", "stage1", "stage2", "classifier")
 OUTLINE = STYLES.index("outline")
 FROM_WEIGHTS = ("vae", "teacher_image", "teacher_motion", "stage1", "stage2", "classifier")  # --from-weights
@@ -69,14 +71,16 @@ def train_seed(run: Path, seed: int, budget: Budget, device: str) -> dict:
         if not (out / name).exists():
             (out / name).symlink_to((run / name).resolve(), target_is_directory=True)
     torch.manual_seed(seed)
-    names = STAGES if seed else ("outline_images", "style_vae", *STAGES)  # others: seed 0's stills and VAE
+    names = STAGES if seed else SEED0_STAGES  # others: seed 0's stills and VAE
     todo = {name: made for name, made in stages(out, budget, seed, device).items() if name in names}
     return run_stages(out, todo)
 
 
-def models(folder: Path, scales: list[float], device: str, reference_steps: int = 50) -> dict[str, tuple]:
+def models(folder: Path, scales: list[float], device: str, reference_steps: int = 50,
+           upper_bound: bool = False) -> dict[str, tuple]:
     """name -> (model, sampler, guidance, step counts) of one seed's folder; the teachers' many-step
-    reference at `reference_steps`; the style LoRA's teacher and fusion sweep only where `scales` is not empty."""
+    reference at `reference_steps`; the style LoRA's teacher and fusion sweep only where `scales` is not empty,
+    the upper bound only with `upper_bound` (seed 0, which trains it)."""
     teacher, personalized = folder / "teacher_image" / "model.safetensors", folder / "personalize" / "model.safetensors"
     base = folder / "style_vae" / "model.safetensors"  # the teacher with a VAE that can draw outlines
     teacher_motion, motion = (folder / "teacher_motion" / "motion_module.safetensors",
@@ -88,12 +92,13 @@ def models(folder: Path, scales: list[float], device: str, reference_steps: int 
         "personalized teacher, DDIM trailing": (personalized_teacher, "ddim trailing", TEACHER_GUIDANCE, (4,)),
         "AnimateLCM on the personalized model": (load_sd15(personalized, motion, [lcm], device=device), "lcm", 1.0,
                                                  (1, 2, 4)),
-        "upper bound: its own stage 1": (load_sd15(personalized, motion, [(folder / "stage1_outline" /
-                                                                           "lora.safetensors", 1.0)], device=device),
-                                         "lcm", 1.0, (1, 2, 4)),
         "AnimateLCM on the base model": (load_sd15(teacher, motion, [lcm], device=device), "lcm", 1.0, (1, 2, 4)),
     }
-    if scales:  # the fusion-weight sweep (a figure, not a target): on --sweep-seeds only
+    if upper_bound:
+        found["upper bound: its own stage 1"] = (load_sd15(personalized, motion, [(folder / "stage1_outline" /
+                                                                                 "lora.safetensors", 1.0)],
+                                                           device=device), "lcm", 1.0, (1, 2, 4))
+    if scales:  # the fusion-weight sweep (a figure, not a target): seed 0 only
         found["style LoRA teacher, DDIM"] = (load_sd15(base, teacher_motion, [(style, 1.0)], device=device), "ddim",
                                              TEACHER_GUIDANCE, (reference_steps,))
     for a in scales:
@@ -123,9 +128,11 @@ def measure(model, sampler: str, guidance: float, steps: int, classifier, refere
     return {k: mean_std(v) for k, v in values.items()}
 
 
-def evaluate_seed(folder: Path, classifier, reference, budget: Budget, scales: list[float], device: str) -> list[dict]:
+def evaluate_seed(folder: Path, classifier, reference, budget: Budget, scales: list[float], device: str,
+                  upper_bound: bool = False) -> list[dict]:
     rows = []
-    for name, (model, sampler, guidance, steps_list) in models(folder, scales, device, budget.reference_steps).items():
+    for name, (model, sampler, guidance, steps_list) in models(folder, scales, device, budget.reference_steps,
+                                                               upper_bound).items():
         for steps in steps_list:
             cell = measure(model, sampler, guidance, steps, classifier, reference, budget.eval_count,
                            budget.eval_seeds)
@@ -156,7 +163,7 @@ def claims(rows: list[dict], reference_steps: int = 50) -> dict[str, bool]:
 
 def across_seeds(per_seed: dict[int, list[dict]]) -> list[dict]:
     """Per (method, steps), in the order first measured: each metric's mean and std over the seeds that
-    measured it (the sweep: --sweep-seeds only) of the seeds' means, and the mean sampling spread."""
+    measured it (the sweep and the upper bound: seed 0 only) of the seeds' means, and the mean sampling spread."""
     cells = {}
     for rows in per_seed.values():
         for row in rows:
@@ -173,7 +180,7 @@ def across_seeds(per_seed: dict[int, list[dict]]) -> list[dict]:
 def markdown(table: list[dict], held: dict[str, list[bool]], seeds: list[int], times: dict) -> str:
     def cell(r, k, digits=2):
         return f"{r[k]['mean']:.{digits}f} ± {r[k]['std']:.{digits}f}"
-    lines = [f"**On outline prompts, over {len(seeds)} personalization seeds** (mean ± std over seeds; the pixel "
+    lines = [f"**On seen prompts, over {len(seeds)} personalization seeds** (mean ± std over seeds; the pixel "
              "detector; toy FVD against real outline clips)", "",
              "| method | sampler | steps | outline style | colour | shape | direction | all three | toy FVD |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -187,12 +194,11 @@ def markdown(table: list[dict], held: dict[str, list[bool]], seeds: list[int], t
         lines.append(f"| {claim} | {sum(per_seed)} of {len(per_seed)} | "
                      + ", ".join(f"{s}: {'yes' if h else 'no'}" for s, h in zip(seeds, per_seed)) + " |")
     lines += ["", "training time per seed (s): " + "; ".join(
-        f"seed {s}: " + ", ".join(f"{k} {t.get(k, 0):.0f}" for k in STAGES) for s, t in times.items())]
+        f"seed {s}: " + ", ".join(f"{k} {v:.0f}" for k, v in t.items()) for s, t in times.items())]
     return "\n".join(lines) + "\n"
 
 
-def evaluate(run: Path, seeds: list[int], budget: Budget, scales: list[float], device: str,
-             sweep_seeds: tuple[int, ...] = (0,)) -> dict:
+def evaluate(run: Path, seeds: list[int], budget: Budget, scales: list[float], device: str) -> dict:
     classifier = load_classifier(run / "classifier" / "classifier.safetensors")
     reference = real_reference(classifier, budget.reference_count, seed=50_000, style="outline")
     folder = run / "personalize"
@@ -203,17 +209,19 @@ def evaluate(run: Path, seeds: list[int], budget: Budget, scales: list[float], d
         if not cached.exists():
             print(f"== seed {seed}")
             rows = evaluate_seed(seed_folder(run, seed), classifier, reference, budget,
-                                 scales if seed in sweep_seeds else [], device)
+                                 scales if seed == 0 else [], device, upper_bound=seed == 0)
             write_json(cached, rows)
         per_seed[seed] = json.loads(cached.read_text())
         for claim, holds in claims(per_seed[seed], budget.reference_steps).items():
             held.setdefault(claim, []).append(holds)
-        times[seed] = {k: v for k, v in read_times(seed_folder(run, seed)).items() if k in STAGES}
+        times[seed] = {k: v for k, v in read_times(seed_folder(run, seed)).items() if k in SEED0_STAGES[2:]}
     table = across_seeds(per_seed)
     results = {"seeds": seeds, "scales": scales, "table": table, "claims": held, "times_s": times,
-               "eval_count": budget.eval_count, "eval_seeds": budget.eval_seeds, "per_seed": per_seed}
+               "eval_count": budget.eval_count, "eval_seeds": budget.eval_seeds, "per_seed": per_seed,
+               # the fine-tune's recipe, named as toy/drift.py names its sweep's points
+               "recipe": {"run": f"fine-tune, lr {budget.personalize_lr:g}", "steps": budget.personalize_steps}}
     write_json(folder / "results.json", results)
-    write_text(folder / "results.md", markdown(table, held, seeds, times))
+    write_text(folder / "results.txt", markdown(table, held, seeds, times))
     return results
 
 
@@ -235,8 +243,6 @@ def main(argv=None) -> int:
                    "toy data, instead of a finished toy/run.py folder")
     p.add_argument("--scales", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0],
                    help="the style LoRA's fusion weights a")
-    p.add_argument("--sweep-seeds", type=int, nargs="+", default=[0],
-                   help="the seeds whose style LoRA is measured (its teacher and the sweep of --scales: a figure)")
     p.add_argument("--quick", action="store_true", help="toy/run.py --quick's budget (for a --quick run)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--skip-eval", action="store_true", help="train only")
@@ -258,8 +264,8 @@ def main(argv=None) -> int:
         train_seed(run, seed, budget, args.device)
         print(f"== seed {seed}: trained in {time.perf_counter() - start:.0f} s", flush=True)
     if not args.skip_eval:
-        results = evaluate(run, seeds, budget, args.scales, args.device, tuple(args.sweep_seeds))
-        print((run / "personalize" / "results.md").read_text())
+        results = evaluate(run, seeds, budget, args.scales, args.device)
+        print((run / "personalize" / "results.txt").read_text())
         if args.ship:
             ship(run, results, Path(args.ship_to))
             print(f"shipped: {args.ship_to}")

@@ -9,7 +9,7 @@
 
 The stages and their flags are in toy/stages.py. A stage whose outputs exist is skipped, so an
 interrupted run continues where it stopped (delete runs/toy/<stage>/ to redo one). Outputs in --out:
-data/, one folder per stage, times.json, results.json and results.md.
+data/, one folder per stage, times.json, results.json and results.txt.
 """
 from __future__ import annotations
 
@@ -261,7 +261,7 @@ def main(argv=None) -> int:
         times["evaluate"] = round(time.perf_counter() - start, 1)
         results["times_s"] = times
         write_json(out / "results.json", results)
-        write_text(out / "results.md", markdown(results))
+        write_text(out / "results.txt", markdown(results))
         write_json(times_file, times)
     print("time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()) +
           f"; total {sum(times.values()) / 60:.1f} min")

@@ -12,7 +12,7 @@ run itself. Every seed is then measured the same way as toy/run.py
 measures (the same prompts and sampling seeds), and the teacher once. In the table each cell is the
 mean +- std over training seeds of a seed's mean over the sampling sets; the sampling spread (the
 std over sampling sets, averaged over training seeds) is given apart. Each claim is counted as
-holding in k of n training seeds. Outputs: <run>/seeds/results.json and results.md. As in
+holding in k of n training seeds. Outputs: <run>/seeds/results.json and results.txt. As in
 toy/run.py, a finished stage or measurement is kept: an interrupted command continues.
 """
 from __future__ import annotations
@@ -244,7 +244,7 @@ def markdown(table: list[dict], held: dict[str, list[bool]], times: dict[int, di
 
 def evaluate(run: Path, seeds: list[int], budget: Budget, device: str) -> dict:
     """Every seed's rows (cached per seed), the teacher's once, the table and the claims, written to
-    <run>/seeds/results.json and results.md."""
+    <run>/seeds/results.json and results.txt."""
     classifier = load_classifier(run / "classifier" / "classifier.safetensors")
     folder = run / "seeds"
     b = budget
@@ -279,7 +279,7 @@ def evaluate(run: Path, seeds: list[int], budget: Budget, device: str) -> dict:
     results = {"seeds": seeds, "table": table, "stage3_table": stage3_table, "claims": held, "times_s": times,
                "teacher": teacher, "per_seed": per_seed, "per_seed_stage3": stage3}
     write_json(folder / "results.json", results)
-    write_text(folder / "results.md", markdown(table, held, times, b.eval_seeds, stage3_table))
+    write_text(folder / "results.txt", markdown(table, held, times, b.eval_seeds, stage3_table))
     return results
 
 
@@ -315,8 +315,8 @@ def main(argv=None) -> int:
         print(f"== seed {seed}: trained in {time.perf_counter() - start:.0f} s", flush=True)
     if not args.skip_eval:
         results = evaluate(run, [0, *seeds], budget, args.device)
-        print((run / "seeds" / "results.md").read_text())
-        print(f"written: {run / 'seeds' / 'results.json'}, results.md")
+        print((run / "seeds" / "results.txt").read_text())
+        print(f"written: {run / 'seeds' / 'results.json'}, results.txt")
         if args.ship:  # what the README's table and docs/figures.py read; the per-seed rows stay in the run
             shipped = {k: results[k] for k in ("seeds", "table", "stage3_table", "claims", "times_s")}
             write_json(args.ship_to, {**shipped, "eval_count": budget.eval_count, "eval_seeds": budget.eval_seeds})

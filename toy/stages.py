@@ -49,9 +49,11 @@ class Budget:
     classifier_steps: int = 120
     outline_stills: int = 1000     # the personalization data: stills in the outline style (never videos)
     style_vae_steps: int = 1500    # the VAE decoder fine-tuned on stills of both styles (docs/toy-world.md)
-    personalize_steps: int = 1200  # the teacher fine-tuned on them, and a style LoRA on the teacher: outline
-    personalize_anneal_at: int = 800  # share of stills 0.63-0.69 at 300 steps, 0.93 at 1200 (docs/toy-world.md)
-    personalize_lr: float = 1e-3   # the fine-tune's learning rate
+    personalize_steps: int = 600   # the teacher fine-tuned on them (the shipped personalization), chosen on
+    personalize_lr: float = 3e-4   # toy/drift.py's sweep: the style drawn, the motion kept (toy-world.md 4.3)
+    personalize_anneal_at: int = 800  # a fifth of the rate from here (the fine-tune's, the LoRA's, the sweep's)
+    style_lora_steps: int = 1200   # the same personalization as a style LoRA on the teacher
+    drift_steps: int = 1200        # toy/drift.py's sweep: each fine-tune and LoRA run this long
     image_batch: int = 32
     video_batch: int = 8
     eval_count: int = 24           # videos per seed and cell (held-out prompts: half as many)
@@ -64,8 +66,8 @@ class Budget:
 QUICK = Budget(clips=24, vae_steps=10, teacher_image_steps=6, teacher_image_anneal_at=4, teacher_motion_steps=4,
                teacher_checks=1, val_every_nth=7, stage1_steps=4, stage2_steps=3, stage2_warmup=1, stage3_steps=3,
                i2v_steps=3, layout_diffusion_steps=3, classifier_steps=5, outline_stills=8, style_vae_steps=3,
-               personalize_steps=3, personalize_anneal_at=2, image_batch=4, video_batch=2, eval_count=4, eval_seeds=1,
-               eval_steps=(1, 4), reference_count=32, reference_steps=8)
+               personalize_steps=3, personalize_anneal_at=2, style_lora_steps=3, drift_steps=3, image_batch=4,
+               video_batch=2, eval_count=4, eval_seeds=1, eval_steps=(1, 4), reference_count=32, reference_steps=8)
 
 
 def direct_steps(b: Budget) -> int:
@@ -240,7 +242,7 @@ def stages(out: Path, b: Budget, seed: int, device: str, condition: str = "clean
             score=score("diffusion", frames=1))),
         # the same personalization as a style LoRA on the teacher (its scale: the fusion weight)
         "style_lora": (out / "style_lora" / "lora.safetensors", lambda: train_teacher.main(
-            personalization_args(out, "style_lora", b, seed, device, 1e-3, lora_rank=16),
+            personalization_args(out, "style_lora", b, seed, device, 1e-3, b.style_lora_steps, lora_rank=16),
             score=score("diffusion", frames=1))),
         # the upper bound the paper says is not needed: stage 1 distilled on the personalized model itself
         "stage1_outline": (out / "stage1_outline" / "lora.safetensors", lambda: train_image.main(
