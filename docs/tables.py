@@ -393,10 +393,12 @@ def learning_curves() -> list[str]:
                 plain = cell[(condition, f"stage 2, plain init, at step {p}", n)]
                 held = r["claims"][f"{condition}: AnimateLCM init beats plain init at stage-2 step {p}, "
                                    f"{steps_label(n)} (toy FVD)"]
-                row += [pm(ours["fvd"], 1), pm(plain["fvd"], 1), k_of(held)]
+                row += [pm(ours["fvd"], 1), pm(plain["fvd"], 1), k_of(held),
+                        f"{ours['seen_accuracy']['mean']:.2f} / {plain['seen_accuracy']['mean']:.2f}"]
             rows.append(row)
     return table(["clips", "stage-2 step", "AnimateLCM init, 1 step", "plain init, 1 step", "init wins in",
-                  "AnimateLCM init, 4 steps", "plain init, 4 steps", "init wins in"], rows) + fvd_note(r)
+                  "accuracy, init / plain", "AnimateLCM init, 4 steps", "plain init, 4 steps", "init wins in",
+                  "accuracy, init / plain"], rows) + fvd_note(r)
 
 
 def schedule_study() -> list[str]:

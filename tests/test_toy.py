@@ -414,6 +414,7 @@ def test_conditions_trains_the_2x2_the_curves_and_the_schedule_study(quick_run, 
                        "stage 2, AnimateLCM init, at step 1", "stage 2, plain init, at step 3"):
             assert any(c[:2] == (condition, method) for c in cells), (condition, method)
     assert ("clean", "AnimateLCM, stage 1 under sqrt_beta_linear", 4) in cells
+    assert {r["method"] for r in results["schedule"]} == set(conditions.SCHEDULE_ROWS)  # seed 0's own rows
     assert all(0 <= r["watermark"]["mean"] <= 1 for r in results["table"])
     assert all(len(held) == 2 for held in results["claims"].values())
     assert any(c.startswith("webvid: decoupled draws the watermark") for c in results["claims"])
