@@ -74,8 +74,10 @@ class Settings(TrainSettings):
     loss: str = flag("huber", "distance: pseudo-Huber or l2", one_of(*LOSSES))
     ema_decay: float = flag(0.95, "mu of the adapter's EMA target, theta- <- mu theta- + (1 - mu) theta; 0: the "
                             "target is the online adapter (no lag)", DECAY)
-    warmup_steps: int = flag(100, "linear learning-rate warm-up, then constant", NOT_NEGATIVE, may_change=True)
-    weight_decay: float = flag(1e-2, "AdamW's decoupled weight decay", WEIGHT)
+    warmup_steps: int = flag(100, "linear learning-rate warm-up, then constant (stage 2's, the LCM scripts' "
+                             "schedule: the paper gives none for the adapters)", NOT_NEGATIVE, may_change=True)
+    weight_decay: float = flag(1e-2, "AdamW's decoupled weight decay (stage 2's, from AnimateDiff's motion-module "
+                               "training)", WEIGHT)
 
 
 # what a run writes into --out for its users

@@ -90,7 +90,8 @@ def student_and_target(s: Settings, teacher: UNet, stage1_lora, low: torch.dtype
     """Stage 2's models from the teacher's UNet: the online student (with the stage-1 LoRA `stage1_lora`, a
     file or state dict, merged; with --direct a fresh LoRA instead), its EMA target and what trains; frozen
     weights are stored in `low` (runtime/distributed.py:low_precision; None: kept in fp32). Returns (online,
-    target, the spatial LoRAs by name, the trainable parameters)."""
+    target, the spatial LoRAs by name, the trainable parameters, the EMA pairs (follower, leader): the target
+    after the online model, and with --direct the LoRA's copy after the LoRA)."""
     teacher.requires_grad_(False).eval()
     online = copy.deepcopy(teacher)
     target = copy.deepcopy(teacher)  # AnimateLCM's initialisation: the target starts without the LoRA
@@ -99,15 +100,18 @@ def student_and_target(s: Settings, teacher: UNet, stage1_lora, low: torch.dtype
         target_lora = LoRANetwork.create(target, s.lora_rank).requires_grad_(False)
         target_lora.load_state_dict(lora.state_dict())
         spatial = {"lora": lora, "target_lora": target_lora}
+        ema_pairs = [(target, online), (target_lora, lora)]
+        trainable = list(lora.parameters())
     else:  # decoupled: the stage-1 image consistency LoRA, merged and fixed
         LoRANetwork.load(online, stage1_lora).merge()
         spatial = {}
+        ema_pairs = [(target, online)]
+        trainable = []
     if s.init == "plain":  # the initialisation ablation: the target starts as a copy of the online model
         target.load_state_dict(online.state_dict())
     for name, p in online.named_parameters():
         p.requires_grad_("motion_modules." in name)
-    trainable = (list(spatial["lora"].parameters()) if s.direct else []) + \
-        [p for n, p in online.named_parameters() if "motion_modules." in n]
+    trainable += [p for n, p in online.named_parameters() if "motion_modules." in n]
     online.train().enable_gradient_checkpointing(s.gradient_checkpointing)
     target.requires_grad_(False).eval()
     if low is not None:  # frozen weights only ever run under autocast: store them in its precision
@@ -115,7 +119,7 @@ def student_and_target(s: Settings, teacher: UNet, stage1_lora, low: torch.dtype
         for p in online.parameters():
             if not p.requires_grad:
                 p.data = p.data.to(low)
-    return online, target, spatial, trainable
+    return online, target, spatial, trainable, ema_pairs
 
 
 @one_run
@@ -136,10 +140,12 @@ def main(argv=None, score=None):
     check_batch(dataset, s.batch, rt.world)
     run = TrainingRun(s, rt, EXPORTED_FILES, "stage 2")  # run.resume_state: the checkpoint to continue, or None
 
-    # ---- models: teacher (frozen), online student, EMA target; the ablations are chosen here, once -----
+    # ---- models: teacher (frozen), online student, EMA target; the ablations (--direct, --init) are chosen
+    # here, once: nothing below asks which variant runs ----------------------------------------------------
     teacher = load_sd15(s.sd15, s.teacher_motion, device=rt.device)
-    online, target, spatial, trainable = student_and_target(s, teacher.unet, s.lora,
-                                                            low_precision(rt, s.precision))
+    online, target, spatial, trainable, ema_pairs = student_and_target(s, teacher.unet, s.lora,
+                                                                       low_precision(rt, s.precision))
+    exported_loras = {"lora.safetensors": spatial["target_lora"]} if s.direct else {}  # --direct: its EMA LoRA
     if rt.main:
         print(f"trainable parameters: {sum(p.numel() for p in trainable):,} "
               f"(motion modules{' + spatial LoRA' if s.direct else ''})")
@@ -154,8 +160,8 @@ def main(argv=None, score=None):
         motion = {n: p for n, p in online.state_dict().items() if "motion_modules." in n}  # the rest is frozen
         run.save_checkpoint(step, optimizer, online=motion, target=target, **spatial)
         save_motion_module(target, run.out / "motion_module.safetensors", "animatelcm", run.metadata(step, schedule))
-        if s.direct:
-            spatial["target_lora"].save(run.out / "lora.safetensors", metadata=run.metadata(step, schedule))
+        for name, lora in exported_loras.items():
+            lora.save(run.out / name, metadata=run.metadata(step, schedule))
 
     def validate(step):  # fixed-seed videos of the EMA target, LCM at 1, 2 and 4 steps
         view = dataclasses.replace(teacher, unet=target)
@@ -191,9 +197,8 @@ def main(argv=None, score=None):
             run.stop_if_not_finite(step, loss, grad_norm)  # NaN/inf stops here: the saved weights stay finite
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            ema_update(target, online, s.ema_decay)  # step 7, all weights: the spatial part drifts to base + LoRA
-            if s.direct:
-                ema_update(spatial["target_lora"], spatial["lora"], s.ema_decay)
+            for follower, leader in ema_pairs:  # step 7, theta- <- mu theta- + (1 - mu) theta, all weights:
+                ema_update(follower, leader, s.ema_decay)  # the target's spatial part drifts to base + LoRA
             step += 1
             run.log_save_validate(step, loss, grad_norm, lr)  # the log; a checkpoint and samples when due
     teardown(rt)

@@ -143,7 +143,8 @@ def video_stage(s, run: Run) -> Stage:
     teacher = sd15_model(run.size, TEACHER_MOTION)
     with run.memory.paused():  # the LoRA file is read into CPU memory
         stage1_lora = None if s.direct else new_lora_file(teacher.unet)
-    online, target, spatial, trainable = train_video.student_and_target(s, teacher.unet, stage1_lora, run.low)
+    online, target, spatial, trainable, ema_pairs = train_video.student_and_target(s, teacher.unet, stage1_lora,
+                                                                                  run.low)
     schedule = NoiseSchedule(s.beta_schedule)
 
     def micro_step(batch, generators):
@@ -162,9 +163,8 @@ def video_stage(s, run: Run) -> Stage:
         (loss.mean() / s.grad_accum).backward()
 
     def after_step():
-        ema_update(target, online, s.ema_decay)
-        if s.direct:
-            ema_update(spatial["target_lora"], spatial["lora"], s.ema_decay)
+        for follower, leader in ema_pairs:
+            ema_update(follower, leader, s.ema_decay)
     models = [teacher.unet, teacher.vae, teacher.text_encoder, online, target, *spatial.values()]
     return Stage(models, trainable, micro_step, after_step)
 

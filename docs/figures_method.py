@@ -98,8 +98,8 @@ def fig_solver_grid(ctx: Context) -> None:
     rows = [(f"solver grid, {toy.original_steps} points", grid.tolist())]
     rows += [(f"LCM, {n} step{'s' * (n > 1)}", lcm_timesteps(n, toy.original_steps)) for n in (1, 2, 4, 8)]
     rows += [("LCM, 4 steps, original_steps 100", lcm_timesteps(4, 100)),
-             ("DDIM, 1 step, leading (the paper's)", ddim_timesteps(1)),
-             ("DDIM, 4 steps, leading (the paper's)", ddim_timesteps(4)),
+             ("DDIM, 1 step, leading (AnimateDiff's default)", ddim_timesteps(1)),
+             ("DDIM, 4 steps, leading (AnimateDiff's default)", ddim_timesteps(4)),
              ("DDIM, 1 step, trailing", ddim_timesteps(1, "trailing", 0)),
              ("DDIM, 4 steps, trailing", ddim_timesteps(4, "trailing", 0)),
              ("DPM-Solver++, 4 steps, linspace", dpmpp_timesteps(4))]

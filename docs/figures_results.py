@@ -13,6 +13,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from docs.plotting import Context
+from docs.tables import NAMES
 from toy.evaluate import toy_videos
 
 METRICS = {"fvd": "toy FVD (lower is better)", "seen_accuracy": "seen-prompt accuracy (chance 0.02)"}
@@ -27,7 +28,8 @@ def same_videos(rows: list[dict], method: str, earlier: list[str], many: int) ->
         steps = [r["steps"] for r in rows if r["method"] == other and r["steps"] in mine
                  and all(math.isclose(r[m]["mean"], mine[r["steps"]][m]["mean"], rel_tol=1e-4) for m in METRICS)]
         if steps:
-            return f" (= {other} at {', '.join(map(str, sorted(steps)))} step{'s' * (len(steps) > 1)})"
+            counts = ", ".join(map(str, sorted(steps)))
+            return f" (= {NAMES.get(other, other)} at {counts} step{'s' * (len(steps) > 1)})"
     return ""
 
 
@@ -53,14 +55,14 @@ def fig_toy_results(ctx: Context) -> None:
             top, bottom = axes[0][column], axes[1][column]
             top.errorbar([r["steps"] * 2 ** (0.05 * shift) for r in few], [r[metric]["mean"] for r in few],
                          [r[metric][spread] for r in few], **style,
-                         label=method + same_videos(rows, method, methods[:i], many))
+                         label=NAMES.get(method, method) + same_videos(rows, method, methods[:i], many))
             near = [r for r in few if r["steps"] in zoomed]  # at 4 steps and beyond, on a linear scale, no lines
             bottom.errorbar([zoomed.index(r["steps"]) + 0.07 * shift for r in near], [r[metric]["mean"] for r in near],
                             [r[metric][spread] for r in near], **{**style, "fmt": style["fmt"][0], "ms": 5.5})
             for r in ref:
                 for ax in (top, bottom):
                     ax.axhline(r[metric]["mean"], color=f"C{i}", ls=":", lw=1,
-                               label=f"{method}, {many} steps" if ax is top else None)
+                               label=f"{NAMES.get(method, method)}, {many} steps" if ax is top else None)
     axes[0][0].set(yscale="log")
     axes[0][0].yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     axes[0][0].yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())

@@ -64,7 +64,7 @@ def fig_videos(ctx: Context) -> None:
     toy = ctx.toy
     lcm_steps, image_only, ddim_steps = ((1, 4), (), (4,)) if ctx.quick else ((1, 2, 4, 8), (4,), (4, 50))
     # (label, model, steps, sampler, guidance, spacing): LCM's timesteps have no spacing to choose; the teacher
-    # runs DDIM's default, leading (AnimateDiff's config, the paper's baseline: 4 steps start at t = 751)
+    # runs DDIM's default, leading (AnimateDiff's config, steps_offset 1: 4 steps start at t = 751)
     rows_spec = [(f"AnimateLCM, {n} step{'s' * (n > 1)}", ctx.animatelcm, n, "lcm", 1.0, None) for n in lcm_steps]
     rows_spec += [(f"image-only LCM, {n} steps", ctx.image_lcm, n, "lcm", 1.0, None) for n in image_only]
     rows_spec += [(f"teacher DDIM, {n} steps, leading", ctx.teacher, n, "ddim", toy.guidance, "leading")
@@ -77,7 +77,7 @@ def fig_videos(ctx: Context) -> None:
         frames = (videos / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 4, 1).numpy()  # [N, F, H, W, 3]
         gap = np.ones((toy.size, 4, 3))
         rows.append([np.concatenate(sum([[*video, gap] for video in frames], [])[:-1], 1)])  # one strip
-        labels.append(label + (f"\n(the paper's), g = {g:g}" if spacing == "leading" else ""))
+        labels.append(label + (f"\n(AnimateDiff's default), g = {g:g}" if spacing == "leading" else ""))
     title = " | ".join(f'"{p}"' for p in PROMPTS) + f" (frames 0-{toy.frames - 1}), the same noise in every row"
     ctx.save(image_grid(rows, labels, None, title, cell=0.55), "videos")
 

@@ -416,12 +416,24 @@ def schedule_study() -> list[str]:
     return table(["model", "stage-1 schedule", "toy FVD, 1 step", "2 steps", "4 steps",
                   "prompt accuracy, 1 / 2 / 4 steps"], rows) + fvd_note(r)
 
+def step_time() -> list[str]:
+    """toy/weights/step_time.json (toy/studies/step_time.py --ship): seconds a training step and milliseconds a
+    sample against the batch size, one thread."""
+    r = results("step_time.json")
+    names = {"image": "stage 1 (stills)", "video": "stage 2 (clips of 8 frames)",
+             "direct": "one-stage baseline (clips of 8 frames)"}
+    rows = [[names[x["stage"]], str(x["batch"]), f"{x['seconds']:.2f}", f"{1000 * x['seconds'] / x['batch']:.0f}"]
+            for x in r["rows"]]
+    return table(["stage", "batch", "s a step", "ms a sample"], rows)
+
+
 TABLES = {"readme-results": readme_results, "readme-claims": readme_claims, "t2v-fvd": t2v_fvd, "t2v-accuracy": t2v_accuracy, "t2v-attributes": t2v_attributes,
           "sampling-spread": sampling_spread, "stage3": stage3, "claims": claims, "training-times": training_times,
           "samplers": samplers, "personalization": personalization,
           "personalization-targets": personalization_targets, "drift-sweep": drift_sweep,
           "drift-blocks": drift_blocks, "drift-restored": drift_restored, "conditions-2x2": conditions_2x2,
-          "conditions-claims": conditions_claims, "learning-curves": learning_curves, "schedule": schedule_study}
+          "conditions-claims": conditions_claims, "learning-curves": learning_curves, "schedule": schedule_study,
+          "step-time": step_time}
 
 
 def render(name: str) -> str:

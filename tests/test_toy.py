@@ -442,9 +442,13 @@ def test_drift_sweep_trains_every_personalization_and_measures_it(quick_run):
 
 
 @pytest.mark.slow  # an investigation (toy/studies/) on the --quick run
-def test_step_time_times_each_stage_at_each_batch(quick_run, capsys):
+def test_step_time_times_each_stage_at_each_batch(quick_run, capsys, tmp_path):
     from toy.studies import step_time
+    shipped = tmp_path / "step_time.json"
     assert step_time.main(["--run", str(quick_run / "run"), "--quick", "--batches", "2", "4",
-                           "--stages", "image", "direct"]) == 0
+                           "--stages", "image", "direct", "--ship", "--ship-to", str(shipped)]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if "a step" in line]
     assert len(lines) == 4 and all(float(line.split()[3]) > 0 for line in lines)
+    rows = json.loads(shipped.read_text())["rows"]  # what the docs' step-time table is drawn from
+    assert [(r["stage"], r["batch"]) for r in rows] == [("image", 2), ("image", 4), ("direct", 2), ("direct", 4)]
+    assert [r["seconds"] for r in rows] == [float(line.split()[3]) for line in lines]

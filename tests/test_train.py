@@ -263,6 +263,26 @@ def test_resume_continues_exactly(world, tmp_path):
     assert [r["lr"] for r in b] == [1e-3, 1e-3, 1e-3, 2e-4]
 
 
+def test_direct_trains_a_new_lora_beside_the_motion_modules_exports_its_ema_and_resumes_exactly(world, tmp_path):
+    """--direct (the one-stage baseline): a fresh spatial LoRA trains with the motion modules, its EMA copy
+    follows it a step behind and is what lora.safetensors holds; a resumed run ends where a straight one does."""
+    direct = ["--direct", "true", "--lora", "", "--lora-rank", "4", "--lr", "1e-3", "--ema-decay", "0.5"]
+    straight = train_video.main(video_args(world, tmp_path / "a", "--steps", "3", *direct))
+    online = straight["lora"].state_dict()
+    exported = read_state_dict(tmp_path / "a" / "lora.safetensors")
+    assert set(exported) == set(online)
+    ups = [k for k in online if "lora_up" in k]
+    assert ups and all(online[k].abs().sum() > 0 for k in ups)  # the LoRA trained (its up weights start at 0)
+    assert all(exported[k].abs().sum() > 0 for k in ups)  # the EMA copy followed it ...
+    assert any(not torch.equal(exported[k], online[k].to(exported[k].dtype)) for k in ups)  # ... with its lag
+    train_video.main(video_args(world, tmp_path / "b", "--steps", "1", *direct))
+    resumed = train_video.main(video_args(world, tmp_path / "b", "--steps", "3", *direct, "--resume", "true"))
+    for k, v in straight["target"].state_dict().items():
+        assert torch.equal(v, resumed["target"].state_dict()[k]), k
+    again = read_state_dict(tmp_path / "b" / "lora.safetensors")
+    assert all(torch.equal(exported[k], again[k]) for k in exported)
+
+
 def test_stage1_loss_weight_scales_the_first_loss_by_the_drawn_timesteps_sqrt_snr(world, tmp_path):
     """--loss-weight sqrt_snr: the same first draw (same seed), its loss times alpha_t / sigma_t at t_{n+k}."""
     from lcm.distill import ddim_grid, loss_weight

@@ -178,8 +178,7 @@ def measured(path: Path, measure) -> list[dict]:
     if path.exists():
         return json.loads(path.read_text())
     rows = measure()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(rows, indent=1) + "\n")
+    write_json(path, rows)  # whole or not at all: a torn cache would be read back as results
     return rows
 
 

@@ -35,7 +35,8 @@ class Method:
 
 def teacher_samplers(teacher, guidance: float) -> list[Method]:
     """The teacher as the paper's few-step baselines and their fair versions: DDIM and DPM-Solver++, each
-    with its default spacing (DDIM's leading one is the paper's) and with trailing spacing (from t = 999)."""
+    with its default spacing (DDIM's leading one is AnimateDiff's config, steps_offset 1; that the paper's
+    baselines ran it is an inference) and with trailing spacing (from t = 999)."""
     return [Method("teacher DDIM", teacher, "ddim", guidance),
             Method("teacher DDIM, trailing", teacher, "ddim", guidance, "trailing"),
             Method("teacher DPM-Solver++", teacher, "dpmpp_2m", guidance),

@@ -186,11 +186,12 @@ def write_degraded_clips(folder, source, condition: VideoCondition) -> None:
     """The training clips of `source` (write_dataset's clips/) under `condition`, same names and captions, as
     lossless WebP (a GIF's palette would add defects of its own). The stills are not touched."""
     from media.video import read_video, write_video
+    from runtime.files import write_text
     folder, source = Path(folder), Path(source)
     folder.mkdir(parents=True, exist_ok=True)
     for gif in sorted(source.glob("*.gif")):
         write_video(degrade(read_video(gif), condition), folder / f"{gif.stem}.webp", fps=8)
-        (folder / f"{gif.stem}.txt").write_text(gif.with_suffix(".txt").read_text())
+        write_text(folder / f"{gif.stem}.txt", gif.with_suffix(".txt").read_text())
 
 
 def write_dataset(folder, count: int, frames: int = 8, resolution: int = 32, seed: int = 0) -> None:

@@ -2,6 +2,7 @@
 
     python -m toy.studies.step_time --run runs/toy                       # stages 1, 2 and direct, batches 4-32
     python -m toy.studies.step_time --run runs/toy --stages video --batches 8 16 --steps 6
+    python -m toy.studies.step_time --run runs/toy --ship              # also toy/weights/step_time.json (the docs' table)
 
 Each stage runs its script (toy/stages.py's flags, one thread, no validation) for --steps steps at each batch
 size into a temporary folder; its log.jsonl has a record a step, and the time per step is the mean over the
@@ -21,6 +22,8 @@ import torch
 import train_image
 import train_video
 from runtime import cli
+from runtime.files import write_json
+from toy.constants import WEIGHTS
 from toy.stages import Budget, stage1_args, stage2_args
 
 
@@ -55,6 +58,8 @@ def main(argv=None) -> int:
     p.add_argument("--batches", nargs="+", type=int, default=[4, 8, 16, 32])
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--quick", action="store_true", help="3 steps (the slow tests)")
+    p.add_argument("--ship", action="store_true", help="write the times to --ship-to")
+    p.add_argument("--ship-to", default=str(WEIGHTS / "step_time.json"))
     args = p.parse_args(argv)
     run = Path(args.run)
     for name in ("data", "teacher_image", "teacher_motion", "stage1"):
@@ -62,12 +67,17 @@ def main(argv=None) -> int:
             raise cli.UserError(f"{run / name} has not finished: run python -m toy.run --out {run} first")
     steps = 3 if args.quick else max(3, args.steps)
     torch.set_num_threads(1)
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for stage in args.stages:
             for batch in args.batches:
                 seconds = timed(stage, run, batch, steps, Path(tmp))
+                rows.append({"stage": stage, "batch": batch, "seconds": round(seconds, 4)})
                 print(f"{stage:>6}  batch {batch:>3}: {seconds:6.2f} s a step, {1000 * seconds / batch:6.1f} ms a sample",
                       flush=True)
+    if args.ship:
+        write_json(Path(args.ship_to), {"threads": 1, "steps": steps, "rows": rows})
+        print(f"shipped: {args.ship_to}")
     return 0
 
 
