@@ -436,6 +436,9 @@ def test_drift_sweep_trains_every_personalization_and_measures_it(quick_run):
     assert runs == {"base model", *drift.sweep_runs(QUICK)}
     assert results["rows"][0]["drift"]["total"] == 0 and all(r["drift"]["total"] > 0 for r in results["rows"][1:])
     assert {r["restored"] for r in results["restored"]} == set(drift.RESTORED)
+    times = results["times_s"]  # each training run's seconds and the measurement's, for docs/toy-world.md section 7
+    assert set(times) == {*map(drift.stage_name, drift.sweep_runs(QUICK)), "measurement"}
+    assert all(t > 0 for t in times.values())
     for row in results["rows"]:
         assert {"teacher", "animatelcm", "drift"} <= set(row)
         assert all(0 <= row[who]["outline"][0] <= 1 for who in ("teacher", "animatelcm"))

@@ -25,6 +25,7 @@ import argparse
 import json
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -36,7 +37,7 @@ from sd15 import load_sd15
 from toy.classifier import load_classifier, real_reference
 from toy.constants import TEACHER_GUIDANCE, WEIGHTS
 from toy.personalize import measure
-from toy.run import run_stages
+from toy.run import read_times, run_stages
 from toy.stages import QUICK, Budget, personalization_args
 from unet.lora import LoRANetwork
 
@@ -143,9 +144,11 @@ def measure_model(run: Path, make_model, classifier, reference, b: Budget, devic
 
 
 def cached(path: Path, compute) -> dict:
+    """The row in `path`, measured (with the seconds it took) and written there unless an earlier call did."""
     if path.exists():
         return json.loads(path.read_text())
-    row = compute()
+    start = time.perf_counter()
+    row = {**compute(), "seconds": round(time.perf_counter() - start, 1)}
     write_json(path, row)
     return row
 
@@ -172,8 +175,11 @@ def evaluate_sweep(run: Path, b: Budget, device: str, restore: bool) -> dict:
             rows.append({"run": name, "steps": steps, **row})
             report(rows[-1])
     restored = evaluate_restored(run, b, device, classifier, reference) if restore else []
+    trained = read_times(run)
+    times = {stage_name(name): trained[stage_name(name)] for name in sweep_runs(b) if stage_name(name) in trained}
+    times["measurement"] = round(sum(r.get("seconds", 0) for r in [*rows, *restored]), 1)
     results = {"rows": rows, "restored": restored, "eval_count": b.eval_count, "eval_seeds": SWEEP_SETS,
-               "reference_steps": b.reference_steps}
+               "reference_steps": b.reference_steps, "times_s": times}
     write_json(folder / "results.json", results)
     write_text(folder / "results.txt", markdown(results))
     return results
