@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import shutil
 import statistics
 import sys
@@ -41,7 +40,7 @@ from sd15 import load_sd15
 from toy.classifier import attribute_accuracy, load_classifier
 from toy.constants import TEACHER_GUIDANCE, WEIGHTS
 from toy.evaluate import Method, evaluate_text_to_video, mean_std
-from toy.run import read_times, run_stages
+from toy.run import measured, read_times, run_stages
 from toy.stages import QUICK, Budget, stage1_args, stage2_args, stages
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,15 +170,6 @@ def models(out: Path, device: str, snapshots: bool = True) -> dict:
     for model in found.values():
         model.unet.eval()
     return found
-
-
-def measured(path: Path, measure) -> list[dict]:
-    """The rows in `path`, measured (and written there) unless an earlier command did."""
-    if path.exists():
-        return json.loads(path.read_text())
-    rows = measure()
-    write_json(path, rows)  # whole or not at all: a torn cache would be read back as results
-    return rows
 
 
 def evaluate_folder(out: Path, classifier, b: Budget, device: str) -> list[dict]:

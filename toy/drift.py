@@ -22,7 +22,6 @@ Outputs: <run>/drift/results.json and results.txt; a finished stage or measureme
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import time
@@ -37,7 +36,7 @@ from sd15 import load_sd15
 from toy.classifier import load_classifier, real_reference
 from toy.constants import TEACHER_GUIDANCE, WEIGHTS
 from toy.personalize import measure
-from toy.run import read_times, run_stages
+from toy.run import measured, read_times, run_stages
 from toy.stages import QUICK, Budget, personalization_args
 from unet.lora import LoRANetwork
 
@@ -144,13 +143,11 @@ def measure_model(run: Path, make_model, classifier, reference, b: Budget, devic
 
 
 def cached(path: Path, compute) -> dict:
-    """The row in `path`, measured (with the seconds it took) and written there unless an earlier call did."""
-    if path.exists():
-        return json.loads(path.read_text())
-    start = time.perf_counter()
-    row = {**compute(), "seconds": round(time.perf_counter() - start, 1)}
-    write_json(path, row)
-    return row
+    """The row in `path`, measured with the seconds it took (toy/run.py:measured) unless an earlier call did."""
+    def timed() -> dict:
+        start = time.perf_counter()
+        return {**compute(), "seconds": round(time.perf_counter() - start, 1)}
+    return measured(path, timed)
 
 
 def evaluate_sweep(run: Path, b: Budget, device: str, restore: bool) -> dict:

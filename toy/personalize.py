@@ -29,7 +29,6 @@ Outputs: <run>/personalize/results.json and results.txt. A finished stage or mea
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -44,12 +43,13 @@ from toy.classifier import ATTRIBUTES, frechet_distance, judge, labels, load_cla
 from toy.constants import TEACHER_GUIDANCE, WEIGHTS
 from toy.detect import STYLES, detect
 from toy.evaluate import mean_std, prompts, toy_videos
-from toy.run import read_times, recast_file, run_stages, start_from_weights
+from toy.run import measured, read_times, recast_file, run_stages, start_from_weights
 from toy.stages import QUICK, Budget, stages
 from toy.world import SEEN
 
 STAGES = ("personalize",)  # per seed; seed 0 (the run) also the stills, the VAE, the style LoRA, the upper bound
-SEED0_STAGES = ("outline_images", "style_vae", *STAGES, "style_lora", "stage1_outline")
+TRAINED = (*STAGES, "style_lora", "stage1_outline")  # the personalization's training stages: their times are shipped
+SEED0_STAGES = ("outline_images", "style_vae", *TRAINED)
 SHARED = ("data", "teacher_image", "teacher_motion", "stage1", "stage2", "classifier")
 OUTLINE = STYLES.index("outline")
 FROM_WEIGHTS = ("vae", "teacher_image", "teacher_motion", "stage1", "stage2", "classifier")  # --from-weights
@@ -169,9 +169,9 @@ def across_seeds(per_seed: dict[int, list[dict]]) -> list[dict]:
         for row in rows:
             cells.setdefault((row["method"], row["steps"]), []).append(row)
     table = []
-    for (method, steps), measured in cells.items():
-        metrics = {k: [c[k] for c in measured] for k in ("outline", *ATTRIBUTES, "all", "fvd")}
-        table.append({"method": method, "sampler": measured[0]["sampler"], "steps": steps, "seeds": len(measured),
+    for (method, steps), seed_rows in cells.items():
+        metrics = {k: [c[k] for c in seed_rows] for k in ("outline", *ATTRIBUTES, "all", "fvd")}
+        table.append({"method": method, "sampler": seed_rows[0]["sampler"], "steps": steps, "seeds": len(seed_rows),
                       **{k: {**dict(zip(("mean", "std"), mean_std([v[0] for v in values]))),
                              "sampling_std": statistics.mean(v[1] for v in values)} for k, values in metrics.items()}})
     return table
@@ -205,16 +205,14 @@ def evaluate(run: Path, seeds: list[int], budget: Budget, scales: list[float], d
     folder.mkdir(exist_ok=True)
     per_seed, held, times = {}, {}, {}
     for seed in seeds:
-        cached = folder / f"seed{seed}.json"
-        if not cached.exists():
+        def measure_seed(seed=seed) -> list[dict]:
             print(f"== seed {seed}")
-            rows = evaluate_seed(seed_folder(run, seed), classifier, reference, budget,
+            return evaluate_seed(seed_folder(run, seed), classifier, reference, budget,
                                  scales if seed == 0 else [], device, upper_bound=seed == 0)
-            write_json(cached, rows)
-        per_seed[seed] = json.loads(cached.read_text())
+        per_seed[seed] = measured(folder / f"seed{seed}.json", measure_seed)
         for claim, holds in claims(per_seed[seed], budget.reference_steps).items():
             held.setdefault(claim, []).append(holds)
-        times[seed] = {k: v for k, v in read_times(seed_folder(run, seed)).items() if k in SEED0_STAGES[2:]}
+        times[seed] = {k: v for k, v in read_times(seed_folder(run, seed)).items() if k in TRAINED}
     table = across_seeds(per_seed)
     results = {"seeds": seeds, "scales": scales, "table": table, "claims": held, "times_s": times,
                "eval_count": budget.eval_count, "eval_seeds": budget.eval_seeds, "per_seed": per_seed,

@@ -192,6 +192,16 @@ def read_times(out: Path) -> dict:
     return json.loads(times_file.read_text()) if times_file.exists() else {}
 
 
+def measured(path: Path, measure):
+    """What `path` holds, measured (and written there, whole or not at all) unless an earlier command did: the
+    studies' cache, so that an interrupted measurement continues."""
+    if path.exists():
+        return json.loads(path.read_text())
+    rows = measure()
+    write_json(path, rows)
+    return rows
+
+
 def run_stages(out: Path, todo: dict) -> dict:
     """Run each stage of `todo` (name -> (product, make)) that has not finished, in order, adding its
     time in seconds to out/times.json; a finished stage (its DONE file) is skipped. Returns the times."""

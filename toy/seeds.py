@@ -31,7 +31,7 @@ from runtime.files import write_json, write_text
 from toy.classifier import load_classifier
 from toy.constants import TEACHER_GUIDANCE
 from toy.evaluate import Method, evaluate_text_to_video, mean_std, teacher_samplers
-from toy.run import evaluate_stage3, read_times, run_stages
+from toy.run import evaluate_stage3, measured, read_times, run_stages
 from toy.stages import QUICK, Budget, load_distilled, load_stage3, stages, with_stage2_steps
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,15 +74,6 @@ def seed_methods(folder: Path, device: str) -> list[Method]:
     for model in models.values():
         model.unet.eval()
     return [Method(name, models[key]) for key, name in METHOD_NAMES.items()]
-
-
-def measured(path: Path, measure) -> list[dict]:
-    """The rows in `path`, measured (and written there) unless an earlier command did."""
-    if path.exists():
-        return json.loads(path.read_text())
-    rows = measure()
-    write_json(path, rows)
-    return rows
 
 
 def by_cell(rows: list[dict]) -> dict:
